@@ -1,0 +1,18 @@
+"""pcvos: Per-Clip Video Object Segmentation (PCVOS, CVPR 2022) and STCN in PyTorch.
+
+The public API is small:
+
+- :func:`load_model` builds the network and loads a checkpoint (released PCVOS / STCN layouts or
+  the project's own format).
+- :func:`segment` segments a whole video in one call.
+- :class:`Segmenter` is the streaming form: masks in, frames in, labels out as each clip finishes.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from pcvos.model.network import PCVOS, PCVOSConfig
+from pcvos.model.checkpoint import load_model, save_checkpoint
+from pcvos.inference.api import Segmenter, segment
+
+__all__ = ["PCVOS", "PCVOSConfig", "load_model", "save_checkpoint", "segment", "Segmenter", "__version__"]
