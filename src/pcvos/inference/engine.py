@@ -1,0 +1,184 @@
+"""The per-clip inference engine.
+
+It holds a network (it does not inherit from it) and the state of one video: the object slots,
+the permanent memory and the frame waiting to become memory. The caller hands it clips of
+preprocessed frames in order; it returns each clip's aggregated probabilities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pcvos.inference.memory_store import MemoryStore
+from pcvos.inference.objects import ObjectRegistry
+from pcvos.model.memory import MemoryBlock
+from pcvos.model.network import PCVOS, KeyFeatures, aggregate
+
+
+@dataclass
+class InferenceConfig:
+    """Schedule of the per-clip inference. The defaults are the released PCVOS settings at L = 5.
+
+    ``memory_every=None`` means every ``clip_length`` frames; ``pmm_segment=None`` turns
+    progressive memory matching off; ``clip_length=1, memory_every=5, pmm_segment=None,
+    refine=False`` is STCN's per-frame inference.
+    """
+
+    clip_length: int = 5
+    memory_every: int | None = None
+    pmm_segment: int | None = 5
+    refine: bool = True
+    top_k: int = 20
+    max_memory_frames: int | None = None
+    frame_batch: int | None = None   # frames per encoder/decoder call; None: the whole clip
+
+    def validate(self) -> None:
+        for name in ("clip_length", "top_k"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("memory_every", "pmm_segment", "max_memory_frames", "frame_batch"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+
+    @property
+    def memory_interval(self) -> int:
+        return self.memory_every if self.memory_every is not None else self.clip_length
+
+
+@dataclass
+class _Candidate:
+    """A frame that becomes memory once it is known not to be the last frame."""
+
+    index: int
+    image: torch.Tensor   # (1, 3, H, W) normalised, padded
+    key: torch.Tensor     # (HW, C_k)
+    f16: torch.Tensor     # (1, C16, h, w)
+    probs: torch.Tensor   # (S, H, W) object probabilities
+
+
+def _flat_keys(key: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B*h*w, C), the memory layout."""
+    return key.permute(0, 2, 3, 1).reshape(-1, key.shape[1])
+
+
+class InferenceCore:
+    """Per-clip inference over one video. Frames must come in increasing index order."""
+
+    def __init__(self, network: PCVOS, config: InferenceConfig | None = None) -> None:
+        self.net = network
+        self.config = config = config or InferenceConfig()
+        config.validate()
+        if config.refine and not network.has_refiner:
+            raise ValueError("this model has no intra-clip refinement (an STCN checkpoint?); use refine=False")
+        self.objects = ObjectRegistry()
+        self.memory = MemoryStore(network.config.key_dim, network.config.value_dim, config.max_memory_frames)
+        self.last_memory_frame: int | None = None
+        self._pending: _Candidate | None = None
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _encode_keys(self, images: torch.Tensor) -> KeyFeatures:
+        step = self.config.frame_batch or images.shape[0]
+        parts = [self.net.encode_key(images[i:i + step], with_local=self.config.refine)
+                 for i in range(0, images.shape[0], step)]
+        if len(parts) == 1:
+            return parts[0]
+        return KeyFeatures(*[None if p[0] is None else torch.cat(p) for p in zip(*parts)])
+
+    def _add_memory(self, index: int, image: torch.Tensor, key: torch.Tensor, f16: torch.Tensor,
+                    probs: torch.Tensor, annotated: bool) -> None:
+        values = self.net.encode_value(image, f16, probs)              # (S, C_v, h, w)
+        values = values.permute(2, 3, 0, 1).reshape(key.shape[0], -1)  # (HW, S * C_v)
+        self.memory.add(index, key, values, annotated)
+        self.last_memory_frame = index
+
+    def _commit_pending(self) -> None:
+        c = self._pending
+        if c is not None:
+            self._add_memory(c.index, c.image, c.key, c.f16, c.probs, annotated=False)
+            self._pending = None
+
+    def _read_clip(self, feats: KeyFeatures) -> torch.Tensor:
+        """Memory read with PMM -> read-outs (S, L, C_v, h, w)."""
+        cfg = self.config
+        length, _, h, w = feats.key.shape
+        hw = h * w
+        queries = _flat_keys(feats.key)
+        groups = self.objects.groups()
+        seg = cfg.pmm_segment or length
+        out = []
+        temp_keys: list[torch.Tensor] = []
+        temp_vals: list[torch.Tensor] = []
+        for start in range(0, length, seg):
+            stop = min(start + seg, length)
+            temp = None
+            if temp_keys:
+                temp = MemoryBlock.from_keys(torch.cat(temp_keys), torch.cat(temp_vals))
+            r = self.memory.read(queries[start * hw:stop * hw], groups, cfg.top_k, temp)  # (n*hw, S, C_v)
+            out.append(r)
+            if cfg.pmm_segment is not None and stop - start == seg and stop < length:
+                # the segment's last frame joins a temporary memory read by the rest of the clip
+                temp_keys.append(queries[(stop - 1) * hw:stop * hw])
+                temp_vals.append(r[-hw:].reshape(hw, -1))
+        r = torch.cat(out) if len(out) > 1 else out[0]
+        s, cv = r.shape[1], r.shape[2]
+        return r.view(length, h, w, s, cv).permute(3, 0, 4, 1, 2)
+
+    def _decode(self, readout: torch.Tensor, feats: KeyFeatures) -> torch.Tensor:
+        step = self.config.frame_batch or readout.shape[1]
+        parts = []
+        for i in range(0, readout.shape[1], step):
+            sub = KeyFeatures(feats.key[i:i + step], feats.thin[i:i + step], None, feats.f16[i:i + step],
+                              feats.f8[i:i + step], feats.f4[i:i + step])
+            parts.append(torch.sigmoid(self.net.decode(readout[:, i:i + step], sub)))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    # -- the clip step ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def process_clip(self, indices: list[int], images: torch.Tensor,
+                     mask: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+        """Segment one clip.
+
+        ``indices``: the clip's frame numbers (increasing); ``images`` (L, 3, H, W) normalised and
+        padded; ``mask``: optional ``(onehot (n, H, W), ids)`` given for the clip's last frame.
+        Returns aggregated probabilities (1 + slots, L, H, W), slot order (see ``objects``).
+        """
+        if mask is None and len(self.objects) == 0:
+            raise ValueError("no object has been given yet: the first clip must end with a mask")
+        self._commit_pending()
+        feats = self._encode_keys(images)
+        length = images.shape[0]
+        if len(self.objects):
+            readout = self._read_clip(feats)
+            if self.config.refine:
+                readout = self.net.refine(feats.local, readout)
+            probs = aggregate(self._decode(readout, feats), dim=0)   # (1 + S, L, H, W)
+        else:
+            probs = images.new_zeros(1, length, *images.shape[-2:])
+            probs[0] = 1
+        last = indices[-1]
+        keys_last = _flat_keys(feats.key[-1:])
+        if mask is not None:
+            probs = self._merge_mask(probs, mask, last)
+            self._add_memory(last, images[-1:], keys_last, feats.f16[-1:], probs[1:, -1], annotated=True)
+        elif self.last_memory_frame is not None and last - self.last_memory_frame >= self.config.memory_interval:
+            self._pending = _Candidate(last, images[-1:], keys_last, feats.f16[-1:], probs[1:, -1])
+        return probs
+
+    def _merge_mask(self, probs: torch.Tensor, mask: tuple[torch.Tensor, list[int]], index: int) -> torch.Tensor:
+        """Write the given masks into the last frame: given objects take their mask, others are
+        zeroed inside it and keep their prediction elsewhere; then re-aggregate."""
+        onehot, ids = mask
+        slots = self.objects.add(ids, index)
+        obj = probs[1:, -1]
+        n = len(self.objects)
+        if obj.shape[0] < n:
+            obj = torch.cat([obj, obj.new_zeros(n - obj.shape[0], *obj.shape[1:])])
+        inside = onehot.sum(0) > 0.5
+        obj = obj.masked_fill(inside, 0)
+        obj[slots] = onehot.to(obj.dtype)
+        if probs.shape[0] < n + 1:
+            probs = torch.cat([probs, probs.new_zeros(n + 1 - probs.shape[0], *probs.shape[1:])])
+        probs[:, -1] = aggregate(obj, dim=0)
+        return probs

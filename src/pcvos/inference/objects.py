@@ -1,0 +1,51 @@
+"""User object ids <-> tensor slots, in one place.
+
+Slots are handed out in order of first appearance, so objects can enter at any frame and ids
+need not be contiguous; outputs are reported by ascending id.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class ObjectRegistry:
+    """Maps user object ids (1..255) to consecutive tensor slots."""
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []          # slot -> id
+        self._first_frame: list[int] = []  # slot -> frame where it was given
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> list[int]:
+        """Ids in slot order."""
+        return list(self._ids)
+
+    def add(self, ids: list[int], frame_index: int) -> list[int]:
+        """Register the ids not seen before; returns the slots of all ``ids``."""
+        for i in ids:
+            if not 1 <= i <= 255:
+                raise ValueError(f"object id {i} out of range 1..255")
+            if i not in self._ids:
+                self._ids.append(i)
+                self._first_frame.append(frame_index)
+        return [self._ids.index(i) for i in ids]
+
+    def slot(self, object_id: int) -> int:
+        return self._ids.index(object_id)
+
+    def first_frame(self, slot: int) -> int:
+        return self._first_frame[slot]
+
+    def groups(self) -> dict[int, list[int]]:
+        """Slots grouped by the frame where they were given: objects of a group share one memory."""
+        out: dict[int, list[int]] = {}
+        for slot, frame in enumerate(self._first_frame):
+            out.setdefault(frame, []).append(slot)
+        return out
+
+    def label_lut(self) -> np.ndarray:
+        """(K+1,) uint8: channel (0 = background, 1 + slot) -> user id."""
+        return np.array([0] + self._ids, dtype=np.uint8)

@@ -1,0 +1,165 @@
+"""Checkpoint loading and saving.
+
+Three layouts are recognised:
+
+- the released PCVOS checkpoint (a plain state_dict, ICR keys under ``input_proj.*`` and
+  ``refine_transformer.*``);
+- the released STCN checkpoint (the same without those keys);
+- the project's own format, ``{"format": "pcvos", "version": 1, "config": {...}, "state_dict": {...}}``,
+  which records the architecture so that non-default models load without extra arguments.
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pcvos.model.network import PCVOS, PCVOSConfig
+
+FORMAT_NAME = "pcvos"
+FORMAT_VERSION = 1
+_WRAPPER_KEYS = ("state_dict", "model", "network", "net")
+_COMPUTED_BUFFERS = ("relative_position_index",)
+_RELEASED_HINT = (
+    "The released checkpoints are not downloaded by pcvos: get saves/pcvos_*.pth from the PCVOS authors' "
+    "release (github.com/pkyong95/PCVOS) or stcn.pth from STCN's (github.com/hkchengrex/STCN) and pass its path."
+)
+
+Source = str | os.PathLike | Mapping[str, Any] | None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the network."""
+
+
+def default_weights_path() -> Path | None:
+    """The model shipped inside the package, if this installation has one."""
+    path = Path(__file__).resolve().parent.parent / "weights" / "pcvos_lite.pt"
+    return path if path.is_file() else None
+
+
+def _read(source: str | os.PathLike) -> Any:
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or corrupt files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint that can be loaded safely ({first})") from exc
+
+
+def _unwrap(obj: Any, where: str) -> tuple[dict[str, torch.Tensor], PCVOSConfig | None]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+    if obj.get("format") == FORMAT_NAME:
+        version = obj.get("version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{where}: pcvos checkpoint version {version!r} is not supported (expected {FORMAT_VERSION})")
+        return dict(obj["state_dict"]), PCVOSConfig.from_dict(dict(obj["config"]))
+    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                return _unwrap(obj[key], where)
+        raise CheckpointError(f"{where}: no tensors found; top-level keys: {sorted(map(str, obj))[:10]}")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state, None
+
+
+def infer_config(state: Mapping[str, torch.Tensor], where: str = "checkpoint") -> PCVOSConfig:
+    """Tell the released PCVOS layout from STCN's and read the widths off the tensors."""
+    needed = ("key_encoder.conv1.weight", "key_proj.key_proj.weight", "decoder.pred.weight")
+    absent = [k for k in needed if k not in state]
+    if absent:
+        sample = sorted(state)[:8]
+        raise CheckpointError(
+            f"{where}: unknown checkpoint layout: missing {absent} (first keys found: {sample}). "
+            "Expected a released PCVOS or STCN state_dict, or a checkpoint saved by pcvos.")
+    refine = any(k.startswith("refine_transformer.") or k.startswith("input_proj.") for k in state)
+    cfg = PCVOSConfig(refine=refine)
+    cfg.key_dim = int(state["key_proj.key_proj.weight"].shape[0])
+    if "key_comp.weight" in state:
+        cfg.thin_dim = int(state["key_comp.weight"].shape[0])
+    if refine and "input_proj.key_proj.weight" in state:
+        cfg.local_key_dim = int(state["input_proj.key_proj.weight"].shape[0])
+        depth = {k.split(".")[4] for k in state if k.startswith("refine_transformer.layers.0.blocks.")}
+        cfg.refine_depth = len(depth)
+    return cfg
+
+
+def _load_state(model: PCVOS, state: Mapping[str, torch.Tensor], where: str) -> None:
+    state = {k: v for k, v in state.items() if not k.endswith(_COMPUTED_BUFFERS)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        def show(keys: list[str]) -> str:
+            more = f" … and {len(keys) - 12} more" if len(keys) > 12 else ""
+            return ", ".join(keys[:12]) + more
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        if wrong:
+            parts.append("shape mismatch: " + show([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                                                    for k in wrong]))
+        raise CheckpointError(f"{where}: checkpoint does not fit the network; " + "; ".join(parts))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_model(source: Source = None, *, device: str | torch.device | None = None,
+               config: PCVOSConfig | None = None) -> PCVOS:
+    """Build the network and load weights into it (in eval mode).
+
+    ``source`` is a checkpoint path or an in-memory state_dict in any recognised layout; ``None``
+    loads the model shipped with pcvos when the installation has one. ``config`` overrides the
+    architecture read from the checkpoint. Loading is strict: any missing, unexpected or misshapen
+    key raises :class:`CheckpointError` listing them.
+    """
+    if source is None:
+        path = default_weights_path()
+        if path is None:
+            raise FileNotFoundError("no weights given and this pcvos installation ships no default model. "
+                                    + _RELEASED_HINT)
+        source = path
+    where = str(source) if not isinstance(source, Mapping) else "state_dict"
+    raw = source if isinstance(source, Mapping) else _read(source)
+    state, stored_config = _unwrap(raw, where)
+    cfg = config or stored_config or infer_config(state, where)
+    model = PCVOS(cfg)
+    _load_state(model, state, where)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def save_checkpoint(model: PCVOS, path: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None,
+                    half: bool = False) -> None:
+    """Save ``model`` in the project's format (config + weights), written atomically.
+
+    ``half`` stores floating-point tensors as float16 (they load back as float32).
+    """
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    payload: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                               "config": model.config.to_dict(), "state_dict": state}
+    if metadata:
+        payload["metadata"] = dict(metadata)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

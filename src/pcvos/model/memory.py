@@ -1,0 +1,75 @@
+"""Memory read: negative-squared-L2 affinity, top-k softmax, sparse read-out.
+
+Only the ``top_k`` largest affinities of each query position get a weight, so the read-out is a
+weighted sum of ``top_k`` memory rows. It is computed with ``embedding_bag`` instead of a dense
+(memory x query) matrix product, and the affinity is built in chunks of query positions so its
+peak size stays bounded on long videos.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class MemoryBlock:
+    """A contiguous block of memory rows: keys (N, Ck), their squared norms (N,), values (N, D)."""
+
+    keys: torch.Tensor
+    sqnorm: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def from_keys(cls, keys: torch.Tensor, values: torch.Tensor) -> "MemoryBlock":
+        return cls(keys, keys.pow(2).sum(-1), values)
+
+
+def _chunk_size(rows: int, budget: int) -> int:
+    return max(1, budget // max(rows, 1))
+
+
+def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
+                budget: int = 1 << 24) -> torch.Tensor:
+    """Read ``blocks`` at the query keys ``query`` (M, Ck) -> (M, D).
+
+    Affinity s(i, j) = (2 k_i.q_j - |k_i|^2) / sqrt(Ck); softmax over each query's ``top_k`` best
+    memory rows across all blocks. The top-k of a union is found as the top-k of the blocks'
+    own top-k candidates, which is exact and avoids concatenating memories.
+    ``budget`` caps the number of affinity entries held at once.
+    """
+    m, ck = query.shape
+    scale = 1.0 / math.sqrt(ck)
+    rows = sum(b.keys.shape[0] for b in blocks)
+    if rows == 0:
+        raise ValueError("memory read with an empty memory")
+    out = query.new_empty(m, blocks[0].values.shape[1])
+    step = _chunk_size(rows, budget)
+    for start in range(0, m, step):
+        q = query[start:start + step]
+        cand_val, cand_idx = [], []
+        for b in blocks:
+            aff = torch.addmm(b.sqnorm.unsqueeze(0), q, b.keys.t(), beta=-1.0, alpha=2.0).mul_(scale)
+            v, i = aff.topk(min(top_k, aff.shape[1]), dim=1, sorted=False)
+            cand_val.append(v)
+            cand_idx.append(i)
+        if len(blocks) == 1:
+            weights = cand_val[0].softmax(dim=1)
+            out[start:start + step] = F.embedding_bag(cand_idx[0], blocks[0].values, per_sample_weights=weights,
+                                                      mode="sum")
+            continue
+        sizes = [v.shape[1] for v in cand_val]
+        vals, pos = torch.cat(cand_val, 1).topk(min(top_k, sum(sizes)), dim=1, sorted=False)
+        weights = vals.softmax(dim=1)
+        idx = torch.cat(cand_idx, 1).gather(1, pos)
+        acc = None
+        offset = 0
+        for b, size in zip(blocks, sizes):
+            mine = (pos >= offset) & (pos < offset + size)
+            part = F.embedding_bag(idx.where(mine, 0), b.values, per_sample_weights=weights * mine, mode="sum")
+            acc = part if acc is None else acc + part
+            offset += size
+        out[start:start + step] = acc
+    return out

@@ -1,0 +1,61 @@
+"""Shared fixtures: the parity data (copied from the reference into tests/data) and small models."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA = Path(__file__).resolve().parent / "data"
+PARITY = DATA / "parity"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _make_weights_module():
+    spec = importlib.util.spec_from_file_location("parity_make_weights", PARITY / "make_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def official_weights():
+    """Stand-in weights in the released layouts: a function ``(stcn: bool, seed: int) -> state_dict``."""
+    mod = _make_weights_module()
+    cache: dict = {}
+
+    def make(stcn: bool = False, seed: int = mod.SEED) -> dict:
+        key = (stcn, seed)
+        if key not in cache:
+            cache[key] = mod.official_state_dict(seed=seed, stcn=stcn)
+        return {k: v.clone() for k, v in cache[key].items()}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def parity_fixture():
+    return dict(np.load(PARITY / "fixture.npz"))
+
+
+@pytest.fixture(scope="session")
+def pcvos_model(official_weights):
+    import pcvos
+    torch.manual_seed(0)
+    return pcvos.load_model(official_weights())
+
+
+@pytest.fixture(scope="session")
+def stcn_model(official_weights):
+    import pcvos
+    return pcvos.load_model(official_weights(stcn=True))
+
+
+@pytest.fixture(scope="session")
+def davis_root() -> Path:
+    root = SHARED_DATA / "davis2016-train"
+    if not root.is_dir():
+        pytest.skip("../shared/data/davis2016-train not present")
+    return root
