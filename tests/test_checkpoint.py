@@ -1,0 +1,101 @@
+"""Checkpoint layouts, strictness and safety."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import pcvos
+from pcvos.model.checkpoint import CheckpointError
+
+
+def test_released_pcvos_layout_is_recognised(official_weights):
+    model = pcvos.load_model(official_weights())
+    assert model.has_refiner and model.config.refine_depth == 2
+    assert not model.training
+
+
+def test_released_layout_with_relative_position_index_loads(official_weights):
+    sd = official_weights()
+    model = pcvos.load_model(sd)
+    idx = model.refine_transformer.layers[0].blocks[0].attn.relative_position_index
+    sd["refine_transformer.layers.0.blocks.0.attn.relative_position_index"] = idx.clone()
+    sd["refine_transformer.layers.0.blocks.1.attn.relative_position_index"] = idx.clone()
+    pcvos.load_model(sd)  # the computed buffer may be present in a released file
+
+
+def test_stcn_layout_and_file_round_trip(official_weights, tmp_path):
+    sd = official_weights(stcn=True)
+    torch.save(sd, tmp_path / "stcn.pth")
+    model = pcvos.load_model(tmp_path / "stcn.pth")
+    assert not model.has_refiner
+    assert torch.equal(model.state_dict()["decoder.pred.weight"], sd["decoder.pred.weight"])
+
+
+def test_own_format_round_trip_keeps_config(official_weights, tmp_path):
+    model = pcvos.load_model(official_weights())
+    pcvos.save_checkpoint(model, tmp_path / "m.pt", metadata={"note": "test"})
+    again = pcvos.load_model(tmp_path / "m.pt")
+    assert again.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+
+
+def test_ddp_prefix_and_wrapper_are_unwrapped(official_weights):
+    sd = {"module." + k: v for k, v in official_weights(stcn=True).items()}
+    model = pcvos.load_model({"network": sd})
+    assert not model.has_refiner
+
+
+def test_missing_keys_are_listed(official_weights):
+    sd = official_weights()
+    del sd["decoder.up_8_4.skip_conv.weight"]
+    with pytest.raises(CheckpointError, match="missing keys.*decoder.up_8_4.skip_conv.weight"):
+        pcvos.load_model(sd)
+
+
+def test_unexpected_keys_are_listed(official_weights):
+    sd = official_weights()
+    sd["decoder.extra.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match="unexpected keys.*decoder.extra.weight"):
+        pcvos.load_model(sd)
+
+
+def test_shape_mismatch_is_reported(official_weights):
+    sd = official_weights()
+    sd["decoder.pred.bias"] = torch.zeros(2)
+    with pytest.raises(CheckpointError, match="shape mismatch.*decoder.pred.bias"):
+        pcvos.load_model(sd)
+
+
+def test_unknown_layout_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown checkpoint layout"):
+        pcvos.load_model({"backbone.weight": torch.zeros(1)})
+
+
+def test_not_a_checkpoint_file(tmp_path):
+    bad = tmp_path / "weights.pth"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="weights.pth: not a PyTorch checkpoint"):
+        pcvos.load_model(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        pcvos.load_model(tmp_path / "nope.pth")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"a": _Boom()}, f)
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint that can be loaded safely"):
+        pcvos.load_model(path)
+    assert "code ran" not in capsys.readouterr().out
