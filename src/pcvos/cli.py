@@ -1,0 +1,182 @@
+"""``pcvos`` command line: segment, infer, eval, train.
+
+Exit codes: 0 success, 2 bad input (one line on stderr naming the file and the fix), 1 anything
+unexpected.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class _MaskAction(argparse.Action):
+    """``--mask PATH`` appends a mask; ``--mask-frame N`` sets the frame of the latest one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        masks = getattr(namespace, "masks", None) or []
+        if option_string == "--mask":
+            masks.append([values, 0])
+        else:
+            if not masks:
+                parser.error("--mask-frame must follow the --mask it applies to")
+            try:
+                masks[-1][1] = int(values)
+            except ValueError:
+                parser.error(f"--mask-frame expects a frame number, got {values!r}")
+        namespace.masks = masks
+
+
+def _size(text: str) -> int | None:
+    if text.lower() in ("native", "none", "0"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count or 'native', got {text!r}") from None
+    if value < 16:
+        raise argparse.ArgumentTypeError("the processing size must be at least 16 pixels")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser(
+        "segment", help="segment the objects of your own video from mask(s) of one frame",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Segment objects through a video given their mask(s), clip by clip.\n\n"
+                    "INPUT is a video file (mp4, mov, avi, webm, mkv, ...) or a folder of frames (natural order:\n"
+                    "2.jpg before 10.jpg). Masks are indexed PNGs (ids = objects), binary masks (0/255 or 0/1:\n"
+                    "one object) or RGB colour masks (each colour one object).",
+        epilog="examples:\n"
+               "  pcvos segment clip.mp4 --mask first.png --out masks/ --overlay overlay.mp4\n"
+               "  pcvos segment frames/ --mask a.png --mask b.png --mask-frame 40 --clip-length 10\n")
+    p.add_argument("input", metavar="INPUT", help="video file or folder of frames")
+    p.add_argument("--mask", action=_MaskAction, required=True, metavar="MASK.png", dest="masks",
+                   help="mask file (repeatable); it belongs to frame 0 unless --mask-frame follows it")
+    p.add_argument("--mask-frame", action=_MaskAction, metavar="N", dest="masks",
+                   help="frame number (from 0) of the preceding --mask, for objects that enter later")
+    p.add_argument("--weights", metavar="W", help="checkpoint (released PCVOS/STCN or pcvos); "
+                   "default: the model shipped with pcvos, if any")
+    p.add_argument("--clip-length", type=_positive, default=5, metavar="L",
+                   help="frames processed together; longer is faster, slightly less accurate (default 5)")
+    p.add_argument("--memory-every", type=_positive, default=None, metavar="M",
+                   help="add a memory frame every M frames (default: the clip length)")
+    p.add_argument("--size", type=_size, default=480, metavar="PX",
+                   help="process at this shorter side, or 'native' (default 480; never upscales); "
+                        "outputs are always at the input resolution")
+    p.add_argument("--max-memory-frames", type=_positive, default=None, metavar="N",
+                   help="cap on memory frames for long videos (annotated frames always kept)")
+    p.add_argument("--out", default="pcvos_masks", metavar="DIR",
+                   help="folder for one indexed PNG per frame and summary.json (default pcvos_masks)")
+    p.add_argument("--overlay", metavar="OUT.mp4", help="also write a video with translucent coloured masks")
+    p.add_argument("--alpha", metavar="DIR", help="also write per-object RGBA cut-outs DIR/<id>/<frame>.png")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out / --overlay")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.set_defaults(func=_run_segment)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    import pcvos
+    from pcvos.inference.video import MaskSpec, SegmentOptions, segment_video
+
+    try:
+        model = pcvos.load_model(args.weights)
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
+    except ValueError as exc:
+        return _fail(f"--weights {exc}")
+    opts = SegmentOptions(clip_length=args.clip_length, memory_every=args.memory_every, size=args.size,
+                          max_memory_frames=args.max_memory_frames, device=args.device, overwrite=args.overwrite,
+                          overlay=Path(args.overlay) if args.overlay else None,
+                          alpha=Path(args.alpha) if args.alpha else None, quiet=args.quiet,
+                          extra={"weights": args.weights or "default"})
+    bar = None
+
+    def progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="frame", desc="segment", dynamic_ncols=True)
+        bar.update(1)
+
+    specs = [MaskSpec(Path(p), f) for p, f in args.masks]
+    try:
+        summary = segment_video(model, args.input, specs, args.out, opts, progress)
+    except ValueError as exc:  # InputError, VideoDecodeError and the API's own input checks
+        if bar is not None:
+            bar.close()
+        return _fail(str(exc))
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        objs = ", ".join(f"{o['id']} (frame {o['first_frame']}, {o['kind']})" for o in summary["objects"])
+        print(f"{summary['frames']} frames, objects {objs}: {summary['seconds']:.1f} s, "
+              f"{summary['fps']:.2f} frames/s -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"pcvos: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pcvos import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pcvos", description="Per-Clip Video Object Segmentation: segment, benchmark, evaluate, train.")
+    parser.add_argument("--version", action="version", version=f"pcvos {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_segment(sub)
+    for module in ("pcvos.eval.cli", "pcvos.eval.infer_cli", "pcvos.train.cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s")
+    with warnings.catch_warnings():
+        # warnings are part of the command's output (e.g. a mask that was resized): one line each
+        warnings.simplefilter("always")
+        warnings.showwarning = _show_warning
+        return int(args.func(args) or 0)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"pcvos: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
