@@ -31,7 +31,7 @@ class InferenceConfig:
     refine: bool = True
     top_k: int = 20
     max_memory_frames: int | None = None
-    frame_batch: int | None = None   # frames per encoder/decoder call; None: the whole clip
+    frame_batch: int | None = None   # frames per encoder/decoder call; None: 1 on a CPU, the clip on a GPU
 
     def validate(self) -> None:
         for name in ("clip_length", "top_k"):
@@ -78,8 +78,15 @@ class InferenceCore:
         self._pending: _Candidate | None = None
 
     # -- stages ---------------------------------------------------------------------------------
+    def _frame_step(self, length: int, device: torch.device) -> int:
+        # CPU convolutions run fastest on one frame at a time (the working set stays in cache);
+        # a GPU wants the whole clip in one call
+        if self.config.frame_batch is not None:
+            return self.config.frame_batch
+        return 1 if device.type == "cpu" else length
+
     def _encode_keys(self, images: torch.Tensor) -> KeyFeatures:
-        step = self.config.frame_batch or images.shape[0]
+        step = self._frame_step(images.shape[0], images.device)
         parts = [self.net.encode_key(images[i:i + step], with_local=self.config.refine)
                  for i in range(0, images.shape[0], step)]
         if len(parts) == 1:
@@ -126,7 +133,7 @@ class InferenceCore:
         return r.view(length, h, w, s, cv).permute(3, 0, 4, 1, 2)
 
     def _decode(self, readout: torch.Tensor, feats: KeyFeatures) -> torch.Tensor:
-        step = self.config.frame_batch or readout.shape[1]
+        step = self._frame_step(readout.shape[1], readout.device)
         parts = []
         for i in range(0, readout.shape[1], step):
             sub = KeyFeatures(feats.key[i:i + step], feats.thin[i:i + step], None, feats.f16[i:i + step],

@@ -1,0 +1,21 @@
+"""The benchmark scripts run end to end on tiny inputs (timings are never asserted)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_speed_benchmark_tiny(tmp_path):
+    out_json, out_png = tmp_path / "speed.json", tmp_path / "speed.png"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks/speed.py"), "--tiny", "--json", str(out_json),
+                          "--plot", str(out_png)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "| cpu | 1 | PCVOS L=2 |" in res.stdout
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {r["schedule"] for r in rows} >= {"floor (key enc + decoder)", "STCN (L=1, mem 5)", "PCVOS L=2"}
+    assert all(r["s_per_frame"] > 0 for r in rows)
+    assert out_png.stat().st_size > 1000
