@@ -6,6 +6,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def conv_over_concat(conv: nn.Conv2d, per_object: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """``conv(cat[per_object, shared])`` without repeating ``shared`` for every object.
+
+    ``per_object`` is (K*B, Ca, h, w), object-major; ``shared`` is (B, Cb, h, w), the same for
+    every object. A convolution over a channel concatenation is the sum of convolutions over its
+    parts, so the shared half is computed once and broadcast.
+    """
+    ca = per_object.shape[1]
+    pad = conv.padding
+    ya = F.conv2d(per_object, conv.weight[:, :ca], None, conv.stride, pad)
+    yb = F.conv2d(shared, conv.weight[:, ca:], conv.bias, conv.stride, pad)
+    k = per_object.shape[0] // shared.shape[0]
+    return (ya.view(k, *yb.shape) + yb.unsqueeze(0)).flatten(0, 1)
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block: ``x + conv2(relu(conv1(relu(x))))``.
 
@@ -24,6 +39,15 @@ class ResBlock(nn.Module):
         r = self.conv2(F.relu(self.conv1(F.relu(x))))
         shortcut = x if self.downsample is None else self.downsample(x)
         return shortcut + r
+
+    def forward_concat(self, per_object: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """``forward(cat[per_object, shared])`` with ``shared`` (B, ...) common to all K objects."""
+        if self.downsample is None:
+            k = per_object.shape[0] // shared.shape[0]
+            return self(torch.cat([per_object, shared.repeat(k, 1, 1, 1)], dim=1))
+        # relu acts per channel, so relu(cat) = cat(relu) and the split holds for conv1 too
+        r = self.conv2(F.relu(conv_over_concat(self.conv1, F.relu(per_object), F.relu(shared))))
+        return conv_over_concat(self.downsample, per_object, shared) + r
 
 
 class _ChannelGate(nn.Module):
@@ -83,5 +107,9 @@ class FeatureFusion(nn.Module):
         self.block2 = ResBlock(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor, key_f16: torch.Tensor) -> torch.Tensor:
-        x = self.block1(torch.cat([x, key_f16], dim=1))
+        """``x`` (K*B, C, h, w) per object; ``key_f16`` (B, C16, h, w) per frame or (K*B, ...)."""
+        if key_f16.shape[0] == x.shape[0]:
+            x = self.block1(torch.cat([x, key_f16], dim=1))
+        else:
+            x = self.block1.forward_concat(x, key_f16)
         return self.block2(x + self.attention(x))

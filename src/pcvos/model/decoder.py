@@ -38,34 +38,10 @@ class Decoder(nn.Module):
         self.up_8_4 = UpsampleBlock(f4_dim, w8, w4)
         self.pred = nn.Conv2d(w4, 1, kernel_size=3, padding=1)
 
-    def _compress(self, readout: torch.Tensor, thin: torch.Tensor) -> torch.Tensor:
-        """``compress(cat[readout, thin])`` without repeating ``thin`` for every object.
-
-        A convolution over a channel concatenation is the sum of convolutions over its parts, and
-        relu acts per channel, so the object-independent half is computed once per frame.
-        """
-        block = self.compress
-        k, l = readout.shape[:2]
-        r = readout.flatten(0, 1)
-        cv = self.value_dim
-
-        def split_conv(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            ya = F.conv2d(a, conv.weight[:, :cv], None, padding=1)
-            yb = F.conv2d(b, conv.weight[:, cv:], conv.bias, padding=1)
-            return (ya.view(k, l, *ya.shape[1:]) + yb.unsqueeze(0)).flatten(0, 1)
-
-        h = split_conv(block.conv1, F.relu(r), F.relu(thin))
-        h = block.conv2(F.relu(h))
-        if block.downsample is None:  # only when value_dim + thin_dim == width: plain residual
-            shortcut = torch.cat([readout, thin.unsqueeze(0).expand(k, -1, -1, -1, -1)], dim=2).flatten(0, 1)
-        else:
-            shortcut = split_conv(block.downsample, r, thin)
-        return shortcut + h
-
     def forward(self, readout: torch.Tensor, thin: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
         """``readout`` (K, L, Cv, h, w); ``thin``/``f8``/``f4`` (L, C, ...) -> logits (K, L, 4h, 4w) at f4 x 4."""
         k, l = readout.shape[:2]
-        x = self._compress(readout, thin)
+        x = self.compress.forward_concat(readout.flatten(0, 1), thin)
         x = self.up_16_8(f8, x, k)
         x = self.up_8_4(f4, x, k)
         x = self.pred(F.relu(x))

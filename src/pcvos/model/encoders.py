@@ -80,7 +80,11 @@ class ResNetValueEncoder(nn.Module):
         self.fuser = FeatureFusion(256 + key_f16_dim, value_dim)
 
     def forward(self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-        """``image`` (B,3,H,W), ``key_f16`` (B,C,H/16,W/16), ``mask``/``others`` (B,1,H,W) -> (B,value_dim,H/16,W/16)."""
+        """``image``/``mask``/``others`` (B,·,H,W), ``key_f16`` (B or B/K,C,H/16,W/16) -> (B,value_dim,H/16,W/16).
+
+        With K objects of one frame, ``key_f16`` may be given once (object-major batch): the
+        fusion then computes its part of the first convolutions once for all objects.
+        """
         x = torch.cat([image, mask, others], dim=1)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer3(self.layer2(self.layer1(x)))

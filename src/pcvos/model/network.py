@@ -25,7 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class PCVOSConfig:
     """Architecture hyper-parameters. The defaults are the released PCVOS model's."""
 
-    backbone: str = "resnet"            # "resnet": ResNet-50 keys / ResNet-18 values as released
+    backbone: str = "resnet"            # "resnet": ResNet-50 keys / ResNet-18 values as released;
+                                        # "efficientnet-lite0".."efficientnet-lite4": the light variant
     key_dim: int = 64                   # matching key channels (C_k)
     value_dim: int = 512                # memory value channels (C_v)
     thin_dim: int = 512                 # compressed key features given to the decoder
@@ -91,11 +92,21 @@ class PCVOS(nn.Module):
     def __init__(self, config: PCVOSConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or PCVOSConfig()
-        if config.backbone != "resnet":
-            raise ValueError(f"unknown backbone {config.backbone!r}; available: 'resnet'")
-        self.key_encoder = ResNetKeyEncoder()
-        c4, c8, c16 = self.key_encoder.channels
-        self.value_encoder = ResNetValueEncoder(c16, config.value_dim)
+        if config.backbone == "resnet":
+            self.key_encoder = ResNetKeyEncoder()
+            c4, c8, c16 = self.key_encoder.channels
+            self.value_encoder = ResNetValueEncoder(c16, config.value_dim)
+        elif config.backbone.startswith("efficientnet-lite"):
+            # light variant: EfficientNet-Lite key/value encoders (pcvos.model.efficientnet)
+            from pcvos.model.efficientnet import LITE_VARIANTS, build_lite_encoders
+            if config.backbone not in LITE_VARIANTS:
+                raise ValueError(f"unknown backbone {config.backbone!r}; available: 'resnet', "
+                                 + ", ".join(repr(v) for v in LITE_VARIANTS))
+            self.key_encoder, self.value_encoder = build_lite_encoders(config.backbone, config.value_dim)
+            c4, c8, c16 = self.key_encoder.channels
+        else:
+            raise ValueError(f"unknown backbone {config.backbone!r}; available: 'resnet', 'efficientnet-lite0' … "
+                             "'efficientnet-lite4'")
         self.key_proj = _Proj(c16, config.key_dim)
         self.key_comp = nn.Conv2d(c16, config.thin_dim, kernel_size=3, padding=1)
         if config.refine:
@@ -122,7 +133,7 @@ class PCVOS(nn.Module):
         return KeyFeatures(self.key_proj(f16), self.key_comp(f16), local, f16, f8, f4)
 
     def encode_value(self, image: torch.Tensor, f16: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """One frame's memory values for each object.
+        """One frame's memory values for each object (the key features are shared, not repeated).
 
         ``image`` (1, 3, H, W) normalised, ``f16`` (1, C16, h, w) its key features, ``probs`` (K, H, W)
         the objects' aggregated probabilities -> values (K, C_v, h, w).
@@ -130,7 +141,7 @@ class PCVOS(nn.Module):
         k = probs.shape[0]
         masks = probs.unsqueeze(1)
         others = (probs.sum(0, keepdim=True) - probs).unsqueeze(1) if k > 1 else torch.zeros_like(masks)
-        return self.value_encoder(image.expand(k, -1, -1, -1), f16.expand(k, -1, -1, -1), masks, others)
+        return self.value_encoder(image.expand(k, -1, -1, -1), f16, masks, others)
 
     def refine(self, local: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
         """ICR. ``local`` (L, C, h, w) clip keys; ``readout`` (K, L, C_v, h, w) -> refined, same shape."""
