@@ -184,20 +184,22 @@ def run(args: argparse.Namespace) -> dict:
                 model = models[sched.pop("stcn", False)].to(device)
                 if args.weights and not model.has_refiner:
                     sched.update(refine=False, pmm_segment=None)
-                fn = lambda: pcvos.segment(model, frames, {0: labels}, device=device, **sched)  # noqa: E731
+                fn = lambda: pcvos.segment(model, frames, {0: labels}, device=device,  # noqa: E731
+                                           frame_batch=args.frame_batch, **sched)
                 sec, peak = timed(fn, device, args.repeats)
                 spf = sec / args.frames
                 rows.append({"device": device.type, "objects": k, "schedule": name, "L": sched["clip_length"],
                              "s_per_frame": spf, "fps": 1 / spf, "peak_mb": peak,
                              "x_floor": spf / fl["floor_s"]})
                 print(f"  {device.type} K={k} {name}: {spf:.3f} s/frame", file=sys.stderr)
-    return {"frames": args.frames, "source": source, "size": list(frames.shape[1:3]), "repeats": args.repeats,
+    return {"frames": args.frames, "source": source, "frame_batch": args.frame_batch or "auto", "size": list(frames.shape[1:3]), "repeats": args.repeats,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
 
 
 def table(result: dict) -> str:
     lines = [f"{result['frames']} frames after the first, {result['source']} at {result['size'][1]}x{result['size'][0]}, "
-             f"median of {result['repeats']}, {result['threads']} threads, torch {result['torch']}", "",
+             f"median of {result['repeats']}, {result['threads']} threads, frame batch {result['frame_batch']}, "
+             f"torch {result['torch']}", "",
              "| device | objects | schedule | s/frame | FPS | × floor | peak MB |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         xf = f"{r['x_floor']:.2f}" if r.get("x_floor") else "1.00"
@@ -241,6 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--sequence", default="bear")
     p.add_argument("--schedules", nargs="+", help=f"subset of {list(SCHEDULES)}")
     p.add_argument("--weights", help="a real checkpoint instead of stand-in weights")
+    p.add_argument("--frame-batch", type=int, default=None,
+                   help="frames per encoder/decoder call (default: the engine's automatic choice)")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
     p.add_argument("--plot", type=Path, default=Path("benchmarks/results/speed.png"))
     p.add_argument("--tiny", action="store_true", help="smoke run: tiny frames, 2 frames, 1 repeat")

@@ -31,7 +31,8 @@ class InferenceConfig:
     refine: bool = True
     top_k: int = 20
     max_memory_frames: int | None = None
-    frame_batch: int | None = None   # frames per encoder/decoder call; None: 1 on a CPU, the clip on a GPU
+    frame_batch: int | None = None   # frames per encoder/decoder call; None: automatic (see below)
+    cpu_pixels_per_call: int = 480 * 864  # automatic CPU micro-batch: frames per call ~ this / (H*W)
 
     def validate(self) -> None:
         for name in ("clip_length", "top_k"):
@@ -78,15 +79,17 @@ class InferenceCore:
         self._pending: _Candidate | None = None
 
     # -- stages ---------------------------------------------------------------------------------
-    def _frame_step(self, length: int, device: torch.device) -> int:
-        # CPU convolutions run fastest on one frame at a time (the working set stays in cache);
-        # a GPU wants the whole clip in one call
+    def _frame_step(self, length: int, pixels: int, device: torch.device) -> int:
+        # A GPU wants the whole clip in one call. CPU convolutions slow down once a call's working
+        # set outgrows the caches: batch about one 480p frame's worth of pixels per call.
         if self.config.frame_batch is not None:
             return self.config.frame_batch
-        return 1 if device.type == "cpu" else length
+        if device.type != "cpu":
+            return length
+        return max(1, min(length, self.config.cpu_pixels_per_call // pixels))
 
     def _encode_keys(self, images: torch.Tensor) -> KeyFeatures:
-        step = self._frame_step(images.shape[0], images.device)
+        step = self._frame_step(images.shape[0], images.shape[-2] * images.shape[-1], images.device)
         parts = [self.net.encode_key(images[i:i + step], with_local=self.config.refine)
                  for i in range(0, images.shape[0], step)]
         if len(parts) == 1:
@@ -133,7 +136,7 @@ class InferenceCore:
         return r.view(length, h, w, s, cv).permute(3, 0, 4, 1, 2)
 
     def _decode(self, readout: torch.Tensor, feats: KeyFeatures) -> torch.Tensor:
-        step = self._frame_step(readout.shape[1], readout.device)
+        step = self._frame_step(readout.shape[1], 16 * feats.f4.shape[-2] * feats.f4.shape[-1], readout.device)
         parts = []
         for i in range(0, readout.shape[1], step):
             sub = KeyFeatures(feats.key[i:i + step], feats.thin[i:i + step], None, feats.f16[i:i + step],
