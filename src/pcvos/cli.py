@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from pcvos.cli_types import positive_int
+
 EXIT_BAD_INPUT = 2
 
 
@@ -44,16 +46,6 @@ def _size(text: str) -> int | None:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _add_segment(sub) -> None:
     p = sub.add_parser(
         "segment", help="segment the objects of your own video from mask(s) of one frame",
@@ -72,14 +64,14 @@ def _add_segment(sub) -> None:
                    help="frame number (from 0) of the preceding --mask, for objects that enter later")
     p.add_argument("--weights", metavar="W", help="checkpoint (released PCVOS/STCN or pcvos); "
                    "default: the model shipped with pcvos, if any")
-    p.add_argument("--clip-length", type=_positive, default=5, metavar="L",
+    p.add_argument("--clip-length", type=positive_int, default=5, metavar="L",
                    help="frames processed together; longer is faster, slightly less accurate (default 5)")
-    p.add_argument("--memory-every", type=_positive, default=None, metavar="M",
+    p.add_argument("--memory-every", type=positive_int, default=None, metavar="M",
                    help="add a memory frame every M frames (default: the clip length)")
     p.add_argument("--size", type=_size, default=480, metavar="PX",
                    help="process at this shorter side, or 'native' (default 480; never upscales); "
                         "outputs are always at the input resolution")
-    p.add_argument("--max-memory-frames", type=_positive, default=None, metavar="N",
+    p.add_argument("--max-memory-frames", type=positive_int, default=None, metavar="N",
                    help="cap on memory frames for long videos (annotated frames always kept)")
     p.add_argument("--out", default="pcvos_masks", metavar="DIR",
                    help="folder for one indexed PNG per frame and summary.json (default pcvos_masks)")

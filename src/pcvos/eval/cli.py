@@ -11,17 +11,9 @@ import sys
 import time
 from typing import Any, List, Optional
 
+from pcvos.cli_types import positive_int
+
 __all__ = ["register", "main_eval", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -56,7 +48,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p_davis.add_argument("--year", default="auto", choices=["2016", "2017", "auto"],
                          help="DAVIS edition: 2017 (multi-object), 2016 (single object) or "
                               "auto (ImageSets/2017 if present, else 2016; default)")
-    p_davis.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    p_davis.add_argument("--workers", type=positive_int, default=None, metavar="N",
                          help="processes to use (default: all cores)")
     p_davis.add_argument("--exclude-void", action="store_true",
                          help="ignore void (255) annotation pixels instead of counting them as "

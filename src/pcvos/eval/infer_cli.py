@@ -6,16 +6,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pcvos.cli_types import non_negative_int, positive_int
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="W", help="checkpoint (released PCVOS/STCN or pcvos; default: shipped model)")
-    p.add_argument("--clip-length", type=int, default=5, metavar="L", help="clip length L (default 5)")
-    p.add_argument("--memory-every", type=int, default=None, metavar="M",
+    p.add_argument("--clip-length", type=positive_int, default=5, metavar="L", help="clip length L (default 5)")
+    p.add_argument("--memory-every", type=positive_int, default=None, metavar="M",
                    help="memory update interval (default: L; STCN: --clip-length 1 --memory-every 5)")
-    p.add_argument("--pmm-segment", type=int, default=5, metavar="F",
+    p.add_argument("--pmm-segment", type=non_negative_int, default=5, metavar="F",
                    help="progressive memory matching segment (default 5; 0 turns it off)")
-    p.add_argument("--top-k", type=int, default=20, metavar="K", help="memory read top-k (default 20)")
-    p.add_argument("--max-memory-frames", type=int, default=None, metavar="N", help="cap on memory frames")
+    p.add_argument("--top-k", type=positive_int, default=20, metavar="K", help="memory read top-k (default 20)")
+    p.add_argument("--max-memory-frames", type=positive_int, default=None, metavar="N", help="cap on memory frames")
     p.add_argument("--out", required=True, metavar="DIR", help="result folder (finished sequences are skipped)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default; under torchrun: the local GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -32,7 +34,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--set", default="val", dest="subset", metavar="SET", help="subset (default val)")
     d.add_argument("--year", default="auto", choices=["2016", "2017", "auto"],
                    help="ImageSets year (auto: 2017 if present, else 2016)")
-    d.add_argument("--size", type=int, default=None, metavar="PX",
+    d.add_argument("--size", type=positive_int, default=None, metavar="PX",
                    help="process at this shorter side (default: native, DAVIS 480p is already 480)")
     d.add_argument("--eval", action="store_true", help="score the results with 'pcvos eval davis' afterwards")
     _common(d)
@@ -41,7 +43,7 @@ def register(subparsers: Any) -> None:
                        description="Segment YouTube-VOS 2018/2019 'valid' (objects may enter late).")
     y.add_argument("--root", required=True, metavar="ROOT", help="folder holding valid/ (and valid_all_frames/)")
     y.add_argument("--split", default="valid")
-    y.add_argument("--size", type=int, default=480, metavar="PX", help="processing shorter side (default 480)")
+    y.add_argument("--size", type=positive_int, default=480, metavar="PX", help="processing shorter side (default 480)")
     y.add_argument("--all-frames", choices=["auto", "yes", "no"], default="auto",
                    help="propagate through <split>_all_frames (auto: when present)")
     y.add_argument("--zip", action="store_true", help="also write DIR.zip for the evaluation server")
