@@ -1,0 +1,223 @@
+"""Training configuration: YAML files with inheritance, ``key=value`` overrides and ``${...}`` references.
+
+A config file is a mapping merged over :data:`DEFAULTS`. ``base: other.yaml`` (relative to the
+file) inherits another file first. Overrides use dotted keys with YAML values
+(``train.iterations=20``, ``data.crop=[64,64]``, ``val.every=0``); list items are addressed by
+index (``data.sources.0.root=/data/davis``). String values may reference other keys as
+``${paths.davis}``. Unknown keys are errors (typos must not pass silently), except under
+``model`` (checked against :class:`pcvos.PCVOSConfig`), ``paths`` (free-form) and the entries of
+``data.sources``.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DEFAULTS", "load_config", "apply_overrides", "resolve_config_path", "dump_config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+DEFAULTS: dict[str, Any] = {
+    "name": "pcvos",
+    "output_dir": None,          # default: runs/<name>
+    "seed": 0,
+    "device": "auto",            # auto | cpu | cuda
+    "threads": None,             # torch intra-op threads (None: torch's default)
+    "resume": None,              # checkpoint path, or "auto" for <output_dir>/checkpoints/latest.pth if present
+    "paths": {},                 # free-form, for ${paths.x} references
+    "model": {},                 # PCVOSConfig fields; empty: the released PCVOS (or init.checkpoint's architecture)
+    "init": {
+        "imagenet": None,        # ResNet: torchvision ResNet-50/-18 state_dict path(s); Lite: path or "package"
+        "checkpoint": None,      # a released PCVOS/STCN checkpoint or one of ours
+        "strict": False,         # require every key of init.checkpoint to fit
+    },
+    "data": {
+        "mode": "per_clip",      # per_clip | frame_wise | static
+        "clip_len": 3,           # N: frames per clip (per_clip)
+        "num_clips": 2,
+        "static_frames": 3,
+        "crop": [384, 384],
+        "resize_short": None,    # resize source frames so the shorter side is this before cropping
+        "max_objects": 3,
+        "max_skip": 5,           # max step between frames inside a clip
+        "gap_schedule": [[0.0, 5], [0.1, 8], [0.2, 10], [0.3, 12], [0.4, 15], [0.9, 5]],
+        "min_pixels": 20,
+        "composite_prob": 0.0,   # paste an object from another sample (multi-object from single-object data)
+        "reverse_prob": 0.0,
+        "num_workers": 4,
+        "sources": [],
+    },
+    "train": {
+        "iterations": 150000,
+        "batch_size": 8,         # global batch (split across processes)
+        "lr": 1.0e-5,
+        "weight_decay": 1.0e-7,
+        "lr_steps": [125000],
+        "lr_gamma": 0.1,
+        "amp": True,             # CUDA only
+        "grad_clip": None,
+        "use_refine": True,      # apply ICR in training when the model has it
+        "detach_memory_mask": False,
+        "freeze_bn": True,
+        "log_every": 50,
+        "image_every": 1000,
+        "save_every": 5000,
+        "keep_checkpoints": 3,
+        "stop_at": None,         # stop this invocation at this iteration (checkpointed; continue with resume=auto)
+        "progress": True,
+        "tensorboard": True,
+    },
+    "loss": {
+        "start_warm": 20000,
+        "end_warm": 70000,
+        "top_p": 0.15,
+        "image_weight": 1.0,
+        "clip_weight": 1.0,
+        "dice_smooth": 1.0,
+    },
+    "val": {
+        "root": None,            # a DAVIS-layout folder
+        "subset": "val",
+        "year": None,
+        "sequences": None,       # default: the subset's list
+        "every": 0,              # iterations between validations (0: off)
+        "size": None,            # shorter side for inference (None: native)
+        "clip_length": 5,
+        "top_k": 20,
+    },
+}
+
+_FREE = {("paths",), ("model",)}
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config path, or a bare name looked up in ./configs and the repository's configs/."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    stem = p.name if p.suffix else p.name + ".yaml"
+    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"):
+        if (base / stem).is_file():
+            return base / stem
+    raise FileNotFoundError(f"config {name!r} not found (also looked for configs/{stem})")
+
+
+def _merge(base: dict, over: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        path = f"{where}.{k}" if where else str(k)
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, path)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_file(path: Path, seen: tuple = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loop at {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        parent = _read_file(resolve_config_path(path.parent / base) if (path.parent / base).is_file()
+                            else resolve_config_path(base), seen + (path,))
+        data = _merge(parent, data)
+    return data
+
+
+def _check(cfg: dict, ref: dict, where: tuple = ()) -> None:
+    for k, v in cfg.items():
+        here = where + (k,)
+        if here in _FREE:
+            continue
+        if k not in ref:
+            raise ConfigError(f"unknown config key {'.'.join(here)!r}")
+        if isinstance(ref[k], dict) and ref[k] and isinstance(v, dict):
+            _check(v, ref[k], here)
+
+
+def _set(cfg: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = cfg
+    for i, p in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(p)]
+        else:
+            if p not in node or node[p] is None:
+                node[p] = {}
+            node = node[p]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return cfg
+
+
+def _lookup(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for p in dotted.split("."):
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    return node
+
+
+def _interpolate(node: Any, root: dict, depth: int = 0) -> Any:
+    if depth > 10:
+        raise ConfigError("too deeply nested ${...} references")
+    if isinstance(node, dict):
+        return {k: _interpolate(v, root, depth) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, root, depth) for v in node]
+    if isinstance(node, str) and "${" in node:
+        m = _REF.fullmatch(node)
+        try:
+            if m:  # a whole-value reference keeps the referenced type
+                return _interpolate(_lookup(root, m.group(1)), root, depth + 1)
+            return _REF.sub(lambda mm: str(_interpolate(_lookup(root, mm.group(1)), root, depth + 1)), node)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"cannot resolve {node!r}: {exc}") from None
+    return node
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """DEFAULTS <- the file (and its bases) <- overrides, references resolved, keys checked."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        cfg = _merge(cfg, _read_file(resolve_config_path(path)))
+    cfg = apply_overrides(cfg, overrides)
+    _check(cfg, DEFAULTS)
+    cfg = _interpolate(cfg, cfg)
+    if cfg["output_dir"] is None:
+        cfg["output_dir"] = str(Path("runs") / str(cfg["name"]))
+    if cfg["data"]["mode"] not in ("per_clip", "frame_wise", "static"):
+        raise ConfigError(f"data.mode must be per_clip, frame_wise or static, got {cfg['data']['mode']!r}")
+    from pcvos.model.network import PCVOSConfig
+    try:
+        PCVOSConfig.from_dict(cfg["model"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from None
+    return cfg
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

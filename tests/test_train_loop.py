@@ -1,0 +1,167 @@
+"""The trainer end to end on generated data: learning, exact resume, DDP, CLI, validation, modes."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+import pcvos
+from pcvos.data.synthetic import write_davis_layout
+from pcvos.train.cli import register
+from pcvos.train.config import ConfigError, load_config
+from pcvos.train.losses import LossConfig, compute_losses
+from pcvos.train.trainer import build_dataset, build_model, run_training
+from pcvos.train.wrapper import PerClipTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path, name, *overrides):
+    return load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path / name}", *overrides])
+
+
+def _history(path):
+    return [json.loads(l) for l in (Path(path) / "history.jsonl").read_text().splitlines()]
+
+
+def _fixed_loss(cfg, net, batch):
+    tr = PerClipTrainer(net, cfg["data"]["clip_len"], freeze_bn=cfg["train"]["freeze_bn"]).train()
+    with torch.no_grad():
+        out = tr(batch["frames"], batch["masks"], batch["valid"])
+        return compute_losses(out, batch, 0, LossConfig(**cfg["loss"]))["total"].item()
+
+
+def test_tiny_config_lowers_the_loss(tmp_path):
+    cfg = _cfg(tmp_path, "tiny")
+    ds = build_dataset(cfg)
+    batch = default_collate([ds[(i, 99, 10 ** 6 + i, 0.0)] for i in range(6)])   # held-out samples
+    torch.manual_seed(cfg["seed"])
+    before = _fixed_loss(cfg, build_model(cfg), batch)
+    summary = run_training(cfg)
+    assert summary["iterations"] == 20
+    after = _fixed_loss(cfg, pcvos.load_model(tmp_path / "tiny" / "model_final.pth"), batch)
+    assert after < 0.85 * before, (before, after)
+    h = _history(tmp_path / "tiny")
+    assert [r["iteration"] for r in h] == list(range(1, 21))
+
+
+def test_stop_and_resume_is_exact(tmp_path):
+    common = ["train.iterations=10", "train.save_every=5"]
+    run_training(_cfg(tmp_path, "full", *common))
+    run_training(_cfg(tmp_path, "split", *common, "train.stop_at=5"))
+    assert [r["iteration"] for r in _history(tmp_path / "split")] == [1, 2, 3, 4, 5]
+    ck = torch.load(tmp_path / "split" / "checkpoints" / "latest.pth", map_location="cpu", weights_only=True)
+    assert ck["training"]["iteration"] == 5 and ck["training"]["sampler"]["iteration"] == 5
+    assert pcvos.load_model(tmp_path / "split" / "checkpoints" / "latest.pth") is not None
+    run_training(_cfg(tmp_path, "split", *common, "resume=auto"))
+    full, split = _history(tmp_path / "full"), _history(tmp_path / "split")
+    assert [r["iteration"] for r in split] == list(range(1, 11))
+    for a, b in zip(full[5:], split[5:]):
+        assert a["iteration"] == b["iteration"]
+        for k in ("total", "image", "clip", "iou"):
+            assert a[k] == b[k], (a, b)
+    wa = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "split" / "model_final.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    common = ["train.iterations=3", "train.freeze_bn=true", "train.save_every=0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pcvos.train", "--config", str(ROOT / "configs" / "tiny.yaml"), "-o", str(tmp_path / "ddp"), *common]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    sums = summary["param_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]          # parameters identical across ranks
+    # 2 processes x batch 1 == 1 process x batch 2 (same global sample stream, averaged gradients)
+    run_training(_cfg(tmp_path, "one", *common))
+    a, b = _history(tmp_path / "ddp"), _history(tmp_path / "one")
+    for ra, rb in zip(a, b):
+        assert ra["total"] == pytest.approx(rb["total"], rel=1e-4)
+    wa = torch.load(tmp_path / "ddp" / "model_final.pth", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "one" / "model_final.pth", weights_only=True)["state_dict"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-4) for k in wa)
+
+
+def test_cli_register_and_overrides(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="pcvos")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--config", "tiny", "--print-config", "train.iterations=7",
+                              "paths.data=/x", "val.root=${paths.data}/davis", "data.crop=[32,32]"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "iterations: 7" in printed and "root: /x/davis" in printed
+    with pytest.raises(ConfigError, match="trian"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["trian.iterations=3"])
+    with pytest.raises(ConfigError, match="model"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["model.no_such_field=3"])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg["data"]["mode"] in ("per_clip", "frame_wise", "static")
+
+
+@pytest.mark.parametrize("mode", ["frame_wise", "static"])
+def test_other_modes_run(tmp_path, mode):
+    over = ["train.iterations=2", f"data.mode={mode}"]
+    if mode == "static":
+        over.append("data.sources=[{type: synthetic_static, num_images: 4, size: [64, 64]}]")
+    s = run_training(_cfg(tmp_path, mode, *over))
+    assert s["iterations"] == 2 and s["last"]["total"] > 0
+
+
+def test_validation_on_davis_layout(tmp_path):
+    root = tmp_path / "davis"
+    names = write_davis_layout(root, num_videos=3, num_frames=8, size=(64, 64), max_objects=2, year="2017")
+    cfg = _cfg(tmp_path, "val", "train.iterations=2", f"val.root={root}", "val.subset=train",
+               f"val.sequences=[{names[2]}]", "val.every=2",
+               f"data.sources=[{{type: davis, root: {root}, exclude: [{names[2]}]}}]")
+    s = run_training(cfg)
+    v = s["validation"][-1]
+    assert v["iteration"] == 2 and 0.0 <= v["J-Mean"] <= 1.0
+    assert (tmp_path / "val" / "val_history.jsonl").is_file()
+
+
+def test_resnet_imagenet_init(tmp_path):
+    from torchvision.models import resnet18, resnet50
+
+    from pcvos.train.init import init_resnet_imagenet
+    torch.manual_seed(0)
+    r50, r18 = resnet50(), resnet18()
+    torch.save(r50.state_dict(), tmp_path / "r50.pth")
+    torch.save(r18.state_dict(), tmp_path / "r18.pth")
+    net = pcvos.PCVOS(pcvos.PCVOSConfig(refine=False))
+    done = init_resnet_imagenet(net, [str(tmp_path / "r50.pth"), str(tmp_path / "r18.pth")])
+    assert done["key_encoder"] > 250 and done["value_encoder"] > 90
+    assert torch.equal(net.key_encoder.res2[0].conv3.weight, r50.layer1[0].conv3.weight)
+    assert torch.equal(net.key_encoder.layer3[5].bn3.running_var, r50.layer3[5].bn3.running_var)
+    stem = net.value_encoder.conv1.weight
+    assert torch.equal(stem[:, :3], r18.conv1.weight) and not stem[:, 3:].any() and not net.value_encoder.conv1.bias.any()
+    assert torch.equal(net.value_encoder.layer3[0].downsample[0].weight, r18.layer3[0].downsample[0].weight)
+    assert not net.value_encoder.layer2[1].conv2.bias.any()
+
+
+def test_init_from_checkpoint_non_strict(tmp_path):
+    from pcvos.train.init import init_from_checkpoint
+    small = dict(backbone="efficientnet-lite0", key_dim=16, value_dim=32, thin_dim=32, local_key_dim=32,
+                 decoder_widths=(32, 16, 16))
+    torch.manual_seed(1)
+    stcn_like = pcvos.PCVOS(pcvos.PCVOSConfig(refine=False, **small))
+    pcvos.save_checkpoint(stcn_like, tmp_path / "stcn_like.pth")
+    torch.manual_seed(2)
+    net = pcvos.PCVOS(pcvos.PCVOSConfig(**small))
+    rep = init_from_checkpoint(net, tmp_path / "stcn_like.pth")
+    assert rep["missing"] and all(k.startswith(("input_proj", "refine_transformer")) for k in rep["missing"])
+    assert torch.equal(net.decoder.pred.weight, stcn_like.decoder.pred.weight)
+    with pytest.raises(Exception):
+        init_from_checkpoint(net, tmp_path / "stcn_like.pth", strict=True)
