@@ -58,12 +58,12 @@ class Schedule:
     top_k: int = 20
     size: int | None = None
     max_memory_frames: int | None = None
+    refine: bool | None = None   # None: ICR when the model has it
 
     def kwargs(self, model: PCVOS) -> dict[str, Any]:
         d = asdict(self)
-        d["refine"] = model.has_refiner
-        if not model.has_refiner:
-            d["pmm_segment"] = None if self.pmm_segment == 5 else self.pmm_segment
+        if self.refine is None:
+            d["refine"] = model.has_refiner
         return d
 
 

@@ -88,13 +88,20 @@ class InferenceCore:
             return length
         return max(1, min(length, self.config.cpu_pixels_per_call // pixels))
 
-    def _encode_keys(self, images: torch.Tensor) -> KeyFeatures:
+    def _encode_keys(self, images: torch.Tensor) -> tuple[list[KeyFeatures], torch.Tensor, torch.Tensor | None]:
+        """Key features in micro-batches, plus the clip's matching and local keys joined.
+
+        The large decoder features (f4, f8) stay in their micro-batches: joining them would copy
+        about a gigabyte per 25-frame 480p clip for nothing.
+        """
         step = self._frame_step(images.shape[0], images.shape[-2] * images.shape[-1], images.device)
         parts = [self.net.encode_key(images[i:i + step], with_local=self.config.refine)
                  for i in range(0, images.shape[0], step)]
-        if len(parts) == 1:
-            return parts[0]
-        return KeyFeatures(*[None if p[0] is None else torch.cat(p) for p in zip(*parts)])
+        key = torch.cat([p.key for p in parts]) if len(parts) > 1 else parts[0].key
+        local = None
+        if self.config.refine:
+            local = torch.cat([p.local for p in parts]) if len(parts) > 1 else parts[0].local
+        return parts, key, local
 
     def _add_memory(self, index: int, image: torch.Tensor, key: torch.Tensor, f16: torch.Tensor,
                     probs: torch.Tensor, annotated: bool) -> None:
@@ -109,12 +116,12 @@ class InferenceCore:
             self._add_memory(c.index, c.image, c.key, c.f16, c.probs, annotated=False)
             self._pending = None
 
-    def _read_clip(self, feats: KeyFeatures) -> torch.Tensor:
-        """Memory read with PMM -> read-outs (S, L, C_v, h, w)."""
+    def _read_clip(self, key: torch.Tensor) -> torch.Tensor:
+        """Memory read with PMM: clip keys (L, C_k, h, w) -> read-outs (S, L, C_v, h, w)."""
         cfg = self.config
-        length, _, h, w = feats.key.shape
+        length, _, h, w = key.shape
         hw = h * w
-        queries = _flat_keys(feats.key)
+        queries = _flat_keys(key)
         groups = self.objects.groups()
         seg = cfg.pmm_segment or length
         out = []
@@ -135,14 +142,15 @@ class InferenceCore:
         s, cv = r.shape[1], r.shape[2]
         return r.view(length, h, w, s, cv).permute(3, 0, 4, 1, 2)
 
-    def _decode(self, readout: torch.Tensor, feats: KeyFeatures) -> torch.Tensor:
-        step = self._frame_step(readout.shape[1], 16 * feats.f4.shape[-2] * feats.f4.shape[-1], readout.device)
-        parts = []
-        for i in range(0, readout.shape[1], step):
-            sub = KeyFeatures(feats.key[i:i + step], feats.thin[i:i + step], None, feats.f16[i:i + step],
-                              feats.f8[i:i + step], feats.f4[i:i + step])
-            parts.append(torch.sigmoid(self.net.decode(readout[:, i:i + step], sub)))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    def _decode(self, readout: torch.Tensor, parts: list[KeyFeatures]) -> torch.Tensor:
+        """Object probabilities (S, L, H, W), decoded in the key encoder's micro-batches."""
+        out = []
+        start = 0
+        for feats in parts:
+            n = feats.key.shape[0]
+            out.append(torch.sigmoid(self.net.decode(readout[:, start:start + n], feats)))
+            start += n
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     # -- the clip step ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -157,23 +165,26 @@ class InferenceCore:
         if mask is None and len(self.objects) == 0:
             raise ValueError("no object has been given yet: the first clip must end with a mask")
         self._commit_pending()
-        feats = self._encode_keys(images)
+        parts, key, local = self._encode_keys(images)
         length = images.shape[0]
         if len(self.objects):
-            readout = self._read_clip(feats)
+            readout = self._read_clip(key)
             if self.config.refine:
-                readout = self.net.refine(feats.local, readout)
-            probs = aggregate(self._decode(readout, feats), dim=0)   # (1 + S, L, H, W)
+                readout = self.net.refine(local, readout)
+            probs = aggregate(self._decode(readout, parts), dim=0)   # (1 + S, L, H, W)
         else:
             probs = images.new_zeros(1, length, *images.shape[-2:])
             probs[0] = 1
         last = indices[-1]
-        keys_last = _flat_keys(feats.key[-1:])
+        keys_last = _flat_keys(key[-1:])
+        f16_last = parts[-1].f16[-1:]
+        del parts  # the clip's decoder features are no longer needed
         if mask is not None:
             probs = self._merge_mask(probs, mask, last)
-            self._add_memory(last, images[-1:], keys_last, feats.f16[-1:], probs[1:, -1], annotated=True)
+            self._add_memory(last, images[-1:], keys_last, f16_last, probs[1:, -1], annotated=True)
         elif self.last_memory_frame is not None and last - self.last_memory_frame >= self.config.memory_interval:
-            self._pending = _Candidate(last, images[-1:], keys_last, feats.f16[-1:], probs[1:, -1])
+            # copies, so the clip's tensors are freed while the candidate waits
+            self._pending = _Candidate(last, images[-1:].clone(), keys_last, f16_last.clone(), probs[1:, -1].clone())
         return probs
 
     def _merge_mask(self, probs: torch.Tensor, mask: tuple[torch.Tensor, list[int]], index: int) -> torch.Tensor:

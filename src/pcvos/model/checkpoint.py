@@ -12,6 +12,8 @@ Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run c
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,10 +40,40 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the network."""
 
 
+_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODEL = "pcvos_lite"
+
+
 def default_weights_path() -> Path | None:
     """The model shipped inside the package, if this installation has one."""
-    path = Path(__file__).resolve().parent.parent / "weights" / "pcvos_lite.pt"
+    path = _WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt"
     return path if path.is_file() else None
+
+
+def default_model_card() -> dict[str, Any]:
+    """What the shipped model is: checksum, training data, measured accuracy (``weights/*.json``)."""
+    card = _WEIGHTS_DIR / f"{DEFAULT_MODEL}.json"
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified_default() -> Path:
+    path = default_weights_path()
+    if path is None:
+        raise FileNotFoundError("no weights given and this pcvos installation ships no default model. "
+                                + _RELEASED_HINT)
+    expected = default_model_card().get("sha256")
+    if expected and sha256_of(path) != expected:
+        raise CheckpointError(f"{path}: the shipped weights do not match their checksum (damaged install?); "
+                              "reinstall pcvos")
+    return path
 
 
 def _read(source: str | os.PathLike) -> Any:
@@ -122,16 +154,12 @@ def load_model(source: Source = None, *, device: str | torch.device | None = Non
     """Build the network and load weights into it (in eval mode).
 
     ``source`` is a checkpoint path or an in-memory state_dict in any recognised layout; ``None``
-    loads the model shipped with pcvos when the installation has one. ``config`` overrides the
+    loads the model shipped with pcvos (checked against its recorded SHA-256). ``config`` overrides the
     architecture read from the checkpoint. Loading is strict: any missing, unexpected or misshapen
     key raises :class:`CheckpointError` listing them.
     """
     if source is None:
-        path = default_weights_path()
-        if path is None:
-            raise FileNotFoundError("no weights given and this pcvos installation ships no default model. "
-                                    + _RELEASED_HINT)
-        source = path
+        source = _verified_default()
     where = str(source) if not isinstance(source, Mapping) else "state_dict"
     raw = source if isinstance(source, Mapping) else _read(source)
     state, stored_config = _unwrap(raw, where)

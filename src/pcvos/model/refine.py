@@ -125,6 +125,7 @@ class RefineBlock(nn.Module):
         self.attn = WindowAttention3D(key_dim, value_dim, window, num_heads)
         self.norm2 = nn.LayerNorm(value_dim)
         self.mlp = Mlp(value_dim, int(value_dim * mlp_ratio))
+        self.mlp_chunk_tokens = 8192
 
     def forward(self, x: torch.Tensor, v: torch.Tensor, window: Size3, shift: Size3,
                 mask: torch.Tensor | None) -> torch.Tensor:
@@ -144,7 +145,12 @@ class RefineBlock(nn.Module):
         if shifted:
             out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
         v = v + out[:, :d, :h, :w]
-        return v + self.mlp(self.norm2(v))
+        # the MLP's hidden layer is 4x the values: run it a few frames at a time so the
+        # temporaries stay cache-sized on long clips (per-token, so the result is the same)
+        step = max(1, self.mlp_chunk_tokens // (v.shape[0] * h * w))
+        if step >= d:
+            return v + self.mlp(self.norm2(v))
+        return torch.cat([c + self.mlp(self.norm2(c)) for c in v.split(step, dim=1)], dim=1)
 
 
 class _Stage(nn.Module):
