@@ -5,8 +5,8 @@
         --sequences bear car-turn dance-jump kite-walk tennis --clip-lengths 1 5 10 15 25
 
 Without ``--weights`` the model shipped with pcvos is used. L = 1 is per-frame inference with a
-memory frame every 5 frames (STCN's schedule), without ICR/PMM; the other L use ICR + PMM with a
-memory frame every L frames. Results (masks, metrics.json per L) go under ``--out``; a markdown
+memory frame every 5 frames (STCN's schedule), with ICR on single frames if the model has it
+and no PMM; the other L use ICR + PMM with a memory frame every L frames. Results (masks, metrics.json per L) go under ``--out``; a markdown
 table is printed and written to ``--out/dial.md`` and a JSON to ``--out/dial.json``.
 """
 from __future__ import annotations
@@ -57,7 +57,9 @@ def main(argv=None) -> int:
         root = _subset_root(args.davis_root, args.sequences, Path(tmp))
         for L in args.clip_lengths:
             if L == 1:
-                sched = Schedule(clip_length=1, memory_every=5, pmm_segment=None, size=args.size, refine=False)
+                # per frame, memory every 5 frames (STCN's schedule); ICR on single frames when the
+                # model has it (a model trained with ICR degrades without it)
+                sched = Schedule(clip_length=1, memory_every=5, pmm_segment=None, size=args.size)
             else:
                 sched = Schedule(clip_length=L, size=args.size)
             out = args.out / f"L{L}"

@@ -9,6 +9,10 @@ import pcvos
 from pcvos.eval.metrics import db_eval_boundary, db_eval_iou
 from pcvos.model.checkpoint import default_model_card, default_weights_path, sha256_of
 
+# J&F floor for 30 frames of the first held-out sequence (bear) at L=5, 240p: measured 0.929
+# (J 0.925, F 0.933); copying the first mask gives J 0.758, so the floor sits between the two
+FLOOR = 0.85
+
 pytestmark = pytest.mark.skipif(default_weights_path() is None, reason="this checkout ships no default model")
 
 
@@ -37,11 +41,7 @@ def test_segments_a_held_out_sequence(davis_root):
     labels = pcvos.segment(pcvos.load_model(), frames, {0: gt[0]}, clip_length=5, size=240)
     j = db_eval_iou(gt[1:-1], labels[1:-1]).mean()
     f = db_eval_boundary(gt[1:-1], labels[1:-1]).mean()
-    # floor set from measurement (see the model card in src/pcvos/weights): far above what an
-    # untrained network or a copy of the first mask gives
     assert (j + f) / 2 > FLOOR, (j, f)
     copy_first = db_eval_iou(gt[1:-1], np.repeat(gt[:1], n - 2, 0)).mean()
     assert j > copy_first
 
-
-FLOOR = 0.6

@@ -34,7 +34,9 @@ class _MaskAction(argparse.Action):
         namespace.masks = masks
 
 
-def _size(text: str) -> int | None:
+def _size(text: str) -> int | str | None:
+    if text.lower() == "auto":
+        return "auto"
     if text.lower() in ("native", "none", "0"):
         return None
     try:
@@ -68,9 +70,9 @@ def _add_segment(sub) -> None:
                    help="frames processed together; longer is faster, slightly less accurate (default 5)")
     p.add_argument("--memory-every", type=positive_int, default=None, metavar="M",
                    help="add a memory frame every M frames (default: the clip length)")
-    p.add_argument("--size", type=_size, default=480, metavar="PX",
-                   help="process at this shorter side, or 'native' (default 480; never upscales); "
-                        "outputs are always at the input resolution")
+    p.add_argument("--size", type=_size, default="auto", metavar="PX",
+                   help="process at this shorter side, or 'native' (default: the model's preferred size, "
+                        "else 480; never upscales); outputs are always at the input resolution")
     p.add_argument("--max-memory-frames", type=positive_int, default=None, metavar="N",
                    help="cap on memory frames for long videos (annotated frames always kept)")
     p.add_argument("--out", default="pcvos_masks", metavar="DIR",
@@ -95,7 +97,10 @@ def _run_segment(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except ValueError as exc:
         return _fail(f"--weights {exc}")
-    opts = SegmentOptions(clip_length=args.clip_length, memory_every=args.memory_every, size=args.size,
+    size = args.size
+    if size == "auto":
+        size = int(model.config.extra.get("preferred_size", 480))
+    opts = SegmentOptions(clip_length=args.clip_length, memory_every=args.memory_every, size=size,
                           max_memory_frames=args.max_memory_frames, device=args.device, overwrite=args.overwrite,
                           overlay=Path(args.overlay) if args.overlay else None,
                           alpha=Path(args.alpha) if args.alpha else None, quiet=args.quiet,
