@@ -173,10 +173,12 @@ def load_model(source: Source = None, *, device: str | torch.device | None = Non
 
 
 def save_checkpoint(model: PCVOS, path: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None,
-                    half: bool = False) -> None:
+                    half: bool = False, extra: Mapping[str, Any] | None = None) -> None:
     """Save ``model`` in the project's format (config + weights), written atomically.
 
-    ``half`` stores floating-point tensors as float16 (they load back as float32).
+    ``half`` stores floating-point tensors as float16 (they load back as float32). ``extra``
+    adds top-level entries (the trainer's optimizer and RNG states); they must be what
+    ``torch.load(weights_only=True)`` can read back.
     """
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
              for k, v in model.state_dict().items()}
@@ -184,6 +186,7 @@ def save_checkpoint(model: PCVOS, path: str | os.PathLike, *, metadata: Mapping[
                                "config": model.config.to_dict(), "state_dict": state}
     if metadata:
         payload["metadata"] = dict(metadata)
+    payload.update(extra or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -30,7 +30,7 @@ from pcvos.data.augment import StaticAugment, VideoAugment
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos
 from pcvos.data.train_datasets import (ImageFolderSource, MixedDataset, StaticDataset, TrainBatchSampler,
                                        VideoClipDataset, davis_source, youtube_source)
-from pcvos.model.checkpoint import FORMAT_NAME, FORMAT_VERSION, save_checkpoint
+from pcvos.model.checkpoint import save_checkpoint
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.train.config import dump_config
 from pcvos.train.init import init_from_checkpoint, init_imagenet
@@ -201,16 +201,7 @@ def _ckpt_dir(cfg: dict) -> Path:
 
 
 def _save(path: Path, net: PCVOS, training: dict) -> None:
-    payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": net.config.to_dict(),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-               "training": training}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_checkpoint(net, path, extra={"training": training})
 
 
 def _find_resume(cfg: dict) -> Path | None:
