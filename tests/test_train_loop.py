@@ -88,7 +88,13 @@ def test_ddp_two_processes_match_one(tmp_path):
         assert ra["total"] == pytest.approx(rb["total"], rel=1e-4)
     wa = torch.load(tmp_path / "ddp" / "model_final.pth", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "one" / "model_final.pth", weights_only=True)["state_dict"]
-    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-4) for k in wa)
+    # Adam divides each gradient element by its running RMS, so an element whose gradient is ~0
+    # moves by up to lr on float noise alone: summing the ranks in another order may legitimately
+    # move a few such elements apart by O(lr). Wrong averaging would move most elements apart.
+    lr, iters = 1e-3, 3
+    diffs = torch.cat([(wa[k].float() - wb[k].float()).abs().flatten() for k in wa])
+    assert (diffs > 1e-4).float().mean().item() < 1e-4, (diffs > 1e-4).sum().item()
+    assert diffs.max().item() <= 2 * lr * iters
 
 
 def test_cli_register_and_overrides(tmp_path, capsys):
