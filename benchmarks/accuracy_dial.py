@@ -22,6 +22,7 @@ import torch
 import pcvos
 from pcvos.eval.davis_eval import evaluate_davis
 from pcvos.eval.runners import Distributed, Schedule, run_davis
+from pcvos.runtime import keep_freed_memory
 
 
 def _subset_root(root: Path, sequences: list[str], tmp: Path) -> Path:
@@ -47,10 +48,12 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=None)
     p.add_argument("--size", type=int, default=None, help="processing shorter side (default native)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="network precision")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/dial"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `pcvos infer` runs
     model = pcvos.load_model(args.weights)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,9 +62,10 @@ def main(argv=None) -> int:
             if L == 1:
                 # per frame, memory every 5 frames (STCN's schedule); ICR on single frames when the
                 # model has it (a model trained with ICR degrades without it)
-                sched = Schedule(clip_length=1, memory_every=5, pmm_segment=None, size=args.size)
+                sched = Schedule(clip_length=1, memory_every=5, pmm_segment=None, size=args.size,
+                                 precision=args.precision)
             else:
-                sched = Schedule(clip_length=L, size=args.size)
+                sched = Schedule(clip_length=L, size=args.size, precision=args.precision)
             out = args.out / f"L{L}"
             stats = run_davis(model, root, out,
                               year="2016", subset="val", schedule=sched, ctx=Distributed(), progress=False)
@@ -70,7 +74,7 @@ def main(argv=None) -> int:
                          "frames": stats.frames, "seconds": stats.seconds})
             print(f"L={L}: J&F {100 * m['J&F-Mean']:.1f}, {stats.fps:.2f} FPS", file=sys.stderr)
     lines = [f"{len(args.sequences)} sequences ({', '.join(args.sequences)}), processing size "
-             f"{args.size or 'native'}, {torch.get_num_threads()} threads", "",
+             f"{args.size or 'native'}, {args.precision}, {torch.get_num_threads()} threads", "",
              "| L | J&F | J | F | FPS |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['L']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {r['fps']:.2f} |")

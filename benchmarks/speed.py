@@ -18,6 +18,7 @@ tests/data/parity (speed does not depend on the values). Prints a markdown table
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import statistics
@@ -30,6 +31,7 @@ import torch
 
 import pcvos
 from pcvos.model.network import KeyFeatures
+from pcvos.runtime import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "davis2016-train"
@@ -128,8 +130,14 @@ def timed(fn, device: torch.device, repeats: int, warmup=None) -> tuple[float, f
 
 @torch.inference_mode()
 def floor_per_frame(model, frames: np.ndarray, objects: int, device: torch.device, repeats: int,
-                    batches=(1, 2, 5)) -> dict:
-    """Key encoder + decoder (per object) per frame, each at its fastest batch size."""
+                    batches=(1, 2, 5), precision: str = "fp32") -> dict:
+    """Key encoder + decoder (per object) per frame, each at its fastest batch size, in ``precision``."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+        return _floor(model, frames, objects, device, repeats, batches)
+
+
+def _floor(model, frames: np.ndarray, objects: int, device: torch.device, repeats: int, batches) -> dict:
     x = torch.from_numpy(frames[: max(batches)]).to(device).permute(0, 3, 1, 2).float().div(255)
     x, _ = pcvos.model.network.pad_to_multiple(model.normalize(x), 16)
     best_key, best_dec = {}, {}
@@ -158,6 +166,8 @@ SCHEDULES = {
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads) if args.threads else None
+    # as `pcvos segment` / `pcvos infer` run (pcvos.runtime); --allocator default measures without it
+    allocator = "kept" if args.allocator == "kept" and keep_freed_memory() else "default"
     devices = [torch.device(d) for d in args.device] if args.device else (
         [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
     size = None if args.size is None else tuple(args.size)
@@ -175,7 +185,8 @@ def run(args: argparse.Namespace) -> dict:
     for device in devices:
         for k in args.objects:
             labels = split_objects(mask, k)
-            fl = floor_per_frame(models[False].to(device), frames, k, device, args.repeats)
+            fl = floor_per_frame(models[False].to(device), frames, k, device, args.repeats,
+                                 precision=args.precision)
             rows.append({"device": device.type, "objects": k, "schedule": "floor (key enc + decoder)",
                          "L": None, "s_per_frame": fl["floor_s"], "fps": 1 / fl["floor_s"], "peak_mb": None,
                          "detail": fl})
@@ -186,20 +197,23 @@ def run(args: argparse.Namespace) -> dict:
                     sched.update(refine=False, pmm_segment=None)
                 def fn(n=len(frames)):
                     return pcvos.segment(model, frames[:n], {0: labels}, device=device,
-                                         frame_batch=args.frame_batch, **sched)
+                                         frame_batch=args.frame_batch, precision=args.precision, **sched)
                 sec, peak = timed(fn, device, args.repeats, warmup=lambda: fn(min(len(frames), 7)))
                 spf = sec / args.frames
                 rows.append({"device": device.type, "objects": k, "schedule": name, "L": sched["clip_length"],
                              "s_per_frame": spf, "fps": 1 / spf, "peak_mb": peak,
                              "x_floor": spf / fl["floor_s"]})
                 print(f"  {device.type} K={k} {name}: {spf:.3f} s/frame", file=sys.stderr)
-    return {"frames": args.frames, "source": source, "frame_batch": args.frame_batch or "auto", "size": list(frames.shape[1:3]), "repeats": args.repeats,
+    return {"frames": args.frames, "source": source, "frame_batch": args.frame_batch or "auto",
+            "size": list(frames.shape[1:3]), "repeats": args.repeats, "precision": args.precision,
+            "allocator": allocator,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
 
 
 def table(result: dict) -> str:
     lines = [f"{result['frames']} frames after the first, {result['source']} at {result['size'][1]}x{result['size'][0]}, "
              f"median of {result['repeats']}, {result['threads']} threads, frame batch {result['frame_batch']}, "
+             f"{result.get('precision', 'fp32')}, malloc {result.get('allocator', 'default')}, "
              f"torch {result['torch']}", "",
              "| device | objects | schedule | s/frame | FPS | × floor | peak MB |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -248,6 +262,11 @@ def main(argv=None) -> int:
                    help="frames per encoder/decoder call (default: the engine's automatic choice)")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
     p.add_argument("--plot", type=Path, default=Path("benchmarks/results/speed.png"))
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="network precision for the floor and every schedule (fp16: CUDA only)")
+    p.add_argument("--allocator", choices=["kept", "default"], default="kept",
+                   help="kept: freed memory stays in the process, as the pcvos commands set it (default); "
+                        "default: glibc's own behaviour")
     p.add_argument("--tiny", action="store_true", help="smoke run: tiny frames, 2 frames, 1 repeat")
     args = p.parse_args(argv)
     if args.tiny:

@@ -80,6 +80,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--overlay", metavar="OUT.mp4", help="also write a video with translucent coloured masks")
     p.add_argument("--alpha", metavar="DIR", help="also write per-object RGBA cut-outs DIR/<id>/<frame>.png")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="network precision: fp32 (default, exact), bf16 (about 2x faster on CPUs with bf16 "
+                        "instructions and on GPUs, slightly less accurate), fp16 (CUDA only)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out / --overlay")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=_run_segment)
@@ -90,7 +93,9 @@ def _run_segment(args: argparse.Namespace) -> int:
 
     import pcvos
     from pcvos.inference.video import MaskSpec, SegmentOptions, segment_video
+    from pcvos.runtime import keep_freed_memory
 
+    keep_freed_memory()  # this process segments one video and exits: reuse freed memory, no page faults
     try:
         model = pcvos.load_model(args.weights)
     except FileNotFoundError as exc:
@@ -101,7 +106,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     if size == "auto":
         size = int(model.config.extra.get("preferred_size", 480))
     opts = SegmentOptions(clip_length=args.clip_length, memory_every=args.memory_every, size=size,
-                          max_memory_frames=args.max_memory_frames, device=args.device, overwrite=args.overwrite,
+                          max_memory_frames=args.max_memory_frames, device=args.device,
+                          precision=args.precision, overwrite=args.overwrite,
                           overlay=Path(args.overlay) if args.overlay else None,
                           alpha=Path(args.alpha) if args.alpha else None, quiet=args.quiet,
                           extra={"weights": args.weights or "default"})

@@ -59,6 +59,7 @@ class Schedule:
     size: int | None = None
     max_memory_frames: int | None = None
     refine: bool | None = None   # None: ICR when the model has it
+    precision: str = "fp32"      # "bf16" / "fp16": autocast the network (see pcvos.segment)
 
     def kwargs(self, model: PCVOS) -> dict[str, Any]:
         d = asdict(self)

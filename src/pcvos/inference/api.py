@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pcvos.inference.engine import InferenceConfig, InferenceCore
+from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
 from pcvos.model.network import PCVOS, pad_to_multiple, unpad
 
 Output = Literal["labels", "probs"]
@@ -46,20 +46,28 @@ class Segmenter:
     input resolution); results are always at the input resolution. ``max_memory_frames`` bounds
     memory on long videos (annotated frames always stay): cheaper, but objects that change
     appearance over a long time are matched against fewer examples.
+
+    ``precision="bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA) runs the network's convolutions and
+    matrix products in that precision (autocast); the memory read, aggregation and outputs stay
+    fp32. About twice as fast on CPUs with bf16 instructions and on GPUs, with a small accuracy
+    cost (measured in the README); the default ``"fp32"`` reproduces the released model exactly.
     """
 
     def __init__(self, model: PCVOS, *, clip_length: int = 5, memory_every: int | None = None,
                  pmm_segment: int | None = 5, refine: bool = True, top_k: int = 20, size: int | None = None,
                  max_memory_frames: int | None = None, output: Output = "labels",
-                 device: str | torch.device | None = None, frame_batch: int | None = None) -> None:
+                 device: str | torch.device | None = None, frame_batch: int | None = None,
+                 precision: Precision = "fp32") -> None:
         if output not in ("labels", "probs"):
             raise ValueError(f"output must be 'labels' or 'probs', got {output!r}")
         self.config = InferenceConfig(clip_length=clip_length, memory_every=memory_every, pmm_segment=pmm_segment,
                                       refine=refine, top_k=top_k, max_memory_frames=max_memory_frames,
-                                      frame_batch=frame_batch)
+                                      frame_batch=frame_batch, precision=precision)
         self.config.validate()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 precision needs a CUDA device; on the CPU use bf16")
         self.size = size
         self.output = output
         self._masks: dict[int, np.ndarray] = {}
@@ -197,7 +205,7 @@ def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int,
             clip_length: int = 5, memory_every: int | None = None, pmm_segment: int | None = 5,
             refine: bool = True, top_k: int = 20, output: Output = "labels", size: int | None = None,
             max_memory_frames: int | None = None, device: str | torch.device | None = None,
-            frame_batch: int | None = None) -> np.ndarray:
+            frame_batch: int | None = None, precision: Precision = "fp32") -> np.ndarray:
     """Segment a whole video in one call.
 
     ``frames``: uint8 (T, H, W, 3) RGB (numpy or torch); ``masks``: {frame index: (H, W) uint8
@@ -216,7 +224,7 @@ def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int,
         raise ValueError("masks: no mask given")
     seg = Segmenter(model, clip_length=clip_length, memory_every=memory_every, pmm_segment=pmm_segment,
                     refine=refine, top_k=top_k, size=size, max_memory_frames=max_memory_frames, output=output,
-                    device=device, frame_batch=frame_batch)
+                    device=device, frame_batch=frame_batch, precision=precision)
     for index, m in masks.items():
         if not 0 <= int(index) < t:
             raise ValueError(f"masks: frame index {index} out of range for a video of {t} frames")

@@ -6,7 +6,9 @@ preprocessed frames in order; it returns each clip's aggregated probabilities.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -14,6 +16,9 @@ from pcvos.inference.memory_store import MemoryStore
 from pcvos.inference.objects import ObjectRegistry
 from pcvos.model.memory import MemoryBlock
 from pcvos.model.network import PCVOS, KeyFeatures, aggregate
+
+Precision = Literal["fp32", "bf16", "fp16"]
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -33,6 +38,7 @@ class InferenceConfig:
     max_memory_frames: int | None = None
     frame_batch: int | None = None   # frames per encoder/decoder call; None: automatic (see below)
     cpu_pixels_per_call: int = 480 * 864  # automatic CPU micro-batch: frames per call ~ this / (H*W)
+    precision: Precision = "fp32"  # "bf16"/"fp16": the network's convolutions and matmuls autocast to it
 
     def validate(self) -> None:
         for name in ("clip_length", "top_k"):
@@ -42,6 +48,8 @@ class InferenceConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.precision not in ("fp32", *_AUTOCAST_DTYPES):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
 
     @property
     def memory_interval(self) -> int:
@@ -60,8 +68,8 @@ class _Candidate:
 
 
 def _flat_keys(key: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B*h*w, C), the memory layout."""
-    return key.permute(0, 2, 3, 1).reshape(-1, key.shape[1])
+    """(B, C, h, w) -> (B*h*w, C), the memory layout, in fp32 whatever the network computed in."""
+    return key.permute(0, 2, 3, 1).reshape(-1, key.shape[1]).float()
 
 
 class InferenceCore:
@@ -73,12 +81,23 @@ class InferenceCore:
         config.validate()
         if config.refine and not network.has_refiner:
             raise ValueError("this model has no intra-clip refinement (an STCN checkpoint?); use refine=False")
+        self._device_type = next(network.parameters()).device.type
+        if config.precision == "fp16" and self._device_type != "cuda":
+            raise ValueError("fp16 precision needs a CUDA device; on the CPU use bf16")
         self.objects = ObjectRegistry()
         self.memory = MemoryStore(network.config.key_dim, network.config.value_dim, config.max_memory_frames)
         self.last_memory_frame: int | None = None
         self._pending: _Candidate | None = None
 
     # -- stages ---------------------------------------------------------------------------------
+    def _net_precision(self) -> contextlib.AbstractContextManager:
+        """Autocast for the network's stages. The memory read stays in fp32 in any case: top-k
+        selection over affinities of magnitude ~100 needs more than bf16's 8 mantissa bits."""
+        dtype = _AUTOCAST_DTYPES.get(self.config.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device_type, dtype=dtype)
+
     def _frame_step(self, length: int, pixels: int, device: torch.device) -> int:
         # A GPU wants the whole clip in one call. CPU convolutions slow down once a call's working
         # set outgrows the caches: batch about one 480p frame's worth of pixels per call.
@@ -95,8 +114,9 @@ class InferenceCore:
         about a gigabyte per 25-frame 480p clip for nothing.
         """
         step = self._frame_step(images.shape[0], images.shape[-2] * images.shape[-1], images.device)
-        parts = [self.net.encode_key(images[i:i + step], with_local=self.config.refine)
-                 for i in range(0, images.shape[0], step)]
+        with self._net_precision():
+            parts = [self.net.encode_key(images[i:i + step], with_local=self.config.refine)
+                     for i in range(0, images.shape[0], step)]
         key = torch.cat([p.key for p in parts]) if len(parts) > 1 else parts[0].key
         local = None
         if self.config.refine:
@@ -105,8 +125,9 @@ class InferenceCore:
 
     def _add_memory(self, index: int, image: torch.Tensor, key: torch.Tensor, f16: torch.Tensor,
                     probs: torch.Tensor, annotated: bool) -> None:
-        values = self.net.encode_value(image, f16, probs)              # (S, C_v, h, w)
-        values = values.permute(2, 3, 0, 1).reshape(key.shape[0], -1)  # (HW, S * C_v)
+        with self._net_precision():
+            values = self.net.encode_value(image, f16, probs)          # (S, C_v, h, w)
+        values = values.permute(2, 3, 0, 1).reshape(key.shape[0], -1).float()  # (HW, S * C_v)
         self.memory.add(index, key, values, annotated)
         self.last_memory_frame = index
 
@@ -148,7 +169,9 @@ class InferenceCore:
         start = 0
         for feats in parts:
             n = feats.key.shape[0]
-            out.append(torch.sigmoid(self.net.decode(readout[:, start:start + n], feats)))
+            with self._net_precision():
+                logits = self.net.decode(readout[:, start:start + n], feats)
+            out.append(torch.sigmoid(logits.float()))
             start += n
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
@@ -170,7 +193,8 @@ class InferenceCore:
         if len(self.objects):
             readout = self._read_clip(key)
             if self.config.refine:
-                readout = self.net.refine(local, readout)
+                with self._net_precision():
+                    readout = self.net.refine(local, readout)
             probs = aggregate(self._decode(readout, parts), dim=0)   # (1 + S, L, H, W)
         else:
             probs = images.new_zeros(1, length, *images.shape[-2:])

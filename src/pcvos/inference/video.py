@@ -49,6 +49,7 @@ class SegmentOptions:
     top_k: int = 20
     max_memory_frames: int | None = None
     device: str | None = None
+    precision: str = "fp32"
     overwrite: bool = False
     overlay: Path | None = None
     alpha: Path | None = None
@@ -193,7 +194,7 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
     seg = Segmenter(model, clip_length=opt.clip_length, memory_every=opt.memory_every,
                     refine=model.has_refiner, pmm_segment=5 if model.has_refiner else None, top_k=opt.top_k,
                     size=opt.size if opt.size is not None and opt.size < min(h, w) else None,
-                    max_memory_frames=opt.max_memory_frames, device=device)
+                    max_memory_frames=opt.max_memory_frames, device=device, precision=opt.precision)
     for frame_index, m in mask_maps.items():
         seg.add_mask(frame_index, m)
 
@@ -242,7 +243,8 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         "fps": round(done / seconds, 3) if seconds > 0 else None,
         "settings": {"clip_length": opt.clip_length, "memory_every": opt.memory_every or opt.clip_length,
                      "processing_size": opt.size, "top_k": opt.top_k, "max_memory_frames": opt.max_memory_frames,
-                     "refine": model.has_refiner, "device": str(device), **opt.extra},
+                     "refine": model.has_refiner, "device": str(device), "precision": opt.precision,
+                     **opt.extra},
         "outputs": {"masks": str(out_dir), "overlay": str(opt.overlay) if opt.overlay else None,
                     "alpha": str(opt.alpha) if opt.alpha else None},
     }
