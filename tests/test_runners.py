@@ -106,3 +106,19 @@ def test_infer_youtube_late_objects_and_zip(tmp_path, davis_root, weights):
     assert (at5[late == 7] == 7).all()
     with zipfile.ZipFile(str(out) + ".zip") as z:
         assert sorted(z.namelist()) == [f"Annotations/{vid}/00000.png", f"Annotations/{vid}/00005.png"]
+
+
+def test_size_auto_follows_the_model_card():
+    import argparse
+
+    from pcvos.cli_types import processing_size, resolve_size
+
+    lite = argparse.Namespace(config=argparse.Namespace(extra={"preferred_size": 240}))
+    released = argparse.Namespace(config=argparse.Namespace(extra={}))
+    assert resolve_size(processing_size("auto"), lite, otherwise=None) == 240
+    assert resolve_size(processing_size("auto"), released, otherwise=None) is None
+    assert resolve_size(processing_size("auto"), released, otherwise=480) == 480
+    assert resolve_size(processing_size("native"), lite, otherwise=480) is None
+    assert resolve_size(processing_size("360"), lite, otherwise=480) == 360
+    with pytest.raises(argparse.ArgumentTypeError):
+        processing_size("8")

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pcvos.cli_types import positive_int
+from pcvos.cli_types import positive_int, processing_size, resolve_size
 
 EXIT_BAD_INPUT = 2
 
@@ -32,20 +32,6 @@ class _MaskAction(argparse.Action):
             except ValueError:
                 parser.error(f"--mask-frame expects a frame number, got {values!r}")
         namespace.masks = masks
-
-
-def _size(text: str) -> int | str | None:
-    if text.lower() == "auto":
-        return "auto"
-    if text.lower() in ("native", "none", "0"):
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a pixel count or 'native', got {text!r}") from None
-    if value < 16:
-        raise argparse.ArgumentTypeError("the processing size must be at least 16 pixels")
-    return value
 
 
 def _add_segment(sub) -> None:
@@ -70,7 +56,7 @@ def _add_segment(sub) -> None:
                    help="frames processed together; longer is faster, slightly less accurate (default 5)")
     p.add_argument("--memory-every", type=positive_int, default=None, metavar="M",
                    help="add a memory frame every M frames (default: the clip length)")
-    p.add_argument("--size", type=_size, default="auto", metavar="PX",
+    p.add_argument("--size", type=processing_size, default="auto", metavar="PX",
                    help="process at this shorter side, or 'native' (default: the model's preferred size, "
                         "else 480; never upscales); outputs are always at the input resolution")
     p.add_argument("--max-memory-frames", type=positive_int, default=None, metavar="N",
@@ -102,9 +88,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except ValueError as exc:
         return _fail(f"--weights {exc}")
-    size = args.size
-    if size == "auto":
-        size = int(model.config.extra.get("preferred_size", 480))
+    size = resolve_size(args.size, model, otherwise=480)
     opts = SegmentOptions(clip_length=args.clip_length, memory_every=args.memory_every, size=size,
                           max_memory_frames=args.max_memory_frames, device=args.device,
                           precision=args.precision, overwrite=args.overwrite,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def _int_at_least(text: str, minimum: int, what: str) -> int:
@@ -22,3 +23,26 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0 (0 usually means 'off')."""
     return _int_at_least(text, 0, "non-negative")
+
+
+def processing_size(text: str) -> int | str | None:
+    """argparse type for ``--size``: a shorter side in pixels (>= 16), 'native' (None) or 'auto'."""
+    if text.lower() == "auto":
+        return "auto"
+    if text.lower() in ("native", "none", "0"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count, 'native' or 'auto', got {text!r}") from None
+    if value < 16:
+        raise argparse.ArgumentTypeError("the processing size must be at least 16 pixels")
+    return value
+
+
+def resolve_size(size: int | str | None, model: Any, otherwise: int | None) -> int | None:
+    """'auto' -> the size the model was trained for (its card's ``preferred_size``), else ``otherwise``."""
+    if size != "auto":
+        return size  # type: ignore[return-value]
+    preferred = model.config.extra.get("preferred_size")
+    return int(preferred) if preferred else otherwise

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pcvos.cli_types import non_negative_int, positive_int
+from pcvos.cli_types import non_negative_int, positive_int, processing_size, resolve_size
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,8 +37,9 @@ def register(subparsers: Any) -> None:
     d.add_argument("--set", default="val", dest="subset", metavar="SET", help="subset (default val)")
     d.add_argument("--year", default="auto", choices=["2016", "2017", "auto"],
                    help="ImageSets year (auto: 2017 if present, else 2016)")
-    d.add_argument("--size", type=positive_int, default=None, metavar="PX",
-                   help="process at this shorter side (default: native, DAVIS 480p is already 480)")
+    d.add_argument("--size", type=processing_size, default="auto", metavar="PX",
+                   help="process at this shorter side, or 'native' (default auto: the model's preferred size, "
+                        "240 for the shipped pcvos-lite, else native); results are written at 480p")
     d.add_argument("--eval", action="store_true", help="score the results with 'pcvos eval davis' afterwards")
     _common(d)
     d.set_defaults(func=_run)
@@ -46,7 +47,8 @@ def register(subparsers: Any) -> None:
                        description="Segment YouTube-VOS 2018/2019 'valid' (objects may enter late).")
     y.add_argument("--root", required=True, metavar="ROOT", help="folder holding valid/ (and valid_all_frames/)")
     y.add_argument("--split", default="valid")
-    y.add_argument("--size", type=positive_int, default=480, metavar="PX", help="processing shorter side (default 480)")
+    y.add_argument("--size", type=processing_size, default="auto", metavar="PX",
+                   help="processing shorter side, or 'native' (default auto: the model's preferred size, else 480)")
     y.add_argument("--all-frames", choices=["auto", "yes", "no"], default="auto",
                    help="propagate through <split>_all_frames (auto: when present)")
     y.add_argument("--zip", action="store_true", help="also write DIR.zip for the evaluation server")
@@ -76,7 +78,8 @@ def _run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     schedule = Schedule(clip_length=args.clip_length, memory_every=args.memory_every,
-                        pmm_segment=args.pmm_segment or None, top_k=args.top_k, size=args.size,
+                        pmm_segment=args.pmm_segment or None, top_k=args.top_k,
+                        size=resolve_size(args.size, model, otherwise=None if args.infer_command == "davis" else 480),
                         max_memory_frames=args.max_memory_frames, precision=args.precision)
     ctx = Distributed()
     device = ctx.device(args.device)
