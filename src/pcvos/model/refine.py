@@ -3,14 +3,22 @@
 Queries and keys come from the clip's local keys (shared by all objects) through one shared
 projection; values are each object's memory read-out. Because the attention weights depend only
 on the keys, they are computed once per clip and applied to every object's values.
+
+Without autograd the clip is processed a few frames at a time (:meth:`RefineBlock.forward_chunked`)
+so the working set stays cache-sized on long clips; the result equals the whole-clip computation.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 Size3 = tuple[int, int, int]
+# (start, stop, offset): a temporal window as frames [start, stop) of the padded clip, whose first
+# frame sits at position ``offset`` of the window it belongs to in the rolled (cyclic) layout
+Group = tuple[int, int, int]
 
 
 def effective_window(size: Size3, window: Size3, shift: Size3) -> tuple[Size3, Size3]:
@@ -68,6 +76,76 @@ def shifted_window_mask(padded: Size3, window: Size3, shift: Size3, device: torc
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
 
 
+def temporal_groups(depth: int, window: int, shift: int) -> list[Group]:
+    """The temporal windows of one block as non-cyclic groups of frames, pad-only groups left out.
+
+    Rolling the padded clip by ``-shift`` and cutting windows of ``window`` frames is the same as
+    cutting it at ``shift + k * window``, except that the last rolled window wraps round and holds
+    the tail of the clip and frames ``[0, shift)``; the shifted-window mask (-100) keeps those two
+    parts apart, so they are separate groups here. The head group keeps its position in the wrapped
+    window (``offset``) because the relative position bias is indexed by position.
+    """
+    padded = -(-depth // window) * window
+    bounds = sorted({0, padded} | set(range(shift, padded + 1, window)))
+    return [(a, b, window - shift if shift and a == 0 else 0)
+            for a, b in zip(bounds[:-1], bounds[1:]) if a < depth]  # pad-only: outputs are cropped
+
+
+def chunk_groups(groups: list[Group], chunk_frames: int) -> list[list[Group]]:
+    """Consecutive groups, at most ``chunk_frames`` frames a chunk unless one group alone is longer."""
+    chunks: list[list[Group]] = []
+    frames = 0
+    for g in groups:
+        if chunks and frames + g[1] - g[0] <= chunk_frames:
+            chunks[-1].append(g)
+            frames += g[1] - g[0]
+        else:
+            chunks.append([g])
+            frames = g[1] - g[0]
+    return chunks
+
+
+def partition_runs(groups: list[Group]) -> list[tuple[int, int, int, int]]:
+    """Merge consecutive groups of equal length and offset into runs ``(start, stop, frames, offset)``.
+
+    A run is windowed in one call with a temporal window of ``frames``.
+    """
+    runs: list[tuple[int, int, int, int]] = []
+    for a, b, off in groups:
+        if runs and runs[-1][1] == a and runs[-1][2] == b - a and runs[-1][3] == off:
+            runs[-1] = (runs[-1][0], b, b - a, off)
+        else:
+            runs.append((a, b, b - a, off))
+    return runs
+
+
+class SpatialMasks:
+    """Shifted-window masks for windows of ``frames`` frames with no temporal shift, built once each.
+
+    Within a temporal group only the spatial regions separate tokens, so the mask depends on the
+    group length and the spatial layout alone, and one copy serves every temporal window.
+    """
+
+    def __init__(self, padded_hw: tuple[int, int], window_hw: tuple[int, int], shift_hw: tuple[int, int],
+                 dtype: torch.dtype, device: torch.device | None = None) -> None:
+        self.padded_hw, self.window_hw, self.shift_hw = padded_hw, window_hw, shift_hw
+        self.dtype, self.device = dtype, device
+        self.cache: dict[int, torch.Tensor] = {}
+
+    @property
+    def shifted(self) -> bool:
+        return any(s > 0 for s in self.shift_hw)
+
+    def __call__(self, frames: int) -> torch.Tensor | None:
+        """Mask (nWh * nWw, N, N) for a ``frames``-frame window, or None without a spatial shift."""
+        if not self.shifted:
+            return None
+        if frames not in self.cache:
+            self.cache[frames] = shifted_window_mask((frames, *self.padded_hw), (frames, *self.window_hw),
+                                                     (0, *self.shift_hw), device=self.device).to(self.dtype)
+        return self.cache[frames]
+
+
 class WindowAttention3D(nn.Module):
     """Window attention with a shared query/key projection and a relative position bias."""
 
@@ -83,21 +161,26 @@ class WindowAttention3D(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
 
-    def attention_weights(self, xw: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Keys ``xw`` (nW, N, Ck) -> weights (nW, heads, N, N)."""
+    def attention_weights(self, xw: torch.Tensor, mask: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+        """Keys ``xw`` (nW, N, Ck) -> weights (nW, heads, N, N).
+
+        ``mask`` (M, N, N) with M dividing nW repeats over consecutive runs of M windows. The windows
+        are tokens ``[start, start + N)`` of a full window, which picks their position bias.
+        """
         nw, n, c = xw.shape
         q = self.qk(xw).view(nw, n, self.num_heads, c // self.num_heads).transpose(1, 2)
         logits = (q * self.scale) @ q.transpose(-2, -1)
-        idx = self.relative_position_index[:n, :n].reshape(-1)
+        idx = self.relative_position_index[start:start + n, start:start + n].reshape(-1)
         bias = self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1)
         logits = logits + bias.unsqueeze(0)
         if mask is not None:
-            logits = logits + mask.unsqueeze(1)
+            m = mask.shape[0]
+            logits = (logits.view(nw // m, m, self.num_heads, n, n) + mask.unsqueeze(1)).view(nw, -1, n, n)
         return logits.softmax(dim=-1)
 
-    def forward(self, xw: torch.Tensor, vw: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, xw: torch.Tensor, vw: torch.Tensor, mask: torch.Tensor | None, start: int = 0) -> torch.Tensor:
         """Keys ``xw`` (nW, N, Ck), values ``vw`` (K, nW, N, Cv) -> (K, nW, N, Cv)."""
-        attn = self.attention_weights(xw, mask)
+        attn = self.attention_weights(xw, mask, start)
         k, nw, n, cv = vw.shape
         vals = self.v(vw).view(k, nw, n, self.num_heads, cv // self.num_heads).transpose(2, 3)
         out = (attn.unsqueeze(0) @ vals).transpose(2, 3).reshape(k, nw, n, cv)
@@ -144,13 +227,57 @@ class RefineBlock(nn.Module):
         out = window_reverse(out, window, padded)  # type: ignore[arg-type]
         if shifted:
             out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
-        v = v + out[:, :d, :h, :w]
+        return self.mlp_residual(v + out[:, :d, :h, :w])
+
+    def mlp_residual(self, v: torch.Tensor) -> torch.Tensor:
+        """``v + mlp(norm2(v))`` for values (K, D, H, W, Cv)."""
         # the MLP's hidden layer is 4x the values: run it a few frames at a time so the
         # temporaries stay cache-sized on long clips (per-token, so the result is the same)
-        step = max(1, self.mlp_chunk_tokens // (v.shape[0] * h * w))
+        k, d, h, w = v.shape[:4]
+        step = max(1, self.mlp_chunk_tokens // (k * h * w))
         if step >= d:
             return v + self.mlp(self.norm2(v))
         return torch.cat([c + self.mlp(self.norm2(c)) for c in v.split(step, dim=1)], dim=1)
+
+    def forward_chunked(self, x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, window: Size3, shift: Size3,
+                        chunk_frames: int, masks: SpatialMasks | None = None,
+                        post: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """:meth:`forward` a few temporal windows at a time, writing the updated values into ``out``.
+
+        ``out`` may be ``v`` itself: every chunk reads and writes only its own frames. ``masks``
+        (for ``shift``'s spatial part) can be shared between calls; ``post`` (per token) is applied
+        before writing. Not for autograd: ``out`` is written in place.
+        """
+        d, h, w = x.shape[:3]
+        _, wh, ww = window
+        hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+        spatial_shift = shift[1:]
+        if masks is None:
+            masks = SpatialMasks((hp, wp), (wh, ww), spatial_shift, x.dtype, x.device)
+        elif masks.shift_hw != spatial_shift:
+            raise ValueError(f"masks are for spatial shift {masks.shift_hw}, the block's is {spatial_shift}")
+        shifted = masks.shifted
+        neg = tuple(-s for s in spatial_shift)
+        for chunk in chunk_groups(temporal_groups(d, window[0], shift[0]), chunk_frames):
+            a, b = chunk[0][0], chunk[-1][1]
+            e = min(b, d)  # frames past the clip are zero pad, as in forward (padded after the norms)
+            pads = (0, 0, 0, wp - w, 0, hp - h, 0, b - e)
+            xn = F.pad(self.norm1(x[a:e]), pads)
+            vn = F.pad(self.norm1_v(v[:, a:e]), pads)
+            if shifted:
+                xn = torch.roll(xn, shifts=neg, dims=(1, 2))
+                vn = torch.roll(vn, shifts=neg, dims=(2, 3))
+            outs = []
+            for s0, s1, frames, offset in partition_runs(chunk):
+                win = (frames, wh, ww)
+                att = self.attn(window_partition(xn[s0 - a:s1 - a], win), window_partition(vn[:, s0 - a:s1 - a], win),
+                                masks(frames), start=offset * wh * ww)
+                outs.append(window_reverse(att, win, (s1 - s0, hp, wp)))
+            att = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+            if shifted:
+                att = torch.roll(att, shifts=spatial_shift, dims=(2, 3))
+            r = self.mlp_residual(v[:, a:e] + att[:, :e - a, :h, :w])
+            out[:, a:e] = post(r) if post is not None else r
 
 
 class _Stage(nn.Module):
@@ -163,8 +290,12 @@ class IntraClipRefiner(nn.Module):
     """ICR: ``depth`` blocks alternating plain and shifted windows, then a LayerNorm on the values."""
 
     def __init__(self, key_dim: int = 256, value_dim: int = 512, depth: int = 2, window: Size3 = (2, 7, 7),
-                 mlp_ratio: float = 4.0, num_heads: int = 1) -> None:
+                 mlp_ratio: float = 4.0, num_heads: int = 1, chunk_frames: int | None = 2) -> None:
         super().__init__()
+        # frames per chunk without autograd (None or 0: the whole clip at once); at 480p one frame
+        # of values is 3.3 MB per object and the MLP's hidden layer 4x that, so two frames (one
+        # released temporal window) keep a chunk's temporaries near cache size; 2 measured faster than 4
+        self.chunk_frames = chunk_frames
         self.window = tuple(window)
         self.shift = tuple(s // 2 for s in window)
         self.layers = nn.ModuleList([_Stage([RefineBlock(key_dim, value_dim, self.window, mlp_ratio, num_heads)
@@ -172,9 +303,16 @@ class IntraClipRefiner(nn.Module):
         self.norm = nn.LayerNorm(value_dim)
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``x`` (D, H, W, Ck) local keys of the clip, ``v`` (K, D, H, W, Cv) read-outs -> refined values."""
+        """``x`` (D, H, W, Ck) local keys of the clip, ``v`` (K, D, H, W, Cv) read-outs -> refined values.
+
+        Without autograd (no_grad / inference_mode) and with ``chunk_frames`` set, the clip goes
+        through in chunks of temporal windows; with autograd the whole clip at once, because the
+        chunked path writes its result in place.
+        """
         size = tuple(x.shape[:3])
         window, shift = effective_window(size, self.window, self.shift)  # type: ignore[arg-type]
+        if self.chunk_frames and not torch.is_grad_enabled():
+            return self._forward_chunked(x, v, window, shift, self.chunk_frames)
         no_shift = (0, 0, 0)
         mask = None
         if any(s > 0 for s in shift):
@@ -184,3 +322,24 @@ class IntraClipRefiner(nn.Module):
             for i, block in enumerate(stage.blocks):
                 v = block(x, v, window, shift if i % 2 else no_shift, mask)
         return self.norm(v)
+
+    def _forward_chunked(self, x: torch.Tensor, v: torch.Tensor, window: Size3, shift: Size3,
+                         chunk_frames: int) -> torch.Tensor:
+        """:meth:`forward` through :meth:`RefineBlock.forward_chunked`, updating one buffer in place."""
+        blocks = [(i, block) for stage in self.layers for i, block in enumerate(stage.blocks)]
+        if not blocks:
+            return self.norm(v)
+        h, w = x.shape[1:3]
+        padded_hw = (-(-h // window[1]) * window[1], -(-w // window[2]) * window[2])
+        masks = {s: SpatialMasks(padded_hw, window[1:], s[1:], x.dtype, x.device)  # type: ignore[arg-type]
+                 for s in {shift, (0, 0, 0)}}
+        # contiguous whatever the layout of v (the network passes a permuted view)
+        out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        src = v
+        for n, (i, block) in enumerate(blocks):
+            block_shift = shift if i % 2 else (0, 0, 0)
+            # the final LayerNorm is per token: fuse it into the last block's chunks
+            post = self.norm if n == len(blocks) - 1 else None
+            block.forward_chunked(x, src, out, window, block_shift, chunk_frames, masks[block_shift], post)
+            src = out
+        return out
