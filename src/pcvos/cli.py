@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pcvos.cli_types import positive_int, processing_size, resolve_size
+from pcvos.cli_types import add_precision_argument, positive_int, processing_size, resolve_size
 
 EXIT_BAD_INPUT = 2
 
@@ -66,9 +66,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--overlay", metavar="OUT.mp4", help="also write a video with translucent coloured masks")
     p.add_argument("--alpha", metavar="DIR", help="also write per-object RGBA cut-outs DIR/<id>/<frame>.png")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="network precision: fp32 (default, exact), bf16 (about 2x faster on CPUs with bf16 "
-                        "instructions and on GPUs, slightly less accurate), fp16 (CUDA only)")
+    add_precision_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out / --overlay")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=_run_segment)

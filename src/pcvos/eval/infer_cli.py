@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pcvos.cli_types import non_negative_int, positive_int, processing_size, resolve_size
+from pcvos.cli_types import add_precision_argument, non_negative_int, positive_int, processing_size, resolve_size
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -20,9 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory-frames", type=positive_int, default=None, metavar="N", help="cap on memory frames")
     p.add_argument("--out", required=True, metavar="DIR", help="result folder (finished sequences are skipped)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default; under torchrun: the local GPU)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="network precision: fp32 (default, exact), bf16 (about 2x faster on CPUs with bf16 "
-                        "instructions and on GPUs, slightly less accurate), fp16 (CUDA only)")
+    add_precision_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -63,11 +63,9 @@ class Segmenter:
         self.config = InferenceConfig(clip_length=clip_length, memory_every=memory_every, pmm_segment=pmm_segment,
                                       refine=refine, top_k=top_k, max_memory_frames=max_memory_frames,
                                       frame_batch=frame_batch, precision=precision)
-        self.config.validate()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.config.validate(self.device.type)  # before the model moves: bad settings fail fast
         self.model = model.to(self.device).eval()
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 precision needs a CUDA device; on the CPU use bf16")
         self.size = size
         self.output = output
         self._masks: dict[int, np.ndarray] = {}

@@ -40,7 +40,8 @@ class InferenceConfig:
     cpu_pixels_per_call: int = 480 * 864  # automatic CPU micro-batch: frames per call ~ this / (H*W)
     precision: Precision = "fp32"  # "bf16"/"fp16": the network's convolutions and matmuls autocast to it
 
-    def validate(self) -> None:
+    def validate(self, device_type: str | None = None) -> None:
+        """Raise ValueError on a bad setting; with ``device_type``, also on one that device cannot run."""
         for name in ("clip_length", "top_k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -50,6 +51,8 @@ class InferenceConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.precision not in ("fp32", *_AUTOCAST_DTYPES):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if device_type is not None and self.precision == "fp16" and device_type != "cuda":
+            raise ValueError("fp16 precision needs a CUDA device; on the CPU use bf16")
 
     @property
     def memory_interval(self) -> int:
@@ -78,12 +81,10 @@ class InferenceCore:
     def __init__(self, network: PCVOS, config: InferenceConfig | None = None) -> None:
         self.net = network
         self.config = config = config or InferenceConfig()
-        config.validate()
+        self._device_type = next(network.parameters()).device.type
+        config.validate(self._device_type)
         if config.refine and not network.has_refiner:
             raise ValueError("this model has no intra-clip refinement (an STCN checkpoint?); use refine=False")
-        self._device_type = next(network.parameters()).device.type
-        if config.precision == "fp16" and self._device_type != "cuda":
-            raise ValueError("fp16 precision needs a CUDA device; on the CPU use bf16")
         self.objects = ObjectRegistry()
         self.memory = MemoryStore(network.config.key_dim, network.config.value_dim, config.max_memory_frames)
         self.last_memory_frame: int | None = None
