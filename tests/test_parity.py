@@ -1,12 +1,36 @@
 """The released network and schedules reproduce what the original code computes (fixture.npz)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 import pcvos
 
 TOL = 1e-4
+# The original's outputs hold on every device pcvos runs on; CUDA is checked where one is present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """A device, with CUDA's TF32 shortcuts off: parity is about the arithmetic, not its rounding mode."""
+    if request.param != "cuda":
+        yield request.param
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield request.param
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _on(model, device: str):
+    # segment() moves the model it is given; keep the session's shared models on the CPU
+    return model if device == "cpu" else copy.deepcopy(model)
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -14,24 +38,25 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())
 
 
-def test_pcvos_icr_pmm_matches_original(pcvos_model, parity_fixture):
+def test_pcvos_icr_pmm_matches_original(pcvos_model, parity_fixture, device):
     fx = parity_fixture
-    probs = pcvos.segment(pcvos_model, fx["frames"], {0: fx["label"]}, clip_length=6, output="probs")
+    probs = pcvos.segment(_on(pcvos_model, device), fx["frames"], {0: fx["label"]}, clip_length=6, output="probs",
+                          device=device)
     assert probs.dtype == np.float32
     assert _max_diff(probs, fx["pcvos_L6_icr_pmm"]) <= TOL
 
 
-def test_pcvos_plain_matches_original(pcvos_model, parity_fixture):
+def test_pcvos_plain_matches_original(pcvos_model, parity_fixture, device):
     fx = parity_fixture
-    probs = pcvos.segment(pcvos_model, fx["frames"], {0: fx["label"]}, clip_length=6, pmm_segment=None,
-                          refine=False, output="probs")
+    probs = pcvos.segment(_on(pcvos_model, device), fx["frames"], {0: fx["label"]}, clip_length=6,
+                          pmm_segment=None, refine=False, output="probs", device=device)
     assert _max_diff(probs, fx["pcvos_L6_plain"]) <= TOL
 
 
-def test_stcn_every5_matches_original(stcn_model, parity_fixture):
+def test_stcn_every5_matches_original(stcn_model, parity_fixture, device):
     fx = parity_fixture
-    probs = pcvos.segment(stcn_model, fx["frames"], {0: fx["label"]}, clip_length=1, memory_every=5,
-                          pmm_segment=None, refine=False, output="probs")
+    probs = pcvos.segment(_on(stcn_model, device), fx["frames"], {0: fx["label"]}, clip_length=1,
+                          memory_every=5, pmm_segment=None, refine=False, output="probs", device=device)
     assert _max_diff(probs, fx["stcn_every5"]) <= TOL
 
 

@@ -38,6 +38,20 @@ def test_bf16_changes_the_arithmetic_not_the_result(pcvos_model, clip):
     assert np.array_equal(bf16[:, 0], fp32[:, 0])  # the given mask's frame is not computed
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precisions_on_cuda_follow_fp32(pcvos_model, clip, precision):
+    import copy
+    frames, label = clip
+    fp32 = pcvos.segment(pcvos_model, frames, {0: label}, clip_length=3, output="probs")
+    half = pcvos.segment(copy.deepcopy(pcvos_model), frames, {0: label}, clip_length=3, output="probs",
+                         precision=precision, device="cuda")
+    assert half.dtype == np.float32 and np.isfinite(half).all()
+    diff = np.abs(half[:, 1:] - fp32[:, 1:])
+    assert diff.max() > 1e-4
+    assert np.median(diff) < 0.05
+
+
 def test_memory_stays_fp32_under_bf16(pcvos_model, clip):
     frames, label = clip
     core = InferenceCore(pcvos_model, InferenceConfig(clip_length=2, precision="bf16"))

@@ -31,15 +31,23 @@ def _chunk_size(rows: int, budget: int) -> int:
     return max(1, budget // max(rows, 1))
 
 
+# Affinity entries held at once: on a CPU about 64 MB of fp32 keeps the chunk near cache size;
+# a GPU wants few, large launches (512 MB there reads a 480p 25-frame clip in one or two chunks).
+CPU_AFFINITY_BUDGET = 1 << 24
+GPU_AFFINITY_BUDGET = 1 << 27
+
+
 def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
-                budget: int = 1 << 24) -> torch.Tensor:
+                budget: int | None = None) -> torch.Tensor:
     """Read ``blocks`` at the query keys ``query`` (M, Ck) -> (M, D).
 
     Affinity s(i, j) = (2 k_i.q_j - |k_i|^2) / sqrt(Ck); softmax over each query's ``top_k`` best
     memory rows across all blocks. The top-k of a union is found as the top-k of the blocks'
     own top-k candidates, which is exact and avoids concatenating memories.
-    ``budget`` caps the number of affinity entries held at once.
+    ``budget`` caps the number of affinity entries held at once (default: by device, above).
     """
+    if budget is None:
+        budget = CPU_AFFINITY_BUDGET if query.device.type == "cpu" else GPU_AFFINITY_BUDGET
     m, ck = query.shape
     scale = 1.0 / math.sqrt(ck)
     rows = sum(b.keys.shape[0] for b in blocks)

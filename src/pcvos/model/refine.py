@@ -235,7 +235,7 @@ class RefineBlock(nn.Module):
         # temporaries stay cache-sized on long clips (per-token, so the result is the same)
         k, d, h, w = v.shape[:4]
         step = max(1, self.mlp_chunk_tokens // (k * h * w))
-        if step >= d:
+        if step >= d or v.device.type != "cpu":  # a GPU has no such cache to fit: one launch
             return v + self.mlp(self.norm2(v))
         return torch.cat([c + self.mlp(self.norm2(c)) for c in v.split(step, dim=1)], dim=1)
 
@@ -305,13 +305,14 @@ class IntraClipRefiner(nn.Module):
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``x`` (D, H, W, Ck) local keys of the clip, ``v`` (K, D, H, W, Cv) read-outs -> refined values.
 
-        Without autograd (no_grad / inference_mode) and with ``chunk_frames`` set, the clip goes
-        through in chunks of temporal windows; with autograd the whole clip at once, because the
-        chunked path writes its result in place.
+        On a CPU without autograd (no_grad / inference_mode) and with ``chunk_frames`` set, the
+        clip goes through in chunks of temporal windows (cache-sized temporaries); with autograd
+        the whole clip at once, because the chunked path writes its result in place, and on a GPU
+        too, where one large launch beats many small ones.
         """
         size = tuple(x.shape[:3])
         window, shift = effective_window(size, self.window, self.shift)  # type: ignore[arg-type]
-        if self.chunk_frames and not torch.is_grad_enabled():
+        if self.chunk_frames and not torch.is_grad_enabled() and x.device.type == "cpu":
             return self._forward_chunked(x, v, window, shift, self.chunk_frames)
         no_shift = (0, 0, 0)
         mask = None
