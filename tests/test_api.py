@@ -31,6 +31,20 @@ def test_labels_are_argmax_of_probs_with_user_ids(pcvos_model, clip):
     assert set(np.unique(labels)) <= {0, 3, 7}
 
 
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_registry_labels_equal_argmax_with_ties(channels):
+    from pcvos.inference.objects import ObjectRegistry
+    reg = ObjectRegistry()
+    reg.add([9, 4, 200][: channels - 1], 0)
+    lut = torch.from_numpy(reg.label_lut())
+    gen = torch.Generator().manual_seed(channels)
+    for probs in (torch.rand(channels, 3, 19, 23, generator=gen),
+                  torch.randint(0, 3, (channels, 3, 19, 23), generator=gen).float()):  # many ties
+        got = reg.labels(probs)
+        assert got.dtype == torch.uint8
+        assert torch.equal(got, lut[probs.argmax(0)])
+
+
 def test_streaming_matches_one_call(pcvos_model, clip):
     frames, label = clip
     whole = pcvos.segment(pcvos_model, frames, {0: label}, clip_length=3, output="probs")

@@ -102,11 +102,20 @@ class Segmenter:
         return sorted(ids)
 
     # -- frames -----------------------------------------------------------------------------------
-    def _prepare(self, frame: torch.Tensor) -> torch.Tensor:
-        x = frame.to(self.device).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+    def _prepare(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        """A clip's uint8 (H, W, 3) frames -> normalised, resized, padded (L, 3, Hp, Wp) on the device."""
+        # one batch per clip: a GPU gets one host-to-device copy (from pinned memory, so it runs
+        # asynchronously) and one launch per step instead of one per frame
+        pinned = self.device.type == "cuda" and not frames[0].is_cuda
+        x = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=True) if pinned else None
+        x = torch.stack(frames, out=x) if len(frames) > 1 or pinned else frames[0].unsqueeze(0)
+        x = x.to(self.device, non_blocking=pinned).permute(0, 3, 1, 2)
         h, w = self._proc
-        if (h, w) != tuple(frame.shape[:2]):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        if (h, w) == tuple(frames[0].shape[:2]):
+            x = x.float().div_(255)
+        else:  # frame by frame: a clip of large frames in float would be 4x its uint8 size at once
+            x = torch.cat([F.interpolate(f.float().div_(255), size=(h, w), mode="bilinear", align_corners=False,
+                                         antialias=True) for f in x.split(1)])
         x, self._pad = pad_to_multiple(self.model.normalize(x), 16)
         return x
 
@@ -132,8 +141,7 @@ class Segmenter:
     def _emit(self, indices: list[int], probs: torch.Tensor, core: InferenceCore) -> Iterator[tuple[int, np.ndarray]]:
         p = self._finish(probs, core)
         if self.output == "labels":
-            lut = torch.from_numpy(core.objects.label_lut()).to(p.device)
-            labels = lut[p.argmax(dim=0)].cpu().numpy()
+            labels = core.objects.labels(p).cpu().numpy()
             for j, t in enumerate(indices):
                 lab = labels[j]
                 if t in self._masks:
@@ -184,15 +192,15 @@ class Segmenter:
                 yield self._background(t)
                 continue
             buf_idx.append(t)
-            buf_img.append(self._prepare(f))
+            buf_img.append(f)
             mask = self._masks.get(t)
             if mask is not None or len(buf_idx) == self.config.clip_length:
                 m = self._prepare_mask(mask) if mask is not None else None
-                probs = core.process_clip(buf_idx, torch.cat(buf_img), m)
+                probs = core.process_clip(buf_idx, self._prepare(buf_img), m)
                 yield from self._emit(buf_idx, probs, core)
                 buf_idx, buf_img = [], []
         if buf_idx:
-            probs = core.process_clip(buf_idx, torch.cat(buf_img), None)
+            probs = core.process_clip(buf_idx, self._prepare(buf_img), None)
             yield from self._emit(buf_idx, probs, core)
         late = [i for i in self._masks if i >= n]
         if late:

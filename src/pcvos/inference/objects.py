@@ -6,6 +6,7 @@ need not be contiguous; outputs are reported by ascending id.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 class ObjectRegistry:
@@ -49,3 +50,19 @@ class ObjectRegistry:
     def label_lut(self) -> np.ndarray:
         """(K+1,) uint8: channel (0 = background, 1 + slot) -> user id."""
         return np.array([0] + self._ids, dtype=np.uint8)
+
+    def labels(self, probs: torch.Tensor) -> torch.Tensor:
+        """(K+1, ...) channel probabilities -> uint8 (...) label map with the user ids.
+
+        Equal to ``lut[probs.argmax(0)]`` (the first channel wins a tie), but a running
+        comparison over the few channels: on a CPU, ``argmax`` over a short leading dimension of a
+        480p clip is ~20x slower than the K comparisons.
+        """
+        lut = self.label_lut()
+        best = probs[0]
+        out = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+        for c in range(1, probs.shape[0]):
+            higher = probs[c] > best
+            out.masked_fill_(higher, int(lut[c]))
+            best = torch.maximum(best, probs[c]) if c + 1 < probs.shape[0] else best
+        return out
