@@ -5,7 +5,8 @@ For each schedule and object count it segments ``1 + frames`` frames (480p DAVIS
 ../shared/data is present, else generated ones) and reports the median over ``--repeats`` runs
 (after one warm-up) of seconds per frame, FPS and peak memory (CPU: the process' peak RSS during
 the run; CUDA: max allocated). The floor is what any STCN-style network pays per frame: the key
-encoder plus the decoder for each object, each at its fastest batch size, measured in the same run.
+encoder plus the decoder for each object, each at its fastest batch size (CPU: 1, 2, 5; GPU: up to
+25), measured in the same run.
 
     python benchmarks/speed.py                       # CPU (and CUDA when present), 1 and 3 objects
     python benchmarks/speed.py --device cuda --frames 50 --repeats 5
@@ -44,13 +45,14 @@ def _standin(stcn: bool) -> dict:
     return mod.official_state_dict(stcn=stcn)
 
 
-def load_frames(n: int, size: tuple[int, int] | None, sequence: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """``n`` frames and the first mask: real DAVIS frames when available, else moving shapes."""
+def load_frames(n: int, size: tuple[int, int] | None, sequence: str,
+                data: Path = DATA) -> tuple[np.ndarray, np.ndarray, str]:
+    """``n`` frames and the first mask: real DAVIS frames when available, else random pixels."""
     from PIL import Image
 
-    seq_dir = DATA / "JPEGImages/480p" / sequence
+    seq_dir = data / "JPEGImages/480p" / sequence
     if seq_dir.is_dir() and len(list(seq_dir.glob("*.jpg"))) >= n:
-        frames, mask = [], np.array(Image.open(DATA / "Annotations/480p" / sequence / "00000.png"))
+        frames, mask = [], np.array(Image.open(data / "Annotations/480p" / sequence / "00000.png"))
         for i in range(n):
             im = Image.open(seq_dir / f"{i:05d}.jpg").convert("RGB")
             frames.append(np.array(im.resize(size[::-1], Image.BILINEAR) if size else im))
@@ -130,8 +132,14 @@ def timed(fn, device: torch.device, repeats: int, warmup=None) -> tuple[float, f
 
 @torch.inference_mode()
 def floor_per_frame(model, frames: np.ndarray, objects: int, device: torch.device, repeats: int,
-                    batches=(1, 2, 5), precision: str = "fp32") -> dict:
-    """Key encoder + decoder (per object) per frame, each at its fastest batch size, in ``precision``."""
+                    batches: tuple[int, ...] | None = None, precision: str = "fp32") -> dict:
+    """Key encoder + decoder (per object) per frame, each at its fastest batch size, in ``precision``.
+
+    Batch sizes tried: 1, 2, 5 on a CPU (larger 480p batches outgrow the caches and only get
+    slower there); up to the longest clip, 25, on a GPU, which keeps gaining from larger batches.
+    """
+    if batches is None:
+        batches = (1, 2, 5) if device.type == "cpu" else (1, 5, 10, 25)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
         return _floor(model, frames, objects, device, repeats, batches)
@@ -171,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     devices = [torch.device(d) for d in args.device] if args.device else (
         [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
     size = None if args.size is None else tuple(args.size)
-    frames, mask, source = load_frames(args.frames + 1, size, args.sequence)
+    frames, mask, source = load_frames(args.frames + 1, size, args.sequence, args.data)
     models = {}
     if args.weights:
         m = pcvos.load_model(args.weights)
@@ -256,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames (default: 480p as stored)")
     p.add_argument("--sequence", default="bear")
+    p.add_argument("--data", type=Path, default=DATA,
+                   help="DAVIS root holding JPEGImages/480p and Annotations/480p (default: ../shared/data/davis2016-train)")
     p.add_argument("--schedules", nargs="+", help=f"subset of {list(SCHEDULES)}")
     p.add_argument("--weights", help="a real checkpoint instead of stand-in weights")
     p.add_argument("--frame-batch", type=int, default=None,
