@@ -19,3 +19,16 @@ def test_speed_benchmark_tiny(tmp_path):
     assert {r["schedule"] for r in rows} >= {"floor (key enc + decoder)", "STCN (L=1, mem 5)", "PCVOS L=2"}
     assert all(r["s_per_frame"] > 0 for r in rows)
     assert out_png.stat().st_size > 1000
+
+
+def test_stage_profile_tiny(tmp_path):
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks/stages.py"), "--frames", "3", "--size", "64", "96",
+                          "--lengths", "1", "3", "--threads", "1", "--data", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = {line.split("|")[1].strip(): line for line in res.stdout.splitlines() if line.startswith("| ")}
+    assert {"key encoder", "memory read (PMM)", "ICR", "decoder", "**total**"} <= set(rows)
+    # every stage ran: the key encoder and decoder take time at both clip lengths
+    for name in ("key encoder", "decoder"):
+        assert all(float(v) > 0 for v in rows[name].split("|")[2:4]), rows[name]
+    assert "generated" in res.stdout  # --data without DAVIS frames: random frames, said in the header
