@@ -48,6 +48,7 @@ def test_tiny_config_lowers_the_loss(tmp_path):
     assert after < 0.85 * before, (before, after)
     h = _history(tmp_path / "tiny")
     assert [r["iteration"] for r in h] == list(range(1, 21))
+    assert all(r["s_per_it"] > 0 for r in h)
 
 
 def test_stop_and_resume_is_exact(tmp_path):

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -319,8 +320,11 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     dataset = build_dataset(cfg)
     sampler = TrainBatchSampler(len(dataset), per_proc, total, seed, dd.rank, dd.world, start)
     workers = int(cfg["data"]["num_workers"])
+    # forkserver: forking a process whose torch threads already run can deadlock the workers
+    # (Python warns on every fork); samples are pure functions of their index, so nothing is lost
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=dd.device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+                        persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
+                        multiprocessing_context="forkserver" if workers > 0 else None)
     loss_cfg = LossConfig(**cfg["loss"])
     if dd.main:
         (out_dir / "config.yaml").write_text(dump_config(cfg))
@@ -356,6 +360,7 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     last_log: dict[str, float] = {}
     t_start = time.time()
     it = start
+    t_window, it_window = time.perf_counter(), start  # wall time per iteration over each logging window
     for batch in loader:
         batch = {k: (v.to(dd.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
@@ -368,11 +373,18 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(params, float(tc["grad_clip"]))
         scaler.step(opt)
         scaler.update()
-        sched.step()
+        with warnings.catch_warnings():
+            # AMP's scaler skips the optimizer step on the first iterations while it calibrates;
+            # the schedule follows iterations all the same (resume relies on it), so the warning is moot
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            sched.step()
         it += 1
         if it % int(tc["log_every"]) == 0 or it == total:
             vals = dd.mean({k: float(v.detach()) for k, v in losses.items()})
             vals["lr"] = float(sched.get_last_lr()[0])
+            now = time.perf_counter()  # after the loss read-back above, which waits for the device
+            vals["s_per_it"] = (now - t_window) / max(it - it_window, 1)
+            t_window, it_window = now, it
             last_log = vals
             if dd.main:
                 with history_path.open("a") as f:
