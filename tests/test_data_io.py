@@ -445,3 +445,19 @@ def test_non_video_inputs(tmp_path):
             container.mux(packet)
     with pytest.raises(ValueError, match=r"sound\.mkv: no video stream"):
         open_frames(audio)
+
+
+def test_strict_reader_allows_an_edit_list_gap_only(tmp_path):
+    from pcvos.data.frames import EDIT_LIST_SLACK
+    path = tmp_path / "clip.mp4"
+    _noise_video(path, 8)
+    reader = VideoReader(path, strict=True)
+    assert reader.num_frames_exact and reader.num_frames == 8
+    reader.num_frames = 8 + EDIT_LIST_SLACK  # as if an edit list hid two declared frames
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        assert sum(1 for _ in reader) == 8
+    reader.num_frames = 8 + EDIT_LIST_SLACK + 1  # more than an edit list hides: a cut file
+    with pytest.raises(VideoDecodeError, match="declares 11"):
+        for _ in reader:
+            pass
+    assert open_frames(path, strict=True).strict and not open_frames(path).strict

@@ -91,6 +91,11 @@ def read_frame(path: PathLike) -> np.ndarray:
         raise ValueError(f"{path}: cannot decode image ({err})") from err
 
 
+# Declared frames that an MP4 edit list may hide from decoding (encoder priming, B-frame delay):
+# a strict reader tolerates this many missing frames with a warning.
+EDIT_LIST_SLACK = 2
+
+
 class VideoDecodeError(ValueError):
     """A video stream broke part-way. ``frame_index`` is the number of frames decoded before it."""
 
@@ -136,11 +141,12 @@ class VideoReader:
     yielded by the last complete iteration).
 
     If the stream ends cleanly but with fewer frames than the container declares (or, for an
-    estimate, more than 5 % / 2 frames fewer), a ``RuntimeWarning`` is issued; with
-    ``strict=True`` a :class:`VideoDecodeError` is raised instead. Not an error by default because
-    MP4 edit lists can legitimately hide declared frames and a longer audio track inflates the
-    duration used for estimates. (A truncated MKV/WebM, for instance, decodes without any FFmpeg
-    error; only this check notices it.)
+    estimate, more than 5 % / 2 frames fewer), a ``RuntimeWarning`` is issued. With
+    ``strict=True`` a :class:`VideoDecodeError` is raised instead once more than
+    ``EDIT_LIST_SLACK`` declared frames are missing; a smaller gap stays a warning. Not an error
+    by default because MP4 edit lists can legitimately hide a few declared frames and a longer
+    audio track inflates the duration used for estimates. (A truncated MKV/WebM, and sometimes a
+    truncated MP4, decodes without any FFmpeg error; only this check notices it.)
     """
 
     def __init__(self, path: PathLike, *, strict: bool = False) -> None:
@@ -216,7 +222,7 @@ class VideoReader:
                     f"the stream ended after {index} frames but the container {declared} "
                     f"{expected} (truncated file?)"
                 )
-                if self.strict:
+                if self.strict and (not self.num_frames_exact or index < expected - EDIT_LIST_SLACK):
                     raise VideoDecodeError(self.path, index, message)
                 warnings.warn(f"{self.path}: {message}", RuntimeWarning, stacklevel=2)
 
@@ -279,11 +285,12 @@ class FrameFolder:
         return f"FrameFolder({str(self.folder)!r}, {len(self)} frames)"
 
 
-def open_frames(input_path: PathLike) -> Union[VideoReader, FrameFolder]:
+def open_frames(input_path: PathLike, *, strict: bool = False) -> Union[VideoReader, FrameFolder]:
     """Open a video file (mp4/mov/avi/webm/mkv, or anything FFmpeg reads) or a folder of frames.
 
     The result iterates (H, W, 3) uint8 RGB frames and has ``.fps`` (None for folders), ``.size``
     ``(height, width)`` and ``len()`` (``TypeError`` for a video whose length is unknown).
+    ``strict``: a video that ends well short of its declared length raises (see :class:`VideoReader`).
     """
     path = Path(input_path)
     if not path.exists():
@@ -293,7 +300,7 @@ def open_frames(input_path: PathLike) -> Union[VideoReader, FrameFolder]:
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         raise ValueError(f"{path}: a single image, not a video; put the frames in a folder and pass the folder")
     try:
-        return VideoReader(path)
+        return VideoReader(path, strict=strict)
     except VideoDecodeError:
         raise
     except ValueError as err:

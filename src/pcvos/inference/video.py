@@ -169,7 +169,7 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
     input_path, out_dir = Path(input_path), Path(out_dir)
     device = _device(opt.device)
     try:
-        source = open_frames(input_path)
+        source = open_frames(input_path, strict=True)  # a truncated file ends in an error, not a short result
     except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
         raise InputError(str(exc)) from exc
     try:
