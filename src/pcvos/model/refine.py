@@ -4,8 +4,9 @@ Queries and keys come from the clip's local keys (shared by all objects) through
 projection; values are each object's memory read-out. Because the attention weights depend only
 on the keys, they are computed once per clip and applied to every object's values.
 
-Without autograd the clip is processed a few frames at a time (:meth:`RefineBlock.forward_chunked`)
-so the working set stays cache-sized on long clips; the result equals the whole-clip computation.
+On a CPU without autograd the clip is processed a few frames at a time
+(:meth:`RefineBlock.forward_chunked`) so the working set stays cache-sized on long clips; the
+result equals the whole-clip computation. A GPU takes the whole clip in one pass.
 """
 from __future__ import annotations
 
