@@ -240,6 +240,30 @@ class ImageFolderSource:
         return img, msk
 
 
+class VideoFramesSource:
+    """The annotated frames of videos as static image/mask pairs, for stage-1 training.
+
+    ``every`` keeps one frame in that many per video: neighbouring frames are near-duplicates.
+    """
+
+    def __init__(self, videos: FolderVideoSource, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be a positive integer, got {every}")
+        self.videos = videos
+        self.items = [(v, t) for v in range(len(videos)) for t in range(0, videos.num_frames(v), every)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, i: int) -> str:
+        v, t = self.items[i]
+        return f"{self.videos.name(v)}/{t}"
+
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        v, t = self.items[i]
+        return self.videos.frame(v, t), self.videos.mask(v, t)
+
+
 # -- frame sampling -----------------------------------------------------------------------------
 def gap_at(progress: float, schedule: Sequence[Sequence[float]] = DEFAULT_GAP_SCHEDULE) -> int:
     """The maximum gap at training ``progress`` in [0, 1]: the value of the last entry whose fraction <= progress."""

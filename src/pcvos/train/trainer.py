@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from pcvos.data.augment import StaticAugment, VideoAugment
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos
 from pcvos.data.train_datasets import (ImageFolderSource, MixedDataset, StaticDataset, TrainBatchSampler,
-                                       VideoClipDataset, davis_source, youtube_source)
+                                       VideoClipDataset, VideoFramesSource, davis_source, youtube_source)
 from pcvos.model.checkpoint import save_checkpoint
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.train.config import dump_config
@@ -147,12 +147,17 @@ def build_dataset(cfg: dict) -> MixedDataset:
         kind = s.get("type")
         repeat = int(s.get("repeat", 1))
         common = dict(min_pixels=d["min_pixels"], composite_prob=s.get("composite_prob", d["composite_prob"]))
-        if kind in ("static", "synthetic_static"):
+        if kind in ("static", "synthetic_static", "davis_frames"):
             if mode != "static":
                 raise ValueError(f"source type {kind!r} needs data.mode=static")
-            src = (ImageFolderSource(s["root"]) if kind == "static" else
-                   SyntheticImages(s.get("num_images", 16), tuple(s.get("size", crop)), s.get("seed", 0)))
-            aug = StaticAugment(crop=crop, resize_short=s.get("resize_short", d["resize_short"] or (max(crop) if kind == "static" else None)))
+            if kind == "static":
+                src = ImageFolderSource(s["root"])
+            elif kind == "davis_frames":  # a video set's annotated frames, each a static image
+                src = VideoFramesSource(davis_source(s["root"], s.get("subset", "train"), s.get("year"),
+                                                     s.get("sequences"), s.get("exclude")), int(s.get("every", 1)))
+            else:
+                src = SyntheticImages(s.get("num_images", 16), tuple(s.get("size", crop)), s.get("seed", 0))
+            aug = StaticAugment(crop=crop, resize_short=s.get("resize_short", d["resize_short"] or (max(crop) if kind != "synthetic_static" else None)))
             ds = StaticDataset(src, crop, d["static_frames"], max_objects=s.get("max_objects", d["max_objects"]),
                                augment=aug, **common)
         else:
@@ -166,7 +171,7 @@ def build_dataset(cfg: dict) -> MixedDataset:
                 src = SyntheticVideos(s.get("num_videos", 8), s.get("num_frames", 24), tuple(s.get("size", crop)),
                                       s.get("max_objects", 2), s.get("seed", 0))
             else:
-                raise ValueError(f"unknown data source type {kind!r} (davis, youtube, static, synthetic, synthetic_static)")
+                raise ValueError(f"unknown data source type {kind!r} (davis, youtube, static, davis_frames, synthetic, synthetic_static)")
             ds = VideoClipDataset(src, crop, d["clip_len"], d["num_clips"], mode, d["max_objects"], d["max_skip"],
                                   d["gap_schedule"], reverse_prob=d["reverse_prob"],
                                   augment=_video_augment(d, s), **common)
