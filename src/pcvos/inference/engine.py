@@ -2,7 +2,11 @@
 
 It holds a network (it does not inherit from it) and the state of one video: the object slots,
 the permanent memory and the frame waiting to become memory. The caller hands it clips of
-preprocessed frames in order; it returns each clip's aggregated probabilities.
+preprocessed frames in processing order; it returns each clip's aggregated probabilities.
+
+Direction is only an order: a backward run hands the clips over with decreasing frame numbers
+(each clip's frames in that order too) and everything else — the memory schedule, PMM's
+segments, ICR's temporal window — runs unchanged along the processing order.
 """
 from __future__ import annotations
 
@@ -76,7 +80,8 @@ def _flat_keys(key: torch.Tensor) -> torch.Tensor:
 
 
 class InferenceCore:
-    """Per-clip inference over one video. Frames must come in increasing index order."""
+    """Per-clip inference over one video. Frames come in processing order: increasing frame
+    numbers (forward) or decreasing ones (backward), never both in one engine."""
 
     def __init__(self, network: PCVOS, config: InferenceConfig | None = None) -> None:
         self.net = network
@@ -182,7 +187,7 @@ class InferenceCore:
                      mask: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
         """Segment one clip.
 
-        ``indices``: the clip's frame numbers (increasing); ``images`` (L, 3, H, W) normalised and
+        ``indices``: the clip's frame numbers in processing order; ``images`` (L, 3, H, W) normalised and
         padded; ``mask``: optional ``(onehot (n, H, W), ids)`` given for the clip's last frame.
         Returns aggregated probabilities (1 + slots, L, H, W), slot order (see ``objects``).
         """
@@ -207,10 +212,34 @@ class InferenceCore:
         if mask is not None:
             probs = self._merge_mask(probs, mask, last)
             self._add_memory(last, images[-1:], keys_last, f16_last, probs[1:, -1], annotated=True)
-        elif self.last_memory_frame is not None and last - self.last_memory_frame >= self.config.memory_interval:
+        elif (self.last_memory_frame is not None
+              and abs(last - self.last_memory_frame) >= self.config.memory_interval):  # either direction
             # copies, so the clip's tensors are freed while the candidate waits
             self._pending = _Candidate(last, images[-1:].clone(), keys_last, f16_last.clone(), probs[1:, -1].clone())
         return probs
+
+    @torch.inference_mode()
+    def add_keyframe(self, index: int, image: torch.Tensor, mask: tuple[torch.Tensor, list[int]]) -> None:
+        """Put an annotated frame into memory as it is, without predicting it.
+
+        ``image`` (1, 3, H, W) normalised and padded; ``mask``: ``(onehot (n, H, W), ids)``, which
+        may hold all-zero planes: an object absent from a keyframe is known to be absent there.
+        The memory values are those ``process_clip`` gives a mask frame, so a run that starts
+        with one keyframe computes what a run handed that mask in its first clip does.
+        """
+        onehot, ids = mask
+        slots = self.objects.add(ids, index)
+        obj = onehot.new_zeros(len(self.objects), *onehot.shape[1:])
+        obj[slots] = onehot.to(obj.dtype)
+        probs = aggregate(obj, dim=0)
+        parts, key, _ = self._encode_keys(image)
+        self._add_memory(index, image, _flat_keys(key[-1:]), parts[-1].f16[-1:], probs[1:], annotated=True)
+
+    def pass_keyframe(self, index: int) -> None:
+        """The run reached a frame already in memory as a keyframe: the memory schedule restarts
+        there, as after a mask frame (the waiting candidate is no longer the last frame)."""
+        self._commit_pending()
+        self.last_memory_frame = index
 
     def _merge_mask(self, probs: torch.Tensor, mask: tuple[torch.Tensor, list[int]], index: int) -> torch.Tensor:
         """Write the given masks into the last frame: given objects take their mask, others are
