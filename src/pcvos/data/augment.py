@@ -6,7 +6,8 @@ function of its seed (needed for exact resume and for identical data across work
 
 - :class:`VideoAugment` (video training, STCN-style): one random resized crop and flip for the
   whole sequence, a small per-frame affine jitter, a sequence-level plus a small per-frame colour
-  jitter, occasional grayscale.
+  jitter, occasional grayscale; optionally (off by default) a zoom that grows or shrinks the
+  object across the sequence and a per-frame motion blur, aimed at fast motion and scale change.
 - :class:`StaticAugment` (static-image pre-training): several frames synthesised from one image by
   an independent random affine transform, a thin-plate-spline warp, a random resized crop and a
   colour jitter per frame; the mask goes through the same geometry.
@@ -30,6 +31,7 @@ __all__ = [
     "ColorJitter",
     "color_jitter",
     "resize_short",
+    "motion_blur",
     "VideoAugment",
     "StaticAugment",
 ]
@@ -211,6 +213,19 @@ def _sample_box(rng: np.random.Generator, h: int, w: int, out_size: Size, scale:
     return (w - bw) / 2, (h - bh) / 2, bw, bh
 
 
+def motion_blur(image: np.ndarray, length: int, angle: float) -> np.ndarray:
+    """Blur along a line of ``length`` pixels at ``angle`` degrees, as a camera or object moving
+    during the exposure does; the image's size and dtype are kept."""
+    k = np.zeros((length, length), np.float32)
+    k[length // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), angle, 1.0)
+    k = cv2.warpAffine(k, rot, (length, length), flags=cv2.INTER_LINEAR)
+    total = float(k.sum())
+    if total <= 0:
+        return image
+    return cv2.filter2D(image, -1, k / total, borderType=cv2.BORDER_REFLECT)
+
+
 # -- pipelines ----------------------------------------------------------------------------------
 @dataclass
 class VideoAugment:
@@ -227,11 +242,20 @@ class VideoAugment:
     seq_jitter: ColorJitter = field(default_factory=lambda: ColorJitter(0.1, 0.03, 0.03, 0.0))
     frame_jitter: ColorJitter = field(default_factory=lambda: ColorJitter(0.01, 0.01, 0.01, 0.0))
     grayscale_prob: float = 0.05
+    # zoom from 1 at the first frame to z at the last, z drawn log-uniformly from this range: objects
+    # that approach or recede (scale change between memory and query); (1, 1) turns it off
+    zoom_range: tuple[float, float] = (1.0, 1.0)
+    motion_blur_prob: float = 0.0            # per frame
+    motion_blur_max: int = 9                 # longest blur, pixels of the output crop
 
     def sequence_params(self, rng: np.random.Generator, h: int, w: int) -> dict:
         box = _sample_box(rng, h, w, self.crop, self.scale, self.ratio)
-        return {"box": box, "flip": bool(rng.random() < self.flip_prob), "color": self.seq_jitter.sample(rng),
-                "gray": bool(rng.random() < self.grayscale_prob)}
+        p = {"box": box, "flip": bool(rng.random() < self.flip_prob), "color": self.seq_jitter.sample(rng),
+             "gray": bool(rng.random() < self.grayscale_prob)}
+        if tuple(self.zoom_range) != (1.0, 1.0):  # drawn only when on: the default stream is unchanged
+            lo, hi = self.zoom_range
+            p["zoom"] = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        return p
 
     def __call__(self, rng: np.random.Generator, frames: list[np.ndarray], masks: list[np.ndarray],
                  params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -245,15 +269,20 @@ class VideoAugment:
         base = resized_crop_matrix(p["box"], self.crop, p["flip"])
         out_f = np.empty((len(frames), oh, ow, 3), np.float32)
         out_m = np.empty((len(frames), oh, ow), np.uint8)
+        zoom = float(p.get("zoom", 1.0))
+        last = max(1, len(frames) - 1)
         for t, (f, m) in enumerate(zip(frames, masks)):
             jit = affine_matrix(((ow - 1) / 2, (oh - 1) / 2),
                                 angle=rng.uniform(-self.frame_degrees, self.frame_degrees),
-                                scale=rng.uniform(*self.frame_scale),
+                                scale=rng.uniform(*self.frame_scale) * zoom ** (t / last),
                                 shear=(rng.uniform(-self.frame_shear, self.frame_shear), 0.0))
             img, msk = warp_affine(f, m, jit @ base, self.crop)
             fp = self.frame_jitter.sample(rng)
             col = tuple(a * b if i < 3 else a + b for i, (a, b) in enumerate(zip(p["color"], fp)))
             out_f[t] = color_jitter(img, col, p["gray"])  # type: ignore[arg-type]
+            if self.motion_blur_prob > 0 and rng.random() < self.motion_blur_prob:
+                length = int(rng.integers(3, max(3, self.motion_blur_max) + 1))
+                out_f[t] = motion_blur(out_f[t], length, float(rng.uniform(0, 180)))
             out_m[t] = msk
         return out_f, out_m
 

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
         "min_pixels": 20,
         "composite_prob": 0.0,   # paste an object from another sample (multi-object from single-object data)
         "reverse_prob": 0.0,
+        "zoom_range": [1.0, 1.0],    # video: zoom from 1 to z in this range across a sample (scale change)
+        "motion_blur_prob": 0.0,     # video: chance of a motion blur per frame
+        "motion_blur_max": 9,        # video: longest motion blur, pixels
         "num_workers": 4,
         "sources": [],
     },

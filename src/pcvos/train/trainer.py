@@ -131,7 +131,9 @@ def param_checksum(module: torch.nn.Module) -> str:
 
 # -- building -----------------------------------------------------------------------------------
 def _video_augment(d: dict, src: dict) -> VideoAugment:
-    return VideoAugment(crop=tuple(d["crop"]), resize_short=src.get("resize_short", d["resize_short"]))
+    return VideoAugment(crop=tuple(d["crop"]), resize_short=src.get("resize_short", d["resize_short"]),
+                        zoom_range=tuple(d["zoom_range"]), motion_blur_prob=float(d["motion_blur_prob"]),
+                        motion_blur_max=int(d["motion_blur_max"]))
 
 
 def build_dataset(cfg: dict) -> MixedDataset:
