@@ -430,8 +430,10 @@ class Session:
                        keyframes: dict[int, np.ndarray], cancel: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
         seg = self._seg
         core = InferenceCore(seg.model, seg.config)
-        # every keyframe, the start last: the memory schedule counts from it
-        for k in sorted(keyframes, key=lambda k: (k == t, k)):
+        # every keyframe, farthest first and the start last (the memory schedule counts from it);
+        # an order that mirrors with the direction, so a backward run of a reversed video adds
+        # the same memory in the same order as the forward run and computes the same numbers
+        for k in sorted(keyframes, key=lambda k: (-abs(k - t), step * (k - t))):
             core.add_keyframe(k, seg._prepare([self._frame(k)]), (self._onehot(keyframes[k], ids), ids))
         clip: list[int] = []
         images: list[torch.Tensor] = []
