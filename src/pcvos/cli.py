@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pcvos {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_segment(sub)
-    for module in ("pcvos.eval.cli", "pcvos.eval.infer_cli", "pcvos.train.cli"):
+    for module in ("pcvos.eval.cli", "pcvos.eval.infer_cli", "pcvos.train.cli", "pcvos.studio.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

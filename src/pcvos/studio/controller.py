@@ -1,0 +1,291 @@
+"""What the studio does, without HTTP: edits, one background job at a time, progress events.
+
+:class:`Studio` ties a :class:`~pcvos.studio.workspace.Workspace` (the truth on disk) to a
+:class:`pcvos.Session` (the model's view: keyframes and propagation). Jobs (propagation, export)
+run in a worker thread; their progress goes to every subscriber of :class:`EventHub`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pcvos.data.masks import object_ids, parse_mask, resize_labels
+from pcvos.data.palette import VOID_LABEL
+from pcvos.studio.exporter import ExportCancelled, export_workspace
+from pcvos.studio.workspace import Workspace, WorkspaceError
+
+__all__ = ["Studio", "EventHub", "BusyError", "DIRECTIONS", "UNTIL"]
+
+log = logging.getLogger("pcvos.studio")
+
+DIRECTIONS = ("both", "forward", "backward")
+UNTIL = ("keyframe", "end")
+#: workspace.json is rewritten at most this often during a propagation (every mask PNG is written at once).
+SAVE_EVERY_S = 2.0
+#: GrabCut iterations: OpenCV's examples use 5; more rarely changes the result on a box.
+GRABCUT_ITERATIONS = 5
+#: Smallest GrabCut box side in pixels (OpenCV needs some pixels outside and inside).
+MIN_BOX_SIDE = 4
+
+
+class BusyError(RuntimeError):
+    """Another job is running (HTTP 409)."""
+
+
+class EventHub:
+    """Fan-out of job events (dicts) from worker threads to asyncio subscribers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            self._subscribers.append((asyncio.get_running_loop(), queue))
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        with self._lock:
+            self._subscribers = [(lp, q) for lp, q in self._subscribers if q is not queue]
+
+    def publish(self, event: dict[str, Any] | None) -> None:
+        """Send ``event`` to everyone (None tells subscribers to stop)."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for loop, queue in subscribers:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # that subscriber's loop has closed
+                self.unsubscribe(queue)
+
+
+class Studio:
+    """One workspace, its session and its jobs. Methods raise ``WorkspaceError``/``ValueError`` for
+    bad requests and :class:`BusyError` when a job is running."""
+
+    def __init__(self, workspace: Workspace, session: Any, hub: EventHub | None = None) -> None:
+        self.ws = workspace
+        self.session = session
+        self.hub = hub or EventHub()
+        self._job_lock = threading.Lock()
+        self._job: dict[str, Any] = {"kind": None, "state": "idle"}
+        self._thread: threading.Thread | None = None
+        self._export_cancel = threading.Event()
+        self._restore()
+
+    def _restore(self) -> None:
+        """Give the session the workspace's keyframes (reopening restores the model's memory)."""
+        for t in sorted(self.ws.keyframes):
+            labels = self.ws.read_labels(t)
+            if labels is not None:
+                self.session.set_mask(t, labels)
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def job(self) -> dict[str, Any]:
+        return dict(self._job)
+
+    def state(self) -> dict[str, Any]:
+        return {**self.ws.state(), "job": self.job()}
+
+    def _check_idle(self, what: str) -> None:
+        if self.busy:
+            raise BusyError(f"a {self._job['kind']} is running; wait for it or cancel it before you {what}")
+
+    # -- edits ------------------------------------------------------------------------------------
+    def set_labels(self, t: int, labels: np.ndarray) -> None:
+        """Frame ``t`` becomes a keyframe holding exactly ``labels``."""
+        self.ws.check_index(t)
+        self.ws.check_labels(labels)
+        self._check_idle("edit masks")
+        self.session.set_mask(t, labels)
+        self.ws.write_labels(t, labels, keyframe=True)
+        self.ws.save()
+
+    def add_object(self, name: str | None = None) -> dict[str, Any]:
+        return self.ws.add_object(name)
+
+    def rename_object(self, object_id: int, name: Any) -> dict[str, Any]:
+        return self.ws.rename_object(object_id, name)
+
+    def remove_object(self, object_id: int) -> None:
+        self.ws.check_object(object_id)
+        self._check_idle("remove objects")
+        for t in self.ws.remove_object(object_id):
+            self.session.set_mask(t, self.ws.read_labels(t))
+
+    def grabcut(self, t: int, box: Any) -> np.ndarray:
+        """GrabCut inside ``box`` = [x0, y0, x1, y1] (pixels) of frame ``t``: (H, W) uint8 0/1."""
+        self.ws.check_index(t)
+        if (not isinstance(box, (list, tuple)) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            raise WorkspaceError("box must be [x0, y0, x1, y1] in pixels")
+        x0, x1 = sorted((int(round(box[0])), int(round(box[2]))))
+        y0, y1 = sorted((int(round(box[1])), int(round(box[3]))))
+        x0, y0 = max(x0, 0), max(y0, 0)
+        x1, y1 = min(x1, self.ws.width), min(y1, self.ws.height)
+        if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
+            raise WorkspaceError(f"box must be at least {MIN_BOX_SIDE}x{MIN_BOX_SIDE} pixels inside the frame")
+        image = cv2.cvtColor(self.ws.read_frame(t), cv2.COLOR_RGB2BGR)
+        mask = np.zeros(image.shape[:2], np.uint8)
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(image, mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
+        except cv2.error as exc:
+            raise WorkspaceError(f"GrabCut failed on this box ({exc.err})") from exc
+        return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+
+    def import_mask(self, data: bytes, object_id: int | None) -> np.ndarray:
+        """Read an uploaded mask image into labels at the frame size.
+
+        An indexed PNG keeps its ids (unknown ids become new objects); any other mask with a
+        single object is painted as ``object_id``; colour masks with several objects keep their ids.
+        """
+        with tempfile.TemporaryDirectory(dir=self.ws.root, prefix=".import-") as tmp:
+            path = Path(tmp) / "upload.png"
+            path.write_bytes(data)
+            try:
+                labels, kind = parse_mask(path)
+            except ValueError as exc:
+                raise WorkspaceError(str(exc).replace(str(path), "uploaded mask")) from None
+        labels = np.where(labels == VOID_LABEL, 0, labels).astype(np.uint8)
+        h, w = labels.shape
+        if (h, w) != (self.ws.height, self.ws.width):
+            if abs(h * self.ws.width - w * self.ws.height) > max(self.ws.height, self.ws.width):
+                raise WorkspaceError(f"uploaded mask is {w}x{h} but the frames are {self.ws.width}x{self.ws.height}")
+            labels = resize_labels(labels, (self.ws.height, self.ws.width))
+        ids = object_ids(labels)
+        if not ids:
+            raise WorkspaceError("uploaded mask holds no object (every pixel is background)")
+        if not kind.startswith("indexed") and len(ids) == 1:
+            labels = np.where(labels > 0, self.ws.check_object(object_id), 0).astype(np.uint8)
+        else:
+            for i in ids:
+                if i not in self.ws.object_ids():
+                    self.ws.add_object(object_id=i)
+        return labels
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def _start(self, kind: str, work: Callable[[], str], **info: Any) -> dict[str, Any]:
+        with self._job_lock:
+            self._check_idle(f"start a {kind}")
+            self._job = {"kind": kind, "state": "running", "done": 0, "total": info.pop("total", None),
+                         "fps": None, "eta_s": None, "error": None, **info}
+            self._started = time.perf_counter()
+            self._thread = threading.Thread(target=self._run, args=(work,), name=f"pcvos-studio-{kind}", daemon=True)
+            self._thread.start()
+            self.hub.publish({"type": "job", **self._job})
+            return self.job()
+
+    def _run(self, work: Callable[[], str]) -> None:
+        try:
+            state = work()
+            error = None
+        except Exception as exc:  # reported to the page; the server keeps running
+            log.exception("studio %s failed", self._job["kind"])
+            state, error = "error", f"{type(exc).__name__}: {exc}"
+        self._job.update(state=state, error=error, eta_s=0 if state == "done" else None)
+        self.ws.save()
+        self.hub.publish({"type": "job", **self._job})
+
+    def _progress(self, done: int, total: int | None, frame: int | None = None) -> None:
+        elapsed = time.perf_counter() - self._started
+        fps = done / elapsed if elapsed > 0 else None
+        eta = (total - done) / fps if fps and total is not None else None
+        self._job.update(done=done, total=total, fps=fps, eta_s=eta)
+        self.hub.publish({"type": "progress", "frame": frame, **self._job})
+
+    def propagate(self, t: Any, direction: Any = "both", until: Any = "keyframe",
+                  objects: Iterable[Any] | None = None) -> dict[str, Any]:
+        """Start propagating from frame ``t`` in the background; returns the job."""
+        self.ws.check_index(t)
+        if direction not in DIRECTIONS:
+            raise WorkspaceError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        if until not in UNTIL:
+            raise WorkspaceError(f"until must be one of {', '.join(UNTIL)}, got {until!r}")
+        if objects is not None:
+            if not isinstance(objects, list) or not objects:
+                raise WorkspaceError("objects must be a non-empty list of object ids, or null for all")
+            objects = [self.ws.check_object(o) for o in objects]
+        self._check_idle("start a propagation")
+        if t not in self.session.keyframes:
+            raise WorkspaceError(f"frame {t} is not a keyframe: draw or correct its mask first, then propagate")
+        total = len(self.session.plan(t, direction, until))
+        iterator = self.session.propagate(t, direction=direction, until=until, objects=objects)
+
+        def work() -> str:
+            done, last_save = 0, time.perf_counter()
+            for index, labels in iterator:
+                if objects is not None:
+                    labels = self._merge_subset(index, labels, objects)
+                self.ws.write_labels(index, labels, keyframe=False)
+                done += 1
+                self._progress(done, total, frame=index)
+                if time.perf_counter() - last_save > SAVE_EVERY_S:
+                    self.ws.save()
+                    last_save = time.perf_counter()
+            return "cancelled" if self._job.get("cancel_requested") else "done"
+
+        return self._start("propagation", work, total=total, frame=t, direction=direction, until=until,
+                           objects=objects)
+
+    def _merge_subset(self, t: int, labels: np.ndarray, objects: list[int]) -> np.ndarray:
+        """Re-propagated ``objects`` over frame ``t``'s labels on disk: the session merges with what it
+        holds, which after a reopen is only the keyframes, so the disk is the reference here."""
+        old = self.ws.read_labels(t)
+        if old is None:
+            return labels
+        merged = old.copy()
+        merged[np.isin(merged, objects)] = 0
+        claimed = np.isin(labels, objects)
+        merged[claimed] = labels[claimed]
+        return merged
+
+    def export(self) -> dict[str, Any]:
+        """Start writing the export (see :mod:`pcvos.studio.exporter`) in the background."""
+        self._export_cancel.clear()
+
+        def work() -> str:
+            try:
+                export_workspace(self.ws, progress=lambda d, n: self._progress(d, n), cancel=self._export_cancel)
+            except ExportCancelled:
+                return "cancelled"
+            return "done"
+
+        return self._start("export", work, total=self.ws.num_frames)
+
+    def cancel(self) -> dict[str, Any]:
+        """Ask the running job to stop (a propagation stops within a clip)."""
+        if self.busy:
+            self._job["cancel_requested"] = True
+            if self._job["kind"] == "propagation":
+                self.session.cancel()
+            else:
+                self._export_cancel.set()
+        return self.job()
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the current job ends (for tests and scripts)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.job()
+
+    def close(self) -> None:
+        """Cancel any job and wait for it (server shutdown)."""
+        self.cancel()
+        self.wait()
+        self.hub.publish(None)

@@ -1,0 +1,560 @@
+// pcvos studio page: frame view, mask tools, propagation and export through the local API.
+// Labels travel as raw bytes (H*W uint8): the page edits exactly what the server stores.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const PREFETCH_IMAGES = 3;      // frames either side whose images are fetched ahead
+const PREFETCH_LABELS = 2;      // frames either side whose labels are fetched ahead
+const LABEL_CACHE_SIZE = 64;    // label maps kept in the page (H*W bytes each)
+const UNDO_DEPTH = 50;
+const PLAY_FPS_FALLBACK = 24;
+
+const S = {
+  T: 0, W: 0, H: 0, fps: null, objects: [], keyframes: new Set(), propagated: new Set(),
+  t: 0, labels: null, selected: null, tool: "brush", brush: 8, opacity: 0.5, outline: false, hidden: false,
+  undo: [], redo: [], job: { state: "idle" }, playing: false, lastSwitchMs: null, ready: false,
+};
+const labelCache = new Map();   // t -> Uint8Array | null (no mask)
+let lut = new Uint32Array(256); // label -> RGBA (little-endian ABGR) for the overlay
+let saveChain = Promise.resolve();
+let switchToken = 0;
+
+// ---------------------------------------------------------------- API
+async function api(method, path, body, type) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    if (type) { init.body = body; init.headers["Content-Type"] = type; }
+    else { init.body = JSON.stringify(body); init.headers["Content-Type"] = "application/json"; }
+  }
+  const res = await fetch(path, init);
+  if (!res.ok) {
+    let msg = res.statusText;
+    try { msg = (await res.json()).error || msg; } catch (e) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return res;
+}
+function say(text, isError) {
+  const m = $("message");
+  m.textContent = text || "";
+  m.className = isError ? "error" : "";
+}
+const fail = (e) => say(e.message || String(e), true);
+
+async function fetchLabels(t) {
+  if (labelCache.has(t)) return labelCache.get(t);
+  const res = await api("GET", `/api/frames/${t}/labels`);
+  const labels = res.status === 204 ? null : new Uint8Array(await res.arrayBuffer());
+  cacheLabels(t, labels);
+  return labels;
+}
+function cacheLabels(t, labels) {
+  labelCache.delete(t);
+  labelCache.set(t, labels);
+  while (labelCache.size > LABEL_CACHE_SIZE) labelCache.delete(labelCache.keys().next().value);
+}
+const imageUrl = (t) => `/api/frames/${t}/image`;
+
+// ---------------------------------------------------------------- state
+async function loadState() {
+  const st = await (await api("GET", "/api/state")).json();
+  S.T = st.num_frames; S.W = st.width; S.H = st.height; S.fps = st.fps;
+  S.objects = st.objects;
+  S.keyframes = new Set(st.keyframes); S.propagated = new Set(st.propagated);
+  S.job = st.job;
+  if (!S.objects.some((o) => o.id === S.selected)) S.selected = S.objects.length ? S.objects[0].id : null;
+  $("source").textContent = st.source;
+  $("frame-count").textContent = S.T - 1;
+  $("frame-number").max = S.T - 1;
+  buildLut();
+  renderObjects();
+  renderJob();
+  drawTimeline();
+}
+function buildLut() {
+  lut = new Uint32Array(256);
+  for (const o of S.objects) {
+    const [r, g, b] = o.colour;
+    lut[o.id] = (255 << 24) | (b << 16) | (g << 8) | r;
+  }
+}
+
+// ---------------------------------------------------------------- view
+function layout() {
+  const stage = $("stage").getBoundingClientRect();
+  if (!S.W || !stage.width) return;
+  const scale = Math.min(stage.width / S.W, stage.height / S.H);
+  const w = Math.floor(S.W * scale), h = Math.floor(S.H * scale);
+  const left = Math.floor((stage.width - w) / 2), top = Math.floor((stage.height - h) / 2);
+  for (const el of [$("frame"), $("overlay"), $("draft")]) {
+    Object.assign(el.style, { width: `${w}px`, height: `${h}px`, left: `${left}px`, top: `${top}px` });
+  }
+  drawTimeline();
+}
+
+function renderOverlay() {
+  const canvas = $("overlay");
+  if (canvas.width !== S.W || canvas.height !== S.H) { canvas.width = S.W; canvas.height = S.H; }
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, S.W, S.H);
+  if (!S.labels || S.hidden) return;
+  const img = ctx.createImageData(S.W, S.H);
+  const out = new Uint32Array(img.data.buffer);
+  const L = S.labels, W = S.W, H = S.H;
+  const fill = Math.round(S.opacity * 255) << 24;
+  for (let y = 0, i = 0; y < H; y++) {
+    for (let x = 0; x < W; x++, i++) {
+      const l = L[i];
+      if (l === 0) continue;
+      const edge = (x > 0 && L[i - 1] !== l) || (x < W - 1 && L[i + 1] !== l)
+        || (y > 0 && L[i - W] !== l) || (y < H - 1 && L[i + W] !== l);
+      if (edge) out[i] = lut[l];
+      else if (!S.outline) out[i] = (lut[l] & 0x00ffffff) | fill;
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function renderFrameInfo() {
+  $("frame-number").value = S.t;
+  const badge = $("frame-kind");
+  const kind = S.keyframes.has(S.t) ? "keyframe" : S.propagated.has(S.t) ? "propagated" : "empty";
+  badge.textContent = kind;
+  badge.className = `badge ${kind}`;
+}
+
+async function goTo(t, { keepEdits = false } = {}) {
+  if (!S.T) return;
+  t = Math.max(0, Math.min(S.T - 1, t | 0));
+  const started = performance.now();
+  const token = ++switchToken;
+  if (t !== S.t && !keepEdits) { S.undo = []; S.redo = []; }
+  S.t = t;
+  renderFrameInfo();
+  drawTimeline();
+  const img = $("frame");
+  img.src = imageUrl(t);
+  try {
+    const [labels] = await Promise.all([fetchLabels(t), img.decode()]);
+    if (token !== switchToken) return;
+    S.labels = labels ? labels.slice() : null;
+    renderOverlay();
+    S.lastSwitchMs = performance.now() - started;
+    prefetch(t);
+  } catch (e) {
+    if (token === switchToken) fail(e);
+  }
+}
+
+function prefetch(t) {
+  for (let d = 1; d <= PREFETCH_IMAGES; d++) {
+    for (const u of [t + d, t - d]) if (u >= 0 && u < S.T) new Image().src = imageUrl(u);
+  }
+  for (let d = 1; d <= PREFETCH_LABELS; d++) {
+    for (const u of [t + d, t - d]) if (u >= 0 && u < S.T && !labelCache.has(u)) fetchLabels(u).catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------- timeline
+function drawTimeline() {
+  const c = $("timeline");
+  const w = Math.max(1, Math.floor(c.clientWidth * devicePixelRatio)), h = Math.floor(c.clientHeight * devicePixelRatio);
+  if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
+  const ctx = c.getContext("2d");
+  ctx.fillStyle = "#3b3f47";
+  ctx.fillRect(0, 0, w, h);
+  if (!S.T) return;
+  const fw = w / S.T;
+  const mark = (set, colour, y0, y1) => {
+    ctx.fillStyle = colour;
+    for (const t of set) ctx.fillRect(Math.floor(t * fw), y0, Math.max(1, Math.ceil(fw)), y1 - y0);
+  };
+  mark(S.propagated, "#3f9d65", h * 0.25, h * 0.75);
+  mark(S.keyframes, "#f5c518", 0, h);
+  ctx.fillStyle = "#ffffff";
+  ctx.fillRect(Math.floor((S.t + 0.5) * fw) - 1, 0, 2, h);
+}
+function timelineFrame(ev) {
+  const r = $("timeline").getBoundingClientRect();
+  return Math.floor(((ev.clientX - r.left) / r.width) * S.T);
+}
+
+// ---------------------------------------------------------------- objects
+function renderObjects() {
+  const ul = $("objects");
+  ul.innerHTML = "";
+  S.objects.forEach((o, i) => {
+    const li = document.createElement("li");
+    li.dataset.id = o.id;
+    if (o.id === S.selected) li.classList.add("selected");
+    const key = document.createElement("span");
+    key.className = "key";
+    key.textContent = i < 9 ? String(i + 1) : "";
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = `rgb(${o.colour.join(",")})`;
+    const name = document.createElement("input");
+    name.type = "text";
+    name.value = o.name;
+    name.addEventListener("change", () => api("PATCH", `/api/objects/${o.id}`, { name: name.value })
+      .then(loadState).catch(fail));
+    const rm = document.createElement("button");
+    rm.textContent = "×";
+    rm.title = "remove this object from every frame (click twice)";
+    rm.addEventListener("click", (ev) => {
+      ev.stopPropagation();
+      if (rm.dataset.armed) {
+        api("DELETE", `/api/objects/${o.id}`).then(async () => {
+          labelCache.clear();
+          await loadState();
+          await goTo(S.t);
+        }).catch(fail);
+      } else {
+        rm.dataset.armed = "1";
+        rm.textContent = "sure?";
+        setTimeout(() => { delete rm.dataset.armed; rm.textContent = "×"; }, 3000);
+      }
+    });
+    li.append(key, sw, name, rm);
+    li.addEventListener("click", () => selectObject(o.id));
+    ul.append(li);
+  });
+}
+function selectObject(id) {
+  S.selected = id;
+  for (const li of $("objects").children) li.classList.toggle("selected", Number(li.dataset.id) === id);
+}
+async function addObject() {
+  const obj = await (await api("POST", "/api/objects", {})).json();
+  await loadState();
+  selectObject(obj.id);
+  return obj;
+}
+
+// ---------------------------------------------------------------- editing
+function editable() {
+  if (S.job.state === "running") { say("a job is running: wait for it or cancel it before editing", true); return false; }
+  return true;
+}
+function beginEdit() {
+  if (!S.labels) S.labels = new Uint8Array(S.W * S.H);
+  S.undo.push({ t: S.t, labels: S.labels.slice() });
+  if (S.undo.length > UNDO_DEPTH) S.undo.shift();
+  S.redo = [];
+}
+function commit() {
+  const t = S.t, labels = S.labels.slice();
+  cacheLabels(t, labels.slice());
+  S.keyframes.add(t); S.propagated.delete(t);
+  renderFrameInfo(); drawTimeline();
+  saveChain = saveChain.then(() => api("PUT", `/api/frames/${t}/labels`, labels, "application/octet-stream"))
+    .then(() => say(`frame ${t} saved as a keyframe`))
+    .catch((e) => { fail(e); labelCache.delete(t); return loadState(); });
+  return saveChain;
+}
+function undo() {
+  const last = S.undo.pop();
+  if (!last || last.t !== S.t || !editable()) return;
+  S.redo.push({ t: S.t, labels: S.labels.slice() });
+  S.labels = last.labels;
+  renderOverlay(); commit();
+}
+function redo() {
+  const next = S.redo.pop();
+  if (!next || next.t !== S.t || !editable()) return;
+  S.undo.push({ t: S.t, labels: S.labels.slice() });
+  S.labels = next.labels;
+  renderOverlay(); commit();
+}
+
+// A stroke or polygon is drawn on a hidden canvas, then its covered pixels (alpha >= 128) are applied.
+const scratch = document.createElement("canvas");
+function scratchCtx() {
+  if (scratch.width !== S.W || scratch.height !== S.H) { scratch.width = S.W; scratch.height = S.H; }
+  const ctx = scratch.getContext("2d", { willReadFrequently: true });
+  return ctx;
+}
+function applyScratch(value, x0, y0, x1, y1) {
+  x0 = Math.max(0, Math.floor(x0)); y0 = Math.max(0, Math.floor(y0));
+  x1 = Math.min(S.W, Math.ceil(x1)); y1 = Math.min(S.H, Math.ceil(y1));
+  if (x1 <= x0 || y1 <= y0) return;
+  const data = scratchCtx().getImageData(x0, y0, x1 - x0, y1 - y0).data;
+  const w = x1 - x0;
+  for (let y = y0; y < y1; y++) {
+    for (let x = x0; x < x1; x++) {
+      if (data[((y - y0) * w + (x - x0)) * 4 + 3] >= 128) S.labels[y * S.W + x] = value;
+    }
+  }
+}
+function paintValue() { return S.tool === "eraser" ? 0 : S.selected; }
+
+function imagePoint(ev) {
+  const r = $("draft").getBoundingClientRect();
+  return [((ev.clientX - r.left) / r.width) * S.W, ((ev.clientY - r.top) / r.height) * S.H];
+}
+
+let stroke = null, polygon = [], box = null;
+function draft() {
+  const c = $("draft");
+  if (c.width !== S.W || c.height !== S.H) { c.width = S.W; c.height = S.H; }
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, S.W, S.H);
+  ctx.lineWidth = Math.max(1, S.W / 400);
+  ctx.strokeStyle = "#ffffff";
+  return ctx;
+}
+function drawPolygonDraft(hover) {
+  const ctx = draft();
+  if (!polygon.length) return;
+  ctx.beginPath();
+  ctx.moveTo(...polygon[0]);
+  for (const p of polygon.slice(1)) ctx.lineTo(...p);
+  if (hover) ctx.lineTo(...hover);
+  ctx.stroke();
+}
+function drawBrushCursor(p) {
+  const ctx = draft();
+  ctx.beginPath();
+  ctx.arc(p[0], p[1], S.brush, 0, 2 * Math.PI);
+  ctx.stroke();
+}
+
+function onPointerDown(ev) {
+  if (ev.button !== 0 || !S.T) return;
+  if (!editable()) return;
+  if (S.tool !== "eraser" && S.selected === null) { say("add an object first", true); return; }
+  const p = imagePoint(ev);
+  $("draft").setPointerCapture(ev.pointerId);
+  if (S.tool === "brush" || S.tool === "eraser") {
+    beginEdit();
+    stroke = { last: p };
+    strokeTo(p);
+  } else if (S.tool === "box") {
+    box = { a: p, b: p };
+  }
+}
+function strokeTo(p) {
+  const ctx = scratchCtx();
+  ctx.clearRect(0, 0, S.W, S.H);
+  ctx.strokeStyle = ctx.fillStyle = "#fff";
+  ctx.lineCap = "round";
+  ctx.lineWidth = 2 * S.brush;
+  ctx.beginPath();
+  ctx.moveTo(...stroke.last);
+  ctx.lineTo(...p);
+  ctx.stroke();
+  ctx.beginPath();
+  ctx.arc(p[0], p[1], S.brush, 0, 2 * Math.PI);
+  ctx.fill();
+  const r = S.brush + 2;
+  applyScratch(paintValue(), Math.min(p[0], stroke.last[0]) - r, Math.min(p[1], stroke.last[1]) - r,
+    Math.max(p[0], stroke.last[0]) + r, Math.max(p[1], stroke.last[1]) + r);
+  stroke.last = p;
+  renderOverlay();
+}
+function onPointerMove(ev) {
+  if (!S.T) return;
+  const p = imagePoint(ev);
+  if (stroke) { strokeTo(p); drawBrushCursor(p); }
+  else if (box) {
+    box.b = p;
+    const ctx = draft();
+    ctx.strokeRect(box.a[0], box.a[1], p[0] - box.a[0], p[1] - box.a[1]);
+  } else if (S.tool === "polygon") drawPolygonDraft(p);
+  else if (S.tool === "brush" || S.tool === "eraser") drawBrushCursor(p);
+}
+function onPointerUp(ev) {
+  if (stroke) { stroke = null; commit(); }
+  else if (box) {
+    const b = box;
+    box = null;
+    draft();
+    grabcut([b.a[0], b.a[1], b.b[0], b.b[1]]).catch(fail);
+  } else if (S.tool === "polygon" && ev.button === 0 && editable() && S.selected !== null) {
+    polygon.push(imagePoint(ev));
+    drawPolygonDraft();
+  }
+}
+function closePolygon() {
+  if (polygon.length >= 3) {
+    beginEdit();
+    const ctx = scratchCtx();
+    ctx.clearRect(0, 0, S.W, S.H);
+    ctx.fillStyle = "#fff";
+    ctx.beginPath();
+    ctx.moveTo(...polygon[0]);
+    for (const p of polygon.slice(1)) ctx.lineTo(...p);
+    ctx.closePath();
+    ctx.fill();
+    applyScratch(S.selected, 0, 0, S.W, S.H);
+    renderOverlay();
+    commit();
+  }
+  polygon = [];
+  draft();
+}
+async function grabcut(b) {
+  say("GrabCut…");
+  const t = S.t, id = S.selected;
+  const res = await api("POST", `/api/frames/${t}/grabcut`, { box: b });
+  const mask = new Uint8Array(await res.arrayBuffer());
+  if (t !== S.t) return;
+  beginEdit();
+  for (let i = 0; i < mask.length; i++) if (mask[i]) S.labels[i] = id;
+  renderOverlay();
+  await commit();
+}
+async function importMask(file) {
+  if (!file || !editable()) return;
+  const t = S.t;
+  const res = await api("POST", `/api/frames/${t}/import?object=${S.selected ?? ""}`, await file.arrayBuffer(), "application/octet-stream");
+  const mask = new Uint8Array(await res.arrayBuffer());
+  await loadState();  // an indexed PNG may have brought new objects
+  if (t !== S.t) return;
+  beginEdit();
+  for (let i = 0; i < mask.length; i++) if (mask[i]) S.labels[i] = mask[i];
+  renderOverlay();
+  await commit();
+}
+function setTool(tool) {
+  S.tool = tool;
+  polygon = []; draft();
+  for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === tool);
+}
+function setBrush(size) {
+  S.brush = Math.max(1, Math.min(100, Math.round(size)));
+  $("brush-size").value = S.brush;
+  $("brush-size-value").textContent = S.brush;
+}
+
+// ---------------------------------------------------------------- jobs
+function renderJob() {
+  const j = S.job, running = j.state === "running";
+  $("cancel").disabled = !running;
+  $("propagate").disabled = running;
+  $("export").disabled = running;
+  const pct = j.total ? (100 * j.done) / j.total : 0;
+  $("progress-bar").style.width = `${running || j.state === "done" ? pct : 0}%`;
+  let text = "";
+  if (j.kind) {
+    text = `${j.kind}: ${j.state}`;
+    if (j.total != null) text += ` · ${j.done} / ${j.total} frames`;
+    if (running && j.fps) text += ` · ${j.fps.toFixed(1)} frames/s`;
+    if (running && j.eta_s != null) text += ` · ${Math.ceil(j.eta_s)} s left`;
+    if (j.error) text += ` · ${j.error}`;
+  }
+  $("progress-text").textContent = text;
+  $("download").hidden = !(j.kind === "export" && j.state === "done");
+}
+async function propagate() {
+  await saveChain;
+  const body = { frame: S.t, direction: $("direction").value, until: $("until").value,
+    objects: $("only-selected").checked && S.selected !== null ? [S.selected] : null };
+  S.job = await (await api("POST", "/api/propagate", body)).json();
+  renderJob();
+}
+async function onEvent(ev) {
+  const e = JSON.parse(ev.data);
+  S.job = e;
+  if (e.type === "progress" && e.kind === "propagation" && e.frame != null) {
+    if (!S.keyframes.has(e.frame)) S.propagated.add(e.frame);
+    labelCache.delete(e.frame);
+    if (e.frame === S.t && !stroke) goTo(S.t, { keepEdits: true });  // masks appear live
+    drawTimeline();
+  }
+  if (e.type === "job" && e.state !== "running") {
+    await loadState();
+    labelCache.clear();
+    if (e.kind === "propagation") goTo(S.t, { keepEdits: true });
+    say(`${e.kind} ${e.state}${e.error ? `: ${e.error}` : ""}`, e.state === "error");
+  }
+  renderJob();
+}
+
+// ---------------------------------------------------------------- play
+async function play() {
+  S.playing = !S.playing;
+  $("play").textContent = S.playing ? "❚❚" : "▶";
+  const period = 1000 / (S.fps || PLAY_FPS_FALLBACK);
+  while (S.playing) {
+    const t0 = performance.now();
+    if (S.t >= S.T - 1) break;
+    await goTo(S.t + 1);
+    await new Promise((r) => setTimeout(r, Math.max(0, period - (performance.now() - t0))));
+  }
+  S.playing = false;
+  $("play").textContent = "▶";
+}
+
+// ---------------------------------------------------------------- keys and wiring
+function onKey(ev) {
+  const typing = ev.target instanceof HTMLInputElement && ["text", "number"].includes(ev.target.type);
+  if (typing && ev.key !== "Escape") return;
+  const k = ev.key, ctrl = ev.ctrlKey || ev.metaKey;
+  let handled = true;
+  if (k === "ArrowRight") goTo(S.t + (ev.shiftKey ? 10 : 1));
+  else if (k === "ArrowLeft") goTo(S.t - (ev.shiftKey ? 10 : 1));
+  else if (k === "Home") goTo(0);
+  else if (k === "End") goTo(S.T - 1);
+  else if (k === " ") play();
+  else if (ctrl && (k === "z" || k === "Z")) (ev.shiftKey ? redo : undo)();
+  else if (ctrl && (k === "y" || k === "Y")) redo();
+  else if (ctrl) handled = false;
+  else if (k >= "1" && k <= "9") { const o = S.objects[Number(k) - 1]; if (o) selectObject(o.id); }
+  else if (k === "[") setBrush(S.brush - Math.max(1, S.brush * 0.15));
+  else if (k === "]") setBrush(S.brush + Math.max(1, S.brush * 0.15));
+  else if (k === "b" || k === "B") setTool("brush");
+  else if (k === "e" || k === "E") setTool("eraser");
+  else if (k === "p" || k === "P") setTool("polygon");
+  else if (k === "g" || k === "G") setTool("box");
+  else if (k === "h" || k === "H") { $("hide").checked = !$("hide").checked; S.hidden = $("hide").checked; renderOverlay(); }
+  else if (k === "Enter" && S.tool === "polygon") closePolygon();
+  else if (k === "Escape") { polygon = []; box = null; draft(); }
+  else handled = false;
+  if (handled) ev.preventDefault();
+}
+
+function wire() {
+  const d = $("draft");
+  d.addEventListener("pointerdown", onPointerDown);
+  d.addEventListener("pointermove", onPointerMove);
+  d.addEventListener("pointerup", onPointerUp);
+  d.addEventListener("dblclick", () => { if (S.tool === "polygon") { polygon.pop(); closePolygon(); } });
+  d.addEventListener("wheel", (ev) => { ev.preventDefault(); setBrush(S.brush * (ev.deltaY < 0 ? 1.15 : 1 / 1.15)); },
+    { passive: false });
+  window.addEventListener("keydown", onKey);
+  window.addEventListener("resize", layout);
+  let dragging = false;
+  const tl = $("timeline");
+  tl.addEventListener("pointerdown", (ev) => { dragging = true; tl.setPointerCapture(ev.pointerId); goTo(timelineFrame(ev)); });
+  tl.addEventListener("pointermove", (ev) => { if (dragging) goTo(timelineFrame(ev)); });
+  tl.addEventListener("pointerup", () => { dragging = false; });
+  $("frame-number").addEventListener("change", (ev) => goTo(Number(ev.target.value)));
+  $("play").addEventListener("click", play);
+  $("add-object").addEventListener("click", () => addObject().catch(fail));
+  for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+  $("brush-size").addEventListener("input", (ev) => setBrush(Number(ev.target.value)));
+  $("undo").addEventListener("click", undo);
+  $("redo").addEventListener("click", redo);
+  $("import").addEventListener("change", (ev) => { importMask(ev.target.files[0]).catch(fail); ev.target.value = ""; });
+  $("opacity").addEventListener("input", (ev) => { S.opacity = Number(ev.target.value) / 100; renderOverlay(); });
+  $("outline").addEventListener("change", (ev) => { S.outline = ev.target.checked; renderOverlay(); });
+  $("hide").addEventListener("change", (ev) => { S.hidden = ev.target.checked; renderOverlay(); });
+  $("propagate").addEventListener("click", () => propagate().catch(fail));
+  $("cancel").addEventListener("click", () => api("POST", "/api/cancel").catch(fail));
+  $("export").addEventListener("click", () => api("POST", "/api/export").then(async (r) => { S.job = await r.json(); renderJob(); }).catch(fail));
+  new EventSource("/api/events").onmessage = (ev) => onEvent(ev).catch(fail);
+}
+
+async function main() {
+  wire();
+  setTool("brush");
+  setBrush(S.brush);
+  await loadState();
+  layout();
+  await goTo(0);
+  S.ready = true;
+  say("ready: pick an object and draw on any frame, then propagate");
+}
+window.studio = { S, goTo, addObject, selectObject, setTool, setBrush, closePolygon };
+main().catch(fail);

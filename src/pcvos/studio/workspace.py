@@ -1,0 +1,274 @@
+"""A studio workspace: one video's cached frames, its masks and objects, in one folder.
+
+Layout (everything written by pcvos, each file atomically)::
+
+    workspace.json        source, frame count, size, fps, objects, keyframes, propagated frames
+    frames/00000.jpg      the video decoded once (original resolution)
+    masks/00000.png       indexed PNG (DAVIS palette) per frame that has labels
+    export/               the latest export (see :mod:`pcvos.studio.exporter`)
+
+``workspace.json`` is written last when a workspace is created, so a folder without it is an
+unfinished decode that the next open redoes. Frames on disk are the truth for labels: a mask PNG
+that exists and is not a keyframe is a propagated frame.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pcvos.data.frames import open_frames
+from pcvos.data.io_utils import PathLike, atomic_write, save_indexed_png
+from pcvos.data.masks import object_ids
+from pcvos.data.palette import VOID_LABEL, colour_for
+
+__all__ = ["WorkspaceError", "Workspace", "MAX_OBJECT_ID", "FRAME_SUFFIX"]
+
+WORKSPACE_FILE = "workspace.json"
+WORKSPACE_FORMAT = 1
+FRAME_SUFFIX = ".jpg"
+#: JPEG quality of the cached frames: visually lossless, ~10x smaller than PNG and faster to serve.
+JPEG_QUALITY = 95
+#: Object ids 1..254: 0 is background and 255 the DAVIS void label.
+MAX_OBJECT_ID = VOID_LABEL - 1
+#: Longest object name kept (names are labels in a list, not documents).
+MAX_NAME_LENGTH = 80
+
+
+class WorkspaceError(ValueError):
+    """A request the workspace cannot honour; the message says why (shown to the user)."""
+
+
+def _frame_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+class Workspace:
+    """Open an existing workspace folder (see :meth:`open_or_create` to make one from a video)."""
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root).resolve()
+        path = self.root / WORKSPACE_FILE
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise WorkspaceError(f"{self.root}: not a pcvos studio workspace (no {WORKSPACE_FILE})") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise WorkspaceError(f"{path}: unreadable workspace file ({exc})") from exc
+        if meta.get("format") != WORKSPACE_FORMAT:
+            raise WorkspaceError(f"{path}: workspace format {meta.get('format')!r} is not {WORKSPACE_FORMAT}")
+        self._lock = threading.RLock()
+        self.source: str = meta["source"]
+        self.num_frames: int = int(meta["num_frames"])
+        self.height: int = int(meta["height"])
+        self.width: int = int(meta["width"])
+        self.fps: float | None = meta.get("fps")
+        self.objects: list[dict[str, Any]] = list(meta.get("objects", []))
+        self.keyframes: set[int] = {int(t) for t in meta.get("keyframes", [])}
+        # the PNGs on disk are the truth: a crash after a mask write but before the JSON save loses nothing
+        on_disk = {int(p.stem) for p in self.masks_dir.glob("*.png") if p.stem.isdigit()}
+        self.keyframes &= on_disk
+        self.propagated: set[int] = on_disk - self.keyframes
+
+    # -- creation ---------------------------------------------------------------------------------
+    @classmethod
+    def open_or_create(cls, root: PathLike, source: PathLike | None = None,
+                       progress: Callable[[int, int | None], None] | None = None) -> Workspace:
+        """Open ``root``, or decode ``source`` (a video or frame folder) into a new workspace there.
+
+        A ``source`` that differs from the one the workspace was made from is an error, as is a
+        ``root`` that holds other files (pcvos writes only into folders it made).
+        """
+        root = Path(root)
+        if (root / WORKSPACE_FILE).is_file():
+            ws = cls(root)
+            if source is not None and Path(source).resolve() != Path(ws.source):
+                raise WorkspaceError(f"{root}: this workspace belongs to {ws.source}, not {Path(source).resolve()}; "
+                                     "choose another --workspace")
+            return ws
+        if source is None:
+            raise WorkspaceError(f"{root}: not a pcvos studio workspace; give a video or frame folder to start one")
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(f"{root}: exists and is not a folder; choose another --workspace")
+        if root.is_dir():
+            others = [p.name for p in root.iterdir() if p.name not in ("frames", "masks")]
+            if others:
+                raise WorkspaceError(f"{root}: folder holds other files ({others[0]}, ...); "
+                                     "choose an empty or new --workspace")
+        cls._decode(root, Path(source), progress)
+        return cls(root)
+
+    @staticmethod
+    def _decode(root: Path, source: Path, progress: Callable[[int, int | None], None] | None) -> None:
+        try:
+            frames = open_frames(source, strict=True)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError) as exc:
+            raise WorkspaceError(str(exc)) from exc
+        try:
+            total: int | None = len(frames)
+        except TypeError:
+            total = None
+        frames_dir = root / "frames"
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        count = 0
+        try:
+            for index, frame in enumerate(frames):
+                ok, data = cv2.imencode(FRAME_SUFFIX, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                                        [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                if not ok:
+                    raise WorkspaceError(f"{source}: frame {index} could not be encoded")
+                atomic_write(frames_dir / f"{_frame_name(index)}{FRAME_SUFFIX}",
+                             lambda tmp, data=data: tmp.write_bytes(data.tobytes()))
+                count += 1
+                if progress is not None:
+                    progress(count, total)
+        except ValueError as exc:  # VideoDecodeError and unreadable frames
+            raise WorkspaceError(str(exc)) from exc
+        h, w = frames.size
+        meta = {"format": WORKSPACE_FORMAT, "source": str(source.resolve()), "num_frames": count,
+                "height": h, "width": w, "fps": frames.fps, "objects": [], "keyframes": [], "propagated": []}
+        atomic_write(root / WORKSPACE_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def frames_dir(self) -> Path:
+        return self.root / "frames"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    def frame_path(self, t: int) -> Path:
+        return self.frames_dir / f"{_frame_name(self.check_index(t))}{FRAME_SUFFIX}"
+
+    def mask_path(self, t: int) -> Path:
+        return self.masks_dir / f"{_frame_name(self.check_index(t))}.png"
+
+    # -- checks -----------------------------------------------------------------------------------
+    def check_index(self, t: int) -> int:
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.num_frames:
+            raise WorkspaceError(f"frame {t!r} is out of range (0..{self.num_frames - 1})")
+        return t
+
+    def object_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(o["id"] for o in self.objects)
+
+    def check_object(self, object_id: Any) -> int:
+        if not isinstance(object_id, int) or isinstance(object_id, bool) or object_id not in self.object_ids():
+            raise WorkspaceError(f"unknown object id {object_id!r} (objects: {self.object_ids()})")
+        return object_id
+
+    def check_labels(self, labels: np.ndarray) -> np.ndarray:
+        """A (H, W) uint8 map whose ids are all known objects (or 0)."""
+        if labels.shape != (self.height, self.width) or labels.dtype != np.uint8:
+            raise WorkspaceError(f"labels must be {self.width}x{self.height} uint8, got shape {labels.shape} "
+                                 f"{labels.dtype}")
+        unknown = sorted(set(object_ids(labels)) - set(self.object_ids()))
+        if unknown or (labels == VOID_LABEL).any():
+            bad = unknown or [VOID_LABEL]
+            raise WorkspaceError(f"labels hold unknown object id(s) {bad}; add the objects first")
+        return labels
+
+    # -- frames and labels ------------------------------------------------------------------------
+    def read_frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` as (H, W, 3) uint8 RGB."""
+        image = cv2.imread(str(self.frame_path(t)), cv2.IMREAD_COLOR)
+        if image is None:
+            raise WorkspaceError(f"{self.frame_path(t)}: cached frame missing or unreadable")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def read_labels(self, t: int) -> np.ndarray | None:
+        """Labels of frame ``t``, or None when it has none."""
+        path = self.mask_path(t)
+        try:
+            with Image.open(path) as image:
+                return np.array(image)
+        except FileNotFoundError:
+            return None
+
+    def write_labels(self, t: int, labels: np.ndarray, *, keyframe: bool) -> None:
+        """Store labels of frame ``t`` (atomically); ``keyframe`` marks a user-made mask."""
+        save_indexed_png(self.mask_path(t), labels)
+        with self._lock:
+            if keyframe:
+                self.keyframes.add(t)
+                self.propagated.discard(t)
+            elif t not in self.keyframes:
+                self.propagated.add(t)
+
+    # -- objects ----------------------------------------------------------------------------------
+    def add_object(self, name: str | None = None, object_id: int | None = None) -> dict[str, Any]:
+        with self._lock:
+            used = set(self.object_ids())
+            if object_id is None:
+                free = [i for i in range(1, MAX_OBJECT_ID + 1) if i not in used]
+                if not free:
+                    raise WorkspaceError(f"at most {MAX_OBJECT_ID} objects")
+                object_id = free[0]
+            elif not 1 <= object_id <= MAX_OBJECT_ID or object_id in used:
+                raise WorkspaceError(f"object id {object_id} is taken or outside 1..{MAX_OBJECT_ID}")
+            obj = {"id": object_id, "name": self._clean_name(name, object_id), "colour": list(colour_for(object_id))}
+            self.objects.append(obj)
+            self.objects.sort(key=lambda o: o["id"])
+            self.save()
+            return obj
+
+    @staticmethod
+    def _clean_name(name: Any, object_id: int) -> str:
+        if name is None or (isinstance(name, str) and not name.strip()):
+            return f"object {object_id}"
+        if not isinstance(name, str):
+            raise WorkspaceError("an object name must be text")
+        return name.strip()[:MAX_NAME_LENGTH]
+
+    def rename_object(self, object_id: int, name: Any) -> dict[str, Any]:
+        with self._lock:
+            self.check_object(object_id)
+            obj = next(o for o in self.objects if o["id"] == object_id)
+            obj["name"] = self._clean_name(name, object_id)
+            self.save()
+            return obj
+
+    def remove_object(self, object_id: int) -> list[int]:
+        """Forget an object and clear its pixels from every mask; returns the keyframes changed."""
+        with self._lock:
+            self.check_object(object_id)
+            self.objects = [o for o in self.objects if o["id"] != object_id]
+            frames = sorted(self.keyframes | self.propagated)
+        changed = []
+        for t in frames:
+            labels = self.read_labels(t)
+            if labels is not None and (labels == object_id).any():
+                labels[labels == object_id] = 0
+                self.write_labels(t, labels, keyframe=t in self.keyframes)
+                if t in self.keyframes:
+                    changed.append(t)
+        self.save()
+        return changed
+
+    # -- state ------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"source": Path(self.source).name, "num_frames": self.num_frames, "width": self.width,
+                    "height": self.height, "fps": self.fps, "objects": [dict(o) for o in self.objects],
+                    "keyframes": sorted(self.keyframes), "propagated": sorted(self.propagated)}
+
+    def save(self) -> None:
+        """Write ``workspace.json`` atomically."""
+        with self._lock:
+            meta = {"format": WORKSPACE_FORMAT, "source": self.source, "num_frames": self.num_frames,
+                    "height": self.height, "width": self.width, "fps": self.fps, "objects": self.objects,
+                    "keyframes": sorted(self.keyframes), "propagated": sorted(self.propagated)}
+            text = json.dumps(meta, indent=1)
+            atomic_write(self.root / WORKSPACE_FILE, lambda tmp: tmp.write_text(text))
