@@ -16,7 +16,7 @@ from typing import Protocol, Union, runtime_checkable
 
 import av
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pcvos.data.io_utils import PathLike, temp_path_for
 
@@ -26,7 +26,10 @@ __all__ = [
     "natural_key",
     "list_frames",
     "read_frame",
+    "exif_orientation",
+    "displayed_size",
     "VideoDecodeError",
+    "container_truncated",
     "VideoReader",
     "FrameFolder",
     "FrameSource",
@@ -72,23 +75,69 @@ def list_frames(folder: PathLike) -> list[Path]:
     return sorted(frames, key=lambda p: natural_key(p.name))
 
 
+# EXIF orientations 5-8 turn the stored image by 90 degrees: the displayed width is the stored height
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION_TAG = 0x0112
+# Largest value of each integer image mode that Pillow's convert("RGB") would otherwise clip at 255
+_HIGH_DEPTH_MAX = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+def _image_error(path: Path, err: BaseException) -> ValueError:
+    """A one-line ``ValueError`` naming ``path`` for any way Pillow can fail to read an image."""
+    if isinstance(err, Image.DecompressionBombError):
+        return ValueError(f"{path}: image too large to read safely ({err}); resize it before segmenting")
+    if isinstance(err, UnidentifiedImageError):
+        return ValueError(f"{path}: not a readable image file")
+    return ValueError(f"{path}: cannot decode image ({err})")
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 = as stored; 2-8 = flipped and/or turned for display)."""
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # a corrupt EXIF block is not worth refusing the frame for
+        return 1
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """``(height, width)`` of the image as a viewer shows it (EXIF orientation applied)."""
+    if exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:
+        return image.width, image.height
+    return image.height, image.width
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of any Pillow mode, scaling high bit depths instead of clipping them."""
+    if image.mode == "RGB":
+        return np.array(image)
+    if image.mode in _HIGH_DEPTH_MAX or image.mode in ("I", "F"):
+        # convert("RGB") clips 16-bit values at 255 (a 16-bit frame turns white): scale to 8 bits
+        values = np.asarray(image, dtype=np.float64)
+        top = _HIGH_DEPTH_MAX.get(image.mode)
+        if top is None:  # 32-bit int or float: 8-bit range if it fits, else 16-bit, else its own maximum
+            high = float(values.max(initial=0))
+            top = 255 if high <= 255 else 65535 if high <= 65535 else high
+        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"))
+
+
 def read_frame(path: PathLike) -> np.ndarray:
     """Read an image file as a (H, W, 3) uint8 RGB array (alpha dropped, gray expanded).
 
-    EXIF orientation is not applied: pixels are returned as stored, like the masks.
+    EXIF orientation is applied (pixels come out as a viewer shows them, as do masks read by
+    :mod:`pcvos.data.masks`); 16-bit images are scaled to 8 bits.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: frame file not found")
     try:
         with Image.open(path) as image:
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            return np.array(image)
-    except UnidentifiedImageError as err:
-        raise ValueError(f"{path}: not a readable image file") from err
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot decode image ({err})") from err
+            if exif_orientation(image) != 1:
+                image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise _image_error(path, err) from err
 
 
 # Declared frames that an MP4 edit list may hide from decoding (encoder priming, B-frame delay):
@@ -125,6 +174,84 @@ class FrameSource(Protocol):
     def __len__(self) -> int: ...
 
 
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
+_EBML_SEGMENT = b"\x18\x53\x80\x67"
+_ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"moof"}  # MP4 / MOV
+
+
+def _read_vint(f, keep_marker: bool) -> tuple[int, int] | None:
+    """One EBML variable-length integer: ``(value, its length in bytes)``; None if unreadable."""
+    first = f.read(1)
+    if not first:
+        return None
+    length = 9 - first[0].bit_length()
+    if not 1 <= length <= 8:
+        return None
+    rest = f.read(length - 1)
+    if len(rest) != length - 1:
+        return None
+    value = first[0] if keep_marker else first[0] & (0xFF >> length)
+    for b in rest:
+        value = (value << 8) | b
+    return value, length
+
+
+def _ebml_truncated(f, file_size: int) -> bool:
+    header = _read_vint(f, keep_marker=False)  # size of the EBML header (its id was the magic)
+    if header is None:
+        return False
+    f.seek(header[0], os.SEEK_CUR)
+    if f.read(4) != _EBML_SEGMENT:
+        return False
+    size = _read_vint(f, keep_marker=False)
+    if size is None:
+        return False
+    value, length = size
+    if value == (1 << (7 * length)) - 1:  # "unknown size" (live streams): nothing to compare
+        return False
+    return f.tell() + value > file_size
+
+
+def _iso_truncated(f, file_size: int) -> bool:
+    offset = 0
+    while offset + 8 <= file_size:
+        f.seek(offset)
+        head = f.read(8)
+        size, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if offset == 0 and kind not in _ISO_BOXES:
+            return False  # not an ISO media file
+        if size == 1:
+            size = int.from_bytes(f.read(8), "big")
+        elif size == 0:  # the last box runs to the end of the file
+            return False
+        if size < 8:
+            return False  # malformed: FFmpeg's own error will say so
+        offset += size
+    return offset > file_size
+
+
+def container_truncated(path: PathLike) -> bool:
+    """Whether the container says the file is cut short: its declared sizes run past the file's end.
+
+    Checks the Matroska/WebM segment size, the top-level boxes of MP4/MOV and AVI's RIFF size;
+    other containers (and live-stream files of unknown size) report False.
+    """
+    path = Path(path)
+    try:
+        file_size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(4)
+            if magic == _EBML_MAGIC:
+                return _ebml_truncated(f, file_size)
+            if magic == b"RIFF":
+                riff = f.read(8)
+                return len(riff) == 8 and riff[4:] == b"AVI " and 8 + int.from_bytes(riff[:4], "little") > file_size
+            f.seek(0)
+            return _iso_truncated(f, file_size)
+    except OSError:
+        return False
+
+
 class VideoReader:
     """Lazily decodes a video file with PyAV into (H, W, 3) uint8 RGB frames.
 
@@ -134,19 +261,22 @@ class VideoReader:
     while iterating. A stream that breaks part-way raises :class:`VideoDecodeError` with the
     number of frames decoded before the break.
 
-    Attributes: ``path``, ``fps`` (float or None), ``size`` ``(height, width)``, ``num_frames``
-    (from the container header when it declares one, else estimated from the duration, else
-    None; may be off by a frame or two for estimates — iteration is the truth),
-    ``num_frames_exact`` (True when the container declared the count), ``frames_read`` (frames
-    yielded by the last complete iteration).
+    Frames come out as a player shows them: a rotation in the stream's display matrix (phone
+    videos) is applied, so ``size`` is the displayed ``(height, width)`` and ``rotation`` the
+    counter-clockwise degrees applied.
 
-    If the stream ends cleanly but with fewer frames than the container declares (or, for an
-    estimate, more than 5 % / 2 frames fewer), a ``RuntimeWarning`` is issued. With
-    ``strict=True`` a :class:`VideoDecodeError` is raised instead once more than
-    ``EDIT_LIST_SLACK`` declared frames are missing; a smaller gap stays a warning. Not an error
-    by default because MP4 edit lists can legitimately hide a few declared frames and a longer
-    audio track inflates the duration used for estimates. (A truncated MKV/WebM, and sometimes a
-    truncated MP4, decodes without any FFmpeg error; only this check notices it.)
+    Attributes: ``path``, ``fps`` (float or None), ``size``, ``rotation``, ``num_frames`` (from
+    the container header when it declares one, else estimated from the duration, else None; an
+    estimate can be well off for variable frame rates or a longer audio track — iteration is the
+    truth), ``num_frames_exact`` (True when the container declared the count), ``frames_read``
+    (frames yielded by the last complete iteration).
+
+    A file is called truncated only when the container says so: its declared sizes run past the
+    end of the file (:func:`container_truncated`), or it declares a frame count and the stream
+    ends more than ``EDIT_LIST_SLACK`` frames short (MP4 edit lists can hide a few). An estimate is
+    never held against the file. A truncated file gives a ``RuntimeWarning`` after its last
+    frame, or a :class:`VideoDecodeError` with ``strict=True``; a small declared-count gap stays
+    a warning.
     """
 
     def __init__(self, path: PathLike, *, strict: bool = False) -> None:
@@ -159,7 +289,9 @@ class VideoReader:
         self.frames_read: int | None = None
         with contextlib.closing(self._open()) as container:
             if not container.streams.video:
-                raise ValueError(f"{self.path}: no video stream in this file")
+                cut = " (the file is truncated: its container declares more data than it holds)" \
+                    if container_truncated(self.path) else ""
+                raise ValueError(f"{self.path}: no video stream in this file{cut}")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             self.fps: float | None = float(rate) if rate else None
@@ -174,7 +306,11 @@ class VideoReader:
                 if seconds:
                     self.num_frames = max(1, round(seconds * self.fps))
             first = self._first_frame(container, stream)
-        self.size: tuple[int, int] = (first.height, first.width)
+        self._stored = (first.height, first.width)
+        self._turns = round(float(getattr(first, "rotation", 0) or 0) / 90) % 4  # quarter turns, CCW
+        self.rotation = 90 * self._turns
+        self.size: tuple[int, int] = self._stored[::-1] if self._turns % 2 else self._stored
+        self.truncated = container_truncated(self.path)
 
     def _open(self) -> av.container.InputContainer:
         try:
@@ -194,7 +330,7 @@ class VideoReader:
         raise ValueError(f"{self.path}: the video stream holds no decodable frames")
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        height, width = self.size
+        height, width = self._stored
         index = 0
         with contextlib.closing(self._open()) as container:
             stream = container.streams.video[0]
@@ -208,23 +344,26 @@ class VideoReader:
                     raise VideoDecodeError(self.path, index, _av_reason(err)) from err
                 if frame.height != height or frame.width != width:  # resolution change mid-stream
                     frame = frame.reformat(width=width, height=height)
-                yield frame.to_ndarray(format="rgb24")
+                array = frame.to_ndarray(format="rgb24")
+                if self._turns:
+                    array = np.ascontiguousarray(np.rot90(array, self._turns))
+                yield array
                 index += 1
         self.frames_read = index
-        if index == 0:
+        if index == 0 and not self.truncated:
             raise ValueError(f"{self.path}: the video stream holds no decodable frames")
-        expected = self.num_frames
-        if expected is not None:
-            tolerance = 0 if self.num_frames_exact else max(2, round(0.05 * expected))
-            if index < expected - tolerance:
-                declared = "declares" if self.num_frames_exact else "suggests about"
-                message = (
-                    f"the stream ended after {index} frames but the container {declared} "
-                    f"{expected} (truncated file?)"
-                )
-                if self.strict and (not self.num_frames_exact or index < expected - EDIT_LIST_SLACK):
-                    raise VideoDecodeError(self.path, index, message)
-                warnings.warn(f"{self.path}: {message}", RuntimeWarning, stacklevel=2)
+        message = None
+        if self.truncated:
+            message = f"the file ends before the end its container declares, after {index} frames (truncated file?)"
+        elif self.num_frames_exact and self.num_frames is not None and index < self.num_frames:
+            message = (f"the stream ended after {index} frames but the container declares "
+                       f"{self.num_frames} (truncated file?)")
+        if message is None:
+            return
+        big_gap = self.truncated or index < (self.num_frames or 0) - EDIT_LIST_SLACK
+        if self.strict and big_gap:
+            raise VideoDecodeError(self.path, index, message)
+        warnings.warn(f"{self.path}: {message}", RuntimeWarning, stacklevel=2)
 
     def __len__(self) -> int:
         if self.num_frames is None:
@@ -260,9 +399,9 @@ class FrameFolder:
             path = self.frame_paths[0]
             try:
                 with Image.open(path) as image:
-                    self._size = (image.height, image.width)
-            except (OSError, SyntaxError) as err:
-                raise ValueError(f"{path}: not a readable image file") from err
+                    self._size = displayed_size(image)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                raise _image_error(path, err) from err
         return self._size
 
     def __len__(self) -> int:

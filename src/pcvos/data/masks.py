@@ -18,13 +18,15 @@ Any other image mode (CMYK, YCbCr, float, …) raises ``ValueError``.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pcvos.data.frames import exif_orientation
 from pcvos.data.io_utils import PathLike
 from pcvos.data.palette import DAVIS_PALETTE, VOID_LABEL
 
@@ -33,6 +35,8 @@ __all__ = [
     "MAX_GRAY_IDS",
     "GRAY_ID_LIMIT",
     "MAX_COLOUR_OBJECTS",
+    "BLEND_TOLERANCE",
+    "EDGE_MAX_FRACTION",
     "read_mask",
     "read_color_mask",
     "parse_mask",
@@ -49,6 +53,16 @@ MAX_GRAY_IDS = 32
 GRAY_ID_LIMIT = 128
 #: Most distinct non-black colours a colour mask may hold (label 255 is reserved for void).
 MAX_COLOUR_OBJECTS = 254
+#: In a colour mask, a colour that covers less than ``EDGE_MAX_FRACTION`` of the pixels, has no
+#: solid pixel (one whose 8 neighbours share its colour) and lies within ``BLEND_TOLERANCE`` (RGB
+#: distance) of a solid colour or of a blend of two (black included) is an anti-aliased edge, not an
+#: object: it is merged into the nearest solid colour, with a warning.
+EDGE_MAX_FRACTION = 0.01
+BLEND_TOLERANCE = 48.0  # resampling filters (Lanczos) overshoot a blend by up to ~25
+# Above this many (edge colour x colour pair) distances, only the nearest solid colour is tested
+_MAX_BLEND_TESTS = 5_000_000
+_BLEND_CHUNK = 4_000_000
+_MAX_16BIT = 65535
 
 _GRAY_MODES = ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
 _COLOUR_MODES = ("RGB", "RGBA", "RGBX")
@@ -62,9 +76,13 @@ def _open_image(path: PathLike) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
+        if exif_orientation(image) != 1:  # the mask as a viewer shows it, like the frames
+            image = ImageOps.exif_transpose(image)
     except UnidentifiedImageError as err:
         raise ValueError(f"{path}: not a readable image file") from err
-    except (OSError, SyntaxError) as err:  # truncated or corrupt data
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: image too large to read safely ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         raise ValueError(f"{path}: cannot decode image ({err})") from err
     return image
 
@@ -82,6 +100,8 @@ def _gray_array(image: Image.Image, path: PathLike) -> np.ndarray:
         image = image.getchannel("L")
     array = np.asarray(image)
     if array.dtype != np.uint8:
+        if array.size and set(np.unique(array).tolist()) <= {0, _MAX_16BIT}:  # a 16-bit binary mask
+            return np.where(array > 0, 255, 0).astype(np.uint8)
         if array.size and (array.min() < 0 or array.max() > 255):
             raise ValueError(
                 f"{path}: {image.mode} grayscale mask has values {array.min()}..{array.max()}, "
@@ -119,10 +139,80 @@ _DAVIS_ORDER = np.argsort(_DAVIS_CODES)
 _DAVIS_SORTED = _DAVIS_CODES[_DAVIS_ORDER]
 
 
+def _solid_codes(codes: np.ndarray) -> np.ndarray:
+    """Colour codes that have at least one pixel whose 8 neighbours all share its colour."""
+    h, w = codes.shape
+    centre = codes[1:-1, 1:-1]
+    solid = np.ones(centre.shape, dtype=bool)
+    for dy in range(3):
+        for dx in range(3):
+            if (dy, dx) != (1, 1):
+                solid &= codes[dy:dy + h - 2, dx:dx + w - 2] == centre
+    return np.unique(centre[solid])
+
+
+def _code_rgb(codes: np.ndarray) -> np.ndarray:
+    codes = np.asarray(codes, dtype=np.uint32)
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.float32)
+
+
+def _blend_distance(colours: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """RGB distance of each colour to the nearest segment between two reference colours."""
+    i, j = np.triu_indices(len(refs), k=1)
+    a, ab = refs[i], refs[j] - refs[i]  # (P, 3)
+    length2 = np.maximum((ab * ab).sum(-1), 1e-6)
+    best = np.full(len(colours), np.inf, dtype=np.float32)
+    step = max(1, _BLEND_CHUNK // max(1, len(a)))
+    for start in range(0, len(colours), step):
+        x = colours[start:start + step, None, :]  # (M, 1, 3)
+        t = np.clip(((x - a) * ab).sum(-1) / length2, 0, 1)
+        d = np.sqrt((((a + t[..., None] * ab) - x) ** 2).sum(-1))
+        best[start:start + step] = d.min(axis=1)
+    return best
+
+
+def _merge_edge_colours(codes: np.ndarray, path: PathLike) -> tuple[np.ndarray, str | None]:
+    """Merge anti-aliased edge colours into the nearest solid colour (see ``BLEND_TOLERANCE``).
+
+    Returns the new codes and a warning to give if the mask is then accepted.
+    """
+    if min(codes.shape) < 3:
+        return codes, None
+    unique, inverse, counts = np.unique(codes.ravel(), return_inverse=True, return_counts=True)
+    solid = np.union1d(_solid_codes(codes), [0])  # black is always a reference: edges fade into it
+    edge = ~np.isin(unique, solid) & (counts < EDGE_MAX_FRACTION * codes.size)
+    if not edge.any() or len(solid) > MAX_COLOUR_OBJECTS + 1:  # too many solid colours: not a mask at all
+        return codes, None
+    refs = _code_rgb(solid)
+    candidates = _code_rgb(unique[edge])
+    step = max(1, _BLEND_CHUNK // len(refs))
+    nearest_ref = np.empty(len(candidates), dtype=np.int64)
+    distance = np.empty(len(candidates), dtype=np.float32)
+    for start in range(0, len(candidates), step):
+        d = np.sqrt(((candidates[start:start + step, None, :] - refs[None]) ** 2).sum(-1))  # (M, K)
+        nearest_ref[start:start + step] = d.argmin(axis=1)
+        distance[start:start + step] = d.min(axis=1)
+    pairs = len(refs) * (len(refs) - 1) // 2
+    far = np.flatnonzero(distance > BLEND_TOLERANCE)
+    if pairs and 0 < pairs * len(far) <= _MAX_BLEND_TESTS:
+        distance[far] = np.minimum(distance[far], _blend_distance(candidates[far], refs))
+    merge = distance <= BLEND_TOLERANCE
+    if not merge.any():
+        return codes, None
+    target = unique.copy()
+    edge_index = np.flatnonzero(edge)[merge]
+    target[edge_index] = solid[nearest_ref[merge]]
+    pixels = int(counts[edge_index].sum())
+    note = (f"{path}: {len(edge_index)} colours ({pixels} pixels, {pixels / codes.size:.1%} of the mask) have no "
+            "solid area and lie between object colours: read as anti-aliased edges and merged into the nearest "
+            "object colour (save masks without anti-aliasing to avoid this)")
+    return target[inverse].reshape(codes.shape), note
+
+
 def _rgb_to_labels(
     rgb: np.ndarray, path: PathLike, palette: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    codes = _colour_codes(rgb)
+    codes, note = _merge_edge_colours(_colour_codes(rgb), path)
     unique, inverse = np.unique(codes.ravel(), return_inverse=True)
     non_black = int((unique != 0).sum())
     if non_black > MAX_COLOUR_OBJECTS:
@@ -166,6 +256,8 @@ def _rgb_to_labels(
             colours[1:, 2] = others & 255
             kind = "RGB colour mask (ids 1..K in sorted colour order)"
     labels = np.asarray(label_of, dtype=np.uint8)[inverse].reshape(codes.shape)
+    if note is not None:
+        warnings.warn(note, stacklevel=4)
     return labels, colours, kind
 
 
