@@ -241,3 +241,18 @@ def test_bad_input(lite, video):
     empty.set_mask(0, np.zeros_like(masks[0]))
     with pytest.raises(ValueError, match="no object"):
         empty.propagate(0)
+
+
+def test_a_changed_keyframe_is_re_encoded(lite, video):
+    frames, masks = video
+    s = _session(lite, frames)
+    s.set_mask(6, masks[6])
+    list(s.propagate(6))                       # encodes keyframe 6's memory
+    fixed = np.where(masks[6] == 1, 1, 0).astype(np.uint8)
+    s.set_mask(6, fixed)                       # the user changes it: the old memory must go
+    again = dict(s.propagate(6))
+    fresh = _session(lite, frames)
+    fresh.set_mask(6, fixed)
+    for i, lab in fresh.propagate(6):
+        assert np.array_equal(again[i], lab), i
+    assert not any((again[i] == 2).any() for i in again)

@@ -130,12 +130,13 @@ class InferenceCore:
         return parts, key, local
 
     def _add_memory(self, index: int, image: torch.Tensor, key: torch.Tensor, f16: torch.Tensor,
-                    probs: torch.Tensor, annotated: bool) -> None:
+                    probs: torch.Tensor, annotated: bool) -> torch.Tensor:
         with self._net_precision():
             values = self.net.encode_value(image, f16, probs)          # (S, C_v, h, w)
         values = values.permute(2, 3, 0, 1).reshape(key.shape[0], -1).float()  # (HW, S * C_v)
         self.memory.add(index, key, values, annotated)
         self.last_memory_frame = index
+        return values
 
     def _commit_pending(self) -> None:
         c = self._pending
@@ -219,21 +220,30 @@ class InferenceCore:
         return probs
 
     @torch.inference_mode()
-    def add_keyframe(self, index: int, image: torch.Tensor, mask: tuple[torch.Tensor, list[int]]) -> None:
+    def add_keyframe(self, index: int, image: torch.Tensor | None, mask: tuple[torch.Tensor | None, list[int]],
+                     encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Put an annotated frame into memory as it is, without predicting it.
 
         ``image`` (1, 3, H, W) normalised and padded; ``mask``: ``(onehot (n, H, W), ids)``, which
         may hold all-zero planes: an object absent from a keyframe is known to be absent there.
         The memory values are those ``process_clip`` gives a mask frame, so a run that starts
         with one keyframe computes what a run handed that mask in its first clip does.
+        Returns the frame's memory ``(keys, values)``; handing them back as ``encoded`` to an
+        engine whose objects were registered in the same order skips the encoders (``image``
+        and the onehot are then not needed).
         """
         onehot, ids = mask
         slots = self.objects.add(ids, index)
+        if encoded is not None:
+            self.memory.add(index, encoded[0], encoded[1], annotated=True)
+            self.last_memory_frame = index
+            return encoded
         obj = onehot.new_zeros(len(self.objects), *onehot.shape[1:])
         obj[slots] = onehot.to(obj.dtype)
         probs = aggregate(obj, dim=0)
         parts, key, _ = self._encode_keys(image)
-        self._add_memory(index, image, _flat_keys(key[-1:]), parts[-1].f16[-1:], probs[1:], annotated=True)
+        keys = _flat_keys(key[-1:])
+        return keys, self._add_memory(index, image, keys, parts[-1].f16[-1:], probs[1:], annotated=True)
 
     def pass_keyframe(self, index: int) -> None:
         """The run reached a frame already in memory as a keyframe: the memory schedule restarts

@@ -232,6 +232,9 @@ class Session:
         self._lock = threading.Lock()        # guards _keyframes, _labels, _cancels
         self._run_lock = threading.Lock()    # one run at a time
         self._cancels: set[threading.Event] = set()
+        # keyframe memory (keys, values) by (frame, object ids), with the mask it was encoded
+        # from: a run reads every keyframe, so corrections would otherwise re-encode them all
+        self._encoded: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -298,6 +301,7 @@ class Session:
         with self._lock:
             self._keyframes[t] = arr
             self._labels[t] = arr
+            self._forget_encoded(t)
 
     def remove_keyframe(self, t: int) -> None:
         """Frame ``t`` is no longer a keyframe; its labels stay until a run changes them."""
@@ -306,6 +310,11 @@ class Session:
             if t not in self._keyframes:
                 raise ValueError(f"frame {t} is not a keyframe")
             del self._keyframes[t]
+            self._forget_encoded(t)
+
+    def _forget_encoded(self, t: int) -> None:
+        for key in [key for key in self._encoded if key[0] == t]:
+            del self._encoded[key]
 
     def labels(self, t: int) -> np.ndarray | None:
         """Frame ``t``'s (H, W) uint8 label map (a copy), or None if it was never segmented."""
@@ -434,7 +443,16 @@ class Session:
         # an order that mirrors with the direction, so a backward run of a reversed video adds
         # the same memory in the same order as the forward run and computes the same numbers
         for k in sorted(keyframes, key=lambda k: (-abs(k - t), step * (k - t))):
-            core.add_keyframe(k, seg._prepare([self._frame(k)]), (self._onehot(keyframes[k], ids), ids))
+            cache_key = (k, tuple(ids))
+            with self._lock:
+                hit = self._encoded.get(cache_key)
+            if hit is not None and hit[0] is keyframes[k]:
+                core.add_keyframe(k, None, (None, ids), encoded=hit[1])
+                continue
+            encoded = core.add_keyframe(k, seg._prepare([self._frame(k)]), (self._onehot(keyframes[k], ids), ids))
+            with self._lock:
+                if self._keyframes.get(k) is keyframes[k]:  # not replaced while this run encoded it
+                    self._encoded[cache_key] = (keyframes[k], encoded)
         clip: list[int] = []
         images: list[torch.Tensor] = []
 
