@@ -78,6 +78,8 @@ def _verified_default() -> Path:
 
 def _read(source: str | os.PathLike) -> Any:
     path = Path(source)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; pass the .pth/.pt file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     try:
@@ -87,6 +89,60 @@ def _read(source: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint that can be loaded safely ({first})") from exc
 
 
+# Sane bounds for a stored architecture: the released models use widths up to 512 and two ICR
+# blocks; far larger values come from a damaged or hostile file and would exhaust memory when built.
+MAX_WIDTH = 4096
+MAX_REFINE_DEPTH = 32
+MAX_REFINE_WINDOW = 64
+MAX_REFINE_HEADS = 64
+MAX_MLP_RATIO = 16.0
+_WIDTH_KEYS = ("key_dim", "value_dim", "thin_dim", "local_key_dim")
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def validate_config(cfg: PCVOSConfig, where: str = "checkpoint") -> PCVOSConfig:
+    """Check a stored architecture against sane bounds before anything is built from it."""
+    problems = [f"{k}={getattr(cfg, k)!r}" for k in _WIDTH_KEYS if not _whole(getattr(cfg, k), 1, MAX_WIDTH)]
+    widths = cfg.decoder_widths
+    if not (isinstance(widths, tuple) and len(widths) == 3 and all(_whole(v, 1, MAX_WIDTH) for v in widths)):
+        problems.append(f"decoder_widths={widths!r}")
+    window = cfg.refine_window
+    if not (isinstance(window, tuple) and len(window) == 3 and all(_whole(v, 1, MAX_REFINE_WINDOW) for v in window)):
+        problems.append(f"refine_window={window!r}")
+    if not _whole(cfg.refine_depth, 0, MAX_REFINE_DEPTH):
+        problems.append(f"refine_depth={cfg.refine_depth!r}")
+    if not _whole(cfg.refine_heads, 1, MAX_REFINE_HEADS):
+        problems.append(f"refine_heads={cfg.refine_heads!r}")
+    ratio = cfg.refine_mlp_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= MAX_MLP_RATIO:
+        problems.append(f"refine_mlp_ratio={ratio!r}")
+    if not isinstance(cfg.refine, bool):
+        problems.append(f"refine={cfg.refine!r}")
+    if not isinstance(cfg.backbone, str):
+        problems.append(f"backbone={cfg.backbone!r}")
+    if not isinstance(cfg.extra, dict):
+        problems.append(f"extra={type(cfg.extra).__name__}")
+    if problems:
+        raise CheckpointError(f"{where}: the stored model configuration is out of bounds ({', '.join(problems)}; "
+                              f"widths 1..{MAX_WIDTH}, refine_depth 0..{MAX_REFINE_DEPTH}, window sides "
+                              f"1..{MAX_REFINE_WINDOW}); the file is damaged or not a pcvos model")
+    return cfg
+
+
+def _stored_config(obj: Mapping[str, Any], where: str) -> PCVOSConfig:
+    raw = obj.get("config")
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{where}: pcvos checkpoint without a model configuration (damaged file?)")
+    try:
+        cfg = PCVOSConfig.from_dict(dict(raw))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: malformed model configuration ({exc})") from exc
+    return validate_config(cfg, where)
+
+
 def _unwrap(obj: Any, where: str) -> tuple[dict[str, torch.Tensor], PCVOSConfig | None]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{where}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
@@ -94,7 +150,13 @@ def _unwrap(obj: Any, where: str) -> tuple[dict[str, torch.Tensor], PCVOSConfig 
         version = obj.get("version")
         if version != FORMAT_VERSION:
             raise CheckpointError(f"{where}: pcvos checkpoint version {version!r} is not supported (expected {FORMAT_VERSION})")
-        return dict(obj["state_dict"]), PCVOSConfig.from_dict(dict(obj["config"]))
+        state = obj.get("state_dict")
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{where}: pcvos checkpoint without a state_dict (damaged file?)")
+        bad = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"{where}: state_dict entries that are not tensors: {sorted(bad)[:5]} (damaged file?)")
+        return {str(k): v for k, v in state.items()}, _stored_config(obj, where)
     if not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in _WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
@@ -164,7 +226,10 @@ def load_model(source: Source = None, *, device: str | torch.device | None = Non
     raw = source if isinstance(source, Mapping) else _read(source)
     state, stored_config = _unwrap(raw, where)
     cfg = config or stored_config or infer_config(state, where)
-    model = PCVOS(cfg)
+    try:
+        model = PCVOS(cfg)
+    except (TypeError, ValueError, KeyError) as exc:  # e.g. an unknown backbone name
+        raise CheckpointError(f"{where}: cannot build the model it describes ({exc})") from exc
     _load_state(model, state, where)
     model.eval()
     if device is not None:
