@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     threading.Thread(target=announce, daemon=True).start()
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled: stopping is the normal way out
+        pass
     finally:
         studio.close()
         sock.close()

@@ -206,7 +206,7 @@ class Studio:
         fps = done / elapsed if elapsed > 0 else None
         eta = (total - done) / fps if fps and total is not None else None
         self._job.update(done=done, total=total, fps=fps, eta_s=eta)
-        self.hub.publish({"type": "progress", "frame": frame, **self._job})
+        self.hub.publish({"type": "progress", **self._job, "frame": frame})
 
     def propagate(self, t: Any, direction: Any = "both", until: Any = "keyframe",
                   objects: Iterable[Any] | None = None) -> dict[str, Any]:
@@ -239,7 +239,7 @@ class Studio:
                     last_save = time.perf_counter()
             return "cancelled" if self._job.get("cancel_requested") else "done"
 
-        return self._start("propagation", work, total=total, frame=t, direction=direction, until=until,
+        return self._start("propagation", work, total=total, start=t, direction=direction, until=until,
                            objects=objects)
 
     def _merge_subset(self, t: int, labels: np.ndarray, objects: list[int]) -> np.ndarray:

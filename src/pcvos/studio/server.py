@@ -230,8 +230,7 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
         return _error(exc.status, exc.message)
 
     async def workspace_error(request: Request, exc: WorkspaceError) -> Response:
-        message = str(exc)
-        return _error(404 if "out of range" in message or "unknown object" in message else 400, message)
+        return _error(exc.status, str(exc))
 
     async def busy_error(request: Request, exc: BusyError) -> Response:
         return _error(409, str(exc))

@@ -42,7 +42,15 @@ MAX_NAME_LENGTH = 80
 
 
 class WorkspaceError(ValueError):
-    """A request the workspace cannot honour; the message says why (shown to the user)."""
+    """A request the workspace cannot honour; the message says why (shown to the user).
+
+    ``status`` is the HTTP status the server answers with: 404 for a frame or object that does
+    not exist, 400 otherwise.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _frame_name(index: int) -> str:
@@ -157,7 +165,7 @@ class Workspace:
     # -- checks -----------------------------------------------------------------------------------
     def check_index(self, t: int) -> int:
         if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.num_frames:
-            raise WorkspaceError(f"frame {t!r} is out of range (0..{self.num_frames - 1})")
+            raise WorkspaceError(f"frame {t!r} is out of range (0..{self.num_frames - 1})", status=404)
         return t
 
     def object_ids(self) -> list[int]:
@@ -166,7 +174,7 @@ class Workspace:
 
     def check_object(self, object_id: Any) -> int:
         if not isinstance(object_id, int) or isinstance(object_id, bool) or object_id not in self.object_ids():
-            raise WorkspaceError(f"unknown object id {object_id!r} (objects: {self.object_ids()})")
+            raise WorkspaceError(f"unknown object id {object_id!r} (objects: {self.object_ids()})", status=404)
         return object_id
 
     def check_labels(self, labels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,417 @@
+"""pcvos studio's HTTP API against a real uvicorn server on 127.0.0.1 (an ephemeral port), with the
+shipped model on a generated video: every endpoint, bad requests included."""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import zipfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette", reason="the studio extra (starlette, uvicorn) is not installed")
+pytest.importorskip("uvicorn", reason="the studio extra (starlette, uvicorn) is not installed")
+
+import pcvos  # noqa: E402
+from pcvos.data.frames import VideoWriter  # noqa: E402
+from pcvos.data.palette import DAVIS_PALETTE  # noqa: E402
+from pcvos.studio.controller import Studio  # noqa: E402
+from pcvos.studio.server import MAX_UPLOAD_BYTES, ServerThread, create_app  # noqa: E402
+from pcvos.studio.workspace import Workspace, WorkspaceError  # noqa: E402
+
+FRAMES, HEIGHT, WIDTH, FPS = 48, 120, 160, 24
+SQUARE = 30      # side of the moving square
+SQUARE_Y = 45    # its top row
+JOB_TIMEOUT_S = 120
+
+
+def square_x(t: int) -> int:
+    """Left column of the square in frame t: it crosses the frame left to right."""
+    return 20 + round(90 * t / (FRAMES - 1))
+
+
+def square_mask(t: int) -> np.ndarray:
+    m = np.zeros((HEIGHT, WIDTH), bool)
+    m[SQUARE_Y:SQUARE_Y + SQUARE, square_x(t):square_x(t) + SQUARE] = True
+    return m
+
+
+def make_video(path: Path) -> Path:
+    """A short H.264 clip: a red square moving over a noisy blue background."""
+    rng = np.random.default_rng(0)
+    background = (rng.integers(0, 40, (HEIGHT, WIDTH, 3)) + np.array([20, 40, 80])).astype(np.uint8)
+    with VideoWriter(path, fps=FPS) as writer:
+        for t in range(FRAMES):
+            frame = background.copy()
+            frame[square_mask(t)] = (230, 60, 40)
+            writer.write(frame)
+    return path
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("studio_video") / "clip.mp4")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pcvos.load_model()  # the shipped pcvos-lite
+
+
+def open_studio(root: Path, video: Path | None, model) -> Studio:
+    ws = Workspace.open_or_create(root, video)
+    return Studio(ws, pcvos.Session(model, ws.frames_dir, clip_length=5))
+
+
+class Client:
+    """Plain http.client requests (raw paths are sent as written: no client-side normalising)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urllib.parse.urlparse(url)
+        self.host, self.port = parsed.hostname, parsed.port
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None,
+                headers: dict | None = None) -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        headers = dict(headers or {})
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        return resp.status, dict(resp.getheaders()), data
+
+    def json(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
+        status, hdrs, data = self.request(method, path, body, headers)
+        assert hdrs.get("content-type", "").startswith("application/json"), (status, data[:200])
+        return status, json.loads(data)
+
+
+@pytest.fixture()
+def served(tmp_path, video, model):
+    studio = open_studio(tmp_path / "ws", video, model)
+    server = ServerThread(create_app(studio))
+    yield Client(server.url), studio
+    server.stop()
+    studio.close()
+
+
+def put_labels(client: Client, t: int, labels: np.ndarray):
+    return client.json("PUT", f"/api/frames/{t}/labels", labels.astype(np.uint8).tobytes(),
+                       {"Content-Type": "application/octet-stream"})
+
+
+def png_bytes(array: np.ndarray, mode: str, palette: bool = False) -> bytes:
+    image = Image.fromarray(array, mode)
+    if palette:
+        image.putpalette(DAVIS_PALETTE.tobytes())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_state_page_and_frames(served):
+    client, studio = served
+    status, state = client.json("GET", "/api/state")
+    assert status == 200
+    assert (state["num_frames"], state["width"], state["height"], state["fps"]) == (FRAMES, WIDTH, HEIGHT, FPS)
+    assert state["objects"] == [] and state["keyframes"] == [] and state["job"]["state"] == "idle"
+    status, headers, page = client.request("GET", "/")
+    assert status == 200 and b"studio.js" in page
+    for asset in ("studio.js", "studio.css"):
+        assert client.request("GET", f"/static/{asset}")[0] == 200
+    status, headers, data = client.request("GET", "/api/frames/10/image")
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    frame = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert frame.shape == (HEIGHT, WIDTH, 3)
+    inside = frame[square_mask(10)].mean(axis=0)
+    assert inside[0] > 180 and inside[2] < 100  # the red square is where it was drawn
+    assert client.request("GET", "/api/frames/10/labels")[0] == 204  # nothing segmented yet
+    status, err = client.json("GET", f"/api/frames/{FRAMES}/labels")
+    assert status == 404 and "out of range" in err["error"]
+    status, err = client.json("GET", "/api/frames/-1/image")
+    assert status == 404
+    status, err = client.json("GET", "/api/frames/ten/image")
+    assert status == 400 and "integer" in err["error"]
+    status, err = client.json("GET", "/api/nothing-here")
+    assert status == 404 and "error" in err
+
+
+def test_objects_add_rename_remove(served):
+    client, studio = served
+    status, a = client.json("POST", "/api/objects", {"name": "bear"})
+    assert status == 201 and a["id"] == 1 and a["name"] == "bear" and a["colour"] == list(DAVIS_PALETTE[1])
+    status, b = client.json("POST", "/api/objects", {})
+    assert b["id"] == 2 and b["name"] == "object 2"
+    status, renamed = client.json("PATCH", "/api/objects/2", {"name": "  kite "})
+    assert status == 200 and renamed["name"] == "kite"
+    assert client.json("PATCH", "/api/objects/2", {"name": 5})[0] == 400
+    assert client.json("PATCH", "/api/objects/7", {"name": "x"})[0] == 404
+    assert client.json("DELETE", "/api/objects/x")[0] == 400
+    labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+    labels[:10] = 1
+    labels[-10:] = 2
+    assert put_labels(client, 4, labels)[0] == 200
+    status, state = client.json("DELETE", "/api/objects/1")
+    assert status == 200 and [o["id"] for o in state["objects"]] == [2]
+    on_disk = np.array(Image.open(studio.ws.mask_path(4)))
+    assert not (on_disk == 1).any() and (on_disk[-10:] == 2).all()
+    assert np.array_equal(studio.session.labels(4), on_disk)  # the session's keyframe follows
+
+
+def test_put_labels_makes_a_keyframe_on_disk(served):
+    client, studio = served
+    client.json("POST", "/api/objects", {"name": "square"})
+    labels = square_mask(3).astype(np.uint8)
+    status, body = put_labels(client, 3, labels)
+    assert status == 200 and body["keyframes"] == [3]
+    image = Image.open(studio.ws.mask_path(3))
+    assert image.mode == "P" and np.array_equal(np.array(image), labels)
+    assert np.array_equal(np.frombuffer(client.request("GET", "/api/frames/3/labels")[2], np.uint8).reshape(HEIGHT, WIDTH),
+                          labels)
+    meta = json.loads((studio.ws.root / "workspace.json").read_text())
+    assert meta["keyframes"] == [3] and meta["objects"][0]["name"] == "square"
+    status, err = put_labels(client, 3, labels[:-1])
+    assert status == 400 and "bytes" in err["error"]
+    status, err = put_labels(client, 3, labels * 5)
+    assert status == 400 and "unknown object" in err["error"]
+    big = b"\0" * (HEIGHT * WIDTH + 1)
+    status, _, data = client.request("PUT", "/api/frames/3/labels", big, {"Content-Type": "application/octet-stream"})
+    assert status == 413 and "limit" in json.loads(data)["error"]
+    assert put_labels(client, FRAMES + 3, labels)[0] == 404
+    assert np.array_equal(np.array(Image.open(studio.ws.mask_path(3))), labels)  # the bad requests changed nothing
+
+
+def test_grabcut_finds_the_square(served):
+    client, _ = served
+    x = square_x(5)
+    box = [x - 8, SQUARE_Y - 8, x + SQUARE + 8, SQUARE_Y + SQUARE + 8]
+    status, headers, data = client.request("POST", "/api/frames/5/grabcut", {"box": box})
+    assert status == 200
+    mask = np.frombuffer(data, np.uint8).reshape(int(headers["x-height"]), int(headers["x-width"]))
+    assert set(np.unique(mask)) <= {0, 1}
+    assert iou(mask.astype(bool), square_mask(5)) > 0.8
+    assert client.json("POST", "/api/frames/5/grabcut", {"box": [1, 2, 3]})[0] == 400
+    assert client.json("POST", "/api/frames/5/grabcut", {"box": [10, 10, 11, 11]})[0] == 400
+    assert client.json("POST", "/api/frames/5/grabcut", {"box": "all"})[0] == 400
+    assert client.json("POST", "/api/frames/5/grabcut", b"{not json", {"Content-Type": "application/json"})[0] == 400
+
+
+def test_import_mask(served):
+    client, studio = served
+    client.json("POST", "/api/objects", {})
+    binary = (square_mask(0) * 255).astype(np.uint8)
+    status, headers, data = client.request("POST", "/api/frames/0/import?object=1", png_bytes(binary, "L"))
+    assert status == 200
+    assert np.array_equal(np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH), square_mask(0).astype(np.uint8))
+    # an indexed PNG keeps its ids; unknown ones become objects; half size is resized (same aspect ratio)
+    indexed = np.zeros((HEIGHT // 2, WIDTH // 2), np.uint8)
+    indexed[:10, :10] = 7
+    status, _, data = client.request("POST", "/api/frames/0/import", png_bytes(indexed, "L", palette=True))
+    assert status == 200 and 7 in studio.ws.object_ids()
+    assert (np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH)[:20, :20] == 7).all()
+    status, _, data = client.request("POST", "/api/frames/0/import?object=1", b"\x89PNG\r\n\x1a\nbroken")
+    assert status == 400 and "uploaded mask" in json.loads(data)["error"]
+    wrong = np.zeros((50, 50), np.uint8)
+    wrong[:5] = 255
+    assert client.request("POST", "/api/frames/0/import?object=1", png_bytes(wrong, "L"))[0] == 400
+    assert client.request("POST", "/api/frames/0/import?object=9", png_bytes(binary, "L"))[0] == 404
+    assert client.request("POST", "/api/frames/0/import?object=1", b"")[0] == 400
+    status, _, data = client.request("POST", "/api/frames/0/import?object=1", b"\0" * (MAX_UPLOAD_BYTES + 1))
+    assert status == 413
+    assert not list(studio.ws.root.glob(".import-*"))  # uploads leave nothing behind
+
+
+def read_events(client: Client, until_state: set[str], out: list[dict], ready: threading.Event) -> None:
+    conn = http.client.HTTPConnection(client.host, client.port, timeout=JOB_TIMEOUT_S)
+    conn.request("GET", "/api/events")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
+    while True:
+        line = resp.fp.readline()
+        if not line:
+            break
+        if line.startswith(b"data: "):
+            event = json.loads(line[6:])
+            out.append(event)
+            if event["type"] == "hello":
+                ready.set()
+            if event["type"] == "job" and event["state"] in until_state:
+                break
+    conn.close()
+
+
+def test_propagate_with_live_progress(served):
+    client, studio = served
+    client.json("POST", "/api/objects", {})
+    assert put_labels(client, 0, square_mask(0).astype(np.uint8))[0] == 200
+    events: list[dict] = []
+    ready = threading.Event()
+    reader = threading.Thread(target=read_events, args=(client, {"done", "error", "cancelled"}, events, ready))
+    reader.start()
+    assert ready.wait(10)
+    status, job = client.json("POST", "/api/propagate", {"frame": 0, "direction": "both", "until": "keyframe"})
+    assert status == 202 and job["state"] == "running" and job["total"] == FRAMES - 1
+    status, err = client.json("POST", "/api/propagate", {"frame": 0})
+    assert status == 409 and "running" in err["error"]
+    assert put_labels(client, 5, np.zeros((HEIGHT, WIDTH), np.uint8))[0] == 409
+    assert client.json("POST", "/api/export")[0] == 409
+    reader.join(JOB_TIMEOUT_S)
+    progress = [e for e in events if e["type"] == "progress"]
+    assert [e["frame"] for e in progress] == list(range(1, FRAMES))  # live, in processing order
+    assert [e["done"] for e in progress] == list(range(1, FRAMES))
+    assert all(e["total"] == FRAMES - 1 and e["fps"] > 0 for e in progress)
+    assert events[-1]["state"] == "done" and client.json("GET", "/api/job")[1]["state"] == "done"
+    state = client.json("GET", "/api/state")[1]
+    assert state["keyframes"] == [0] and state["propagated"] == list(range(1, FRAMES))
+    for t in (5, 20):  # the model follows the square
+        assert iou(np.array(Image.open(studio.ws.mask_path(t))) == 1, square_mask(t)) > 0.5
+    meta = json.loads((studio.ws.root / "workspace.json").read_text())
+    assert meta["propagated"] == list(range(1, FRAMES))
+
+
+def test_propagate_bad_requests(served):
+    client, _ = served
+    client.json("POST", "/api/objects", {})
+    put_labels(client, 10, square_mask(10).astype(np.uint8))
+    cases = [({"frame": 11}, 400, "not a keyframe"), ({"frame": 99}, 404, "out of range"),
+             ({"frame": "0"}, 404, "out of range"), ({}, 404, "out of range"),
+             ({"frame": 10, "direction": "sideways"}, 400, "direction"), ({"frame": 10, "until": "never"}, 400, "until"),
+             ({"frame": 10, "objects": [3]}, 404, "unknown object"), ({"frame": 10, "objects": []}, 400, "objects")]
+    for body, code, words in cases:
+        status, err = client.json("POST", "/api/propagate", body)
+        assert (status, words in err["error"]) == (code, True), (body, status, err)
+    status, _, data = client.request("POST", "/api/propagate", b"[1, 2]", {"Content-Type": "application/json"})
+    assert status == 400
+
+
+def test_cancel_leaves_whole_frames(served):
+    client, studio = served
+    client.json("POST", "/api/objects", {})
+    put_labels(client, 0, square_mask(0).astype(np.uint8))
+    assert client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})[0] == 202
+    status, job = client.json("POST", "/api/cancel")
+    assert status == 200
+    job = studio.wait(JOB_TIMEOUT_S)
+    assert job["state"] == "cancelled" and job["done"] < FRAMES - 1
+    written = sorted(int(p.stem) for p in studio.ws.masks_dir.glob("*.png"))
+    assert written == list(range(0, job["done"] + 1))  # only whole frames, in order; nothing half-written
+    for t in written:
+        assert np.array(Image.open(studio.ws.mask_path(t))).shape == (HEIGHT, WIDTH)
+    assert not list(studio.ws.masks_dir.glob(".*"))
+    assert client.json("POST", "/api/cancel")[1]["state"] == "cancelled"  # nothing running: harmless
+
+
+def test_export_zip(served):
+    client, studio = served
+    client.json("POST", "/api/objects", {})
+    client.json("POST", "/api/objects", {})
+    labels = square_mask(0).astype(np.uint8)
+    labels[:8, :8] = 2
+    put_labels(client, 0, labels)
+    assert client.json("GET", "/api/export/download")[0] == 404
+    assert client.json("POST", "/api/export")[0] == 202
+    assert studio.wait(JOB_TIMEOUT_S)["state"] == "done"
+    status, headers, data = client.request("GET", "/api/export/download")
+    assert status == 200 and headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = set(zf.namelist())
+        assert {"overlay.mp4", "masks/00000.png", "masks/00047.png", "objects/001/00000.png", "objects/002/00047.png",
+                "cutouts/001/00000.png"} <= names
+        assert len([n for n in names if n.startswith("masks/")]) == FRAMES
+        mask0 = Image.open(io.BytesIO(zf.read("masks/00000.png")))
+        assert mask0.mode == "P" and np.array_equal(np.array(mask0), labels)
+        obj1 = np.array(Image.open(io.BytesIO(zf.read("objects/001/00000.png"))))
+        assert obj1.dtype == np.uint8 and set(np.unique(obj1)) == {0, 255} and np.array_equal(obj1 == 255, labels == 1)
+        cut = np.array(Image.open(io.BytesIO(zf.read("cutouts/002/00000.png"))))
+        assert cut.shape == (HEIGHT, WIDTH, 4) and np.array_equal(cut[..., 3] == 255, labels == 2)
+        assert not np.array(Image.open(io.BytesIO(zf.read("masks/00030.png")))).any()  # never segmented
+    with av.open(str(studio.ws.export_dir / "overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and float(stream.average_rate) == FPS
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == FRAMES and frames[0].shape == (HEIGHT, WIDTH, 3)
+    assert not list(studio.ws.root.glob(".export*"))
+
+
+def test_path_traversal_and_hosts(served):
+    client, studio = served
+    (studio.ws.root.parent / "secret.txt").write_text("secret")
+    for path in ("/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/export/../../secret.txt",
+                 "/files/%2Fetc%2Fpasswd", "/files//etc/passwd", "/files/..%5Csecret.txt",
+                 "/files/C:%5Cwindows", "/static/../workspace.json", "/static/%2e%2e/workspace.json"):
+        status, _, data = client.request("GET", path)
+        assert 400 <= status < 500 and b"secret" not in data and b"num_frames" not in data, (path, status)
+    assert client.request("GET", "/files/workspace.json")[0] == 403
+    assert client.request("GET", "/files/frames/00000.jpg")[0] == 200
+    assert client.request("GET", "/api/state", headers={"Host": "attacker.example"})[0] == 400
+
+
+def test_reopen_restores_objects_keyframes_and_masks(tmp_path, video, model):
+    root = tmp_path / "ws"
+    first = open_studio(root, video, model)
+    first.add_object("square")
+    first.set_labels(7, square_mask(7).astype(np.uint8))
+    first.rename_object(1, "red square")
+    first.close()
+    again = open_studio(root, None, model)
+    state = again.state()
+    assert state["objects"] == [{"id": 1, "name": "red square", "colour": list(DAVIS_PALETTE[1])}]
+    assert state["keyframes"] == [7] and again.session.keyframes == [7]
+    assert np.array_equal(again.session.labels(7), square_mask(7).astype(np.uint8))
+    assert len(list((root / "frames").glob("*.jpg"))) == FRAMES  # decoded once, not again
+    with pytest.raises(WorkspaceError, match="belongs to"):
+        Workspace.open_or_create(root, make_video(tmp_path / "other.mp4"))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(WorkspaceError, match="other files"):
+        Workspace.open_or_create(tmp_path / "busy", video)
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    from pcvos.cli import main
+
+    assert main(["studio", "--no-browser"]) == 2
+    assert main(["studio", str(tmp_path / "missing.mp4"), "--no-browser", "--port", "0",
+                 "--workspace", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.mp4" in err and "Traceback" not in err and not (tmp_path / "w").exists()
+
+
+def test_cli_serves_the_page(tmp_path, video):
+    """``pcvos studio VIDEO --port 0 --no-browser`` prints its URL and serves; Ctrl+C stops it cleanly."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pcvos", "studio", str(video), "--workspace", str(tmp_path / "ws"),
+                             "--port", "0", "--no-browser"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            if "http://127.0.0.1:" in line:
+                url = line.split()[2]
+        assert url is not None, "no URL printed"
+        status, state = Client(url).json("GET", "/api/state")
+        assert status == 200 and state["num_frames"] == FRAMES
+    finally:
+        proc.send_signal(2)  # SIGINT, as Ctrl+C
+        rc = proc.wait(30)
+    assert rc == 0
