@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pcvos.cli_types import add_precision_argument, positive_int, processing_size, resolve_size
+from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 
 EXIT_BAD_INPUT = 2
 
@@ -59,8 +60,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--size", type=processing_size, default="auto", metavar="PX",
                    help="process at this shorter side, or 'native' (default: the model's preferred size, "
                         "else 480; never upscales); outputs are always at the input resolution")
-    p.add_argument("--max-memory-frames", type=positive_int, default=None, metavar="N",
-                   help="cap on memory frames for long videos (annotated frames always kept)")
+    p.add_argument("--max-memory-frames", type=positive_int, default=DEFAULT_MAX_MEMORY_FRAMES, metavar="N",
+                   help="cap on memory frames for long videos: annotated and the newest frames always kept, "
+                        f"the least used dropped (default {DEFAULT_MAX_MEMORY_FRAMES})")
     p.add_argument("--out", default="pcvos_masks", metavar="DIR",
                    help="folder for one indexed PNG per frame and summary.json (default pcvos_masks)")
     p.add_argument("--overlay", metavar="OUT.mp4", help="also write a video with translucent coloured masks")

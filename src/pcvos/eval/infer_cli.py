@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pcvos.cli_types import add_precision_argument, non_negative_int, positive_int, processing_size, resolve_size
+from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pmm-segment", type=non_negative_int, default=5, metavar="F",
                    help="progressive memory matching segment (default 5; 0 turns it off)")
     p.add_argument("--top-k", type=positive_int, default=20, metavar="K", help="memory read top-k (default 20)")
-    p.add_argument("--max-memory-frames", type=positive_int, default=None, metavar="N", help="cap on memory frames")
+    p.add_argument("--max-memory-frames", type=positive_int, default=DEFAULT_MAX_MEMORY_FRAMES, metavar="N",
+                   help=f"cap on memory frames (default {DEFAULT_MAX_MEMORY_FRAMES}; the least used are dropped)")
     p.add_argument("--out", required=True, metavar="DIR", help="result folder (finished sequences are skipped)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default; under torchrun: the local GPU)")
     add_precision_argument(p)

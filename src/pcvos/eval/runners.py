@@ -25,6 +25,7 @@ from pcvos.data.davis import DavisDataset
 from pcvos.data.io_utils import save_indexed_png
 from pcvos.data.youtube import YouTubeVOSDataset, write_youtube_submission
 from pcvos.inference.api import segment
+from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.model.network import PCVOS
 
 
@@ -57,7 +58,7 @@ class Schedule:
     pmm_segment: int | None = 5
     top_k: int = 20
     size: int | None = None
-    max_memory_frames: int | None = None
+    max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES
     refine: bool | None = None   # None: ICR when the model has it
     precision: str = "fp32"      # "bf16" / "fp16": autocast the network (see pcvos.segment)
 

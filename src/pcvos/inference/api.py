@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
+from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.model.network import PCVOS, pad_to_multiple, unpad
 
 Output = Literal["labels", "probs"]
@@ -44,8 +45,10 @@ class Segmenter:
 
     ``size`` resizes frames so the shorter side has ``size`` pixels for processing (None: the
     input resolution); results are always at the input resolution. ``max_memory_frames`` bounds
-    memory on long videos (annotated frames always stay): cheaper, but objects that change
-    appearance over a long time are matched against fewer examples.
+    the memory, and so RAM and time per frame, on long videos (None: unbounded). The default,
+    ``DEFAULT_MAX_MEMORY_FRAMES`` (128), keeps every memory frame of a video shorter than 128
+    memory intervals; beyond it, annotated frames and the two newest memory frames always stay
+    and the frame the memory reads have used least is dropped.
 
     ``precision="bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA) runs the network's convolutions and
     matrix products in that precision (autocast); the memory read, aggregation and outputs stay
@@ -55,7 +58,7 @@ class Segmenter:
 
     def __init__(self, model: PCVOS, *, clip_length: int = 5, memory_every: int | None = None,
                  pmm_segment: int | None = 5, refine: bool = True, top_k: int = 20, size: int | None = None,
-                 max_memory_frames: int | None = None, output: Output = "labels",
+                 max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES, output: Output = "labels",
                  device: str | torch.device | None = None, frame_batch: int | None = None,
                  precision: Precision = "fp32") -> None:
         if output not in ("labels", "probs"):
@@ -210,7 +213,7 @@ class Segmenter:
 def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int, np.ndarray], *,
             clip_length: int = 5, memory_every: int | None = None, pmm_segment: int | None = 5,
             refine: bool = True, top_k: int = 20, output: Output = "labels", size: int | None = None,
-            max_memory_frames: int | None = None, device: str | torch.device | None = None,
+            max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES, device: str | torch.device | None = None,
             frame_batch: int | None = None, precision: Precision = "fp32") -> np.ndarray:
     """Segment a whole video in one call.
 

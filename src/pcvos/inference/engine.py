@@ -16,12 +16,16 @@ from typing import Literal
 
 import torch
 
-from pcvos.inference.memory_store import MemoryStore
+from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES, Eviction, MemoryStore
 from pcvos.inference.objects import ObjectRegistry
 from pcvos.model.memory import MemoryBlock
 from pcvos.model.network import PCVOS, KeyFeatures, aggregate
 
 Precision = Literal["fp32", "bf16", "fp16"]
+# Longest clip accepted: a clip's features all stay in memory until it is decoded, so RAM grows
+# with L (about 9 MB a frame for pcvos-lite at 240p, several times that at 480p). Twice the
+# longest clip the paper evaluates (25); beyond it clips are not faster (README, Speed).
+MAX_CLIP_LENGTH = 50
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -32,6 +36,11 @@ class InferenceConfig:
     ``memory_every=None`` means every ``clip_length`` frames; ``pmm_segment=None`` turns
     progressive memory matching off; ``clip_length=1, memory_every=5, pmm_segment=None,
     refine=False`` is STCN's per-frame inference.
+
+    ``max_memory_frames`` bounds the memory on long videos (None: unbounded); beyond it the
+    least-used memory frame that is neither annotated nor among the newest is dropped
+    (``memory_eviction="oldest"``: the oldest such frame). The default keeps every memory frame
+    of videos shorter than ``DEFAULT_MAX_MEMORY_FRAMES`` memory intervals.
     """
 
     clip_length: int = 5
@@ -39,7 +48,8 @@ class InferenceConfig:
     pmm_segment: int | None = 5
     refine: bool = True
     top_k: int = 20
-    max_memory_frames: int | None = None
+    max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES
+    memory_eviction: Eviction = "usage"
     frame_batch: int | None = None   # frames per encoder/decoder call; None: automatic (see below)
     cpu_pixels_per_call: int = 480 * 864  # automatic CPU micro-batch: frames per call ~ this / (H*W)
     precision: Precision = "fp32"  # "bf16"/"fp16": the network's convolutions and matmuls autocast to it
@@ -49,6 +59,11 @@ class InferenceConfig:
         for name in ("clip_length", "top_k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if int(self.clip_length) > MAX_CLIP_LENGTH:
+            raise ValueError(f"clip_length must be at most {MAX_CLIP_LENGTH} (a clip's features stay in memory "
+                             f"until it is decoded, so RAM grows with it), got {self.clip_length}")
+        if self.memory_eviction not in ("usage", "oldest"):
+            raise ValueError(f"memory_eviction must be 'usage' or 'oldest', got {self.memory_eviction!r}")
         for name in ("memory_every", "pmm_segment", "max_memory_frames", "frame_batch"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -91,7 +106,8 @@ class InferenceCore:
         if config.refine and not network.has_refiner:
             raise ValueError("this model has no intra-clip refinement (an STCN checkpoint?); use refine=False")
         self.objects = ObjectRegistry()
-        self.memory = MemoryStore(network.config.key_dim, network.config.value_dim, config.max_memory_frames)
+        self.memory = MemoryStore(network.config.key_dim, network.config.value_dim, config.max_memory_frames,
+                                  config.memory_eviction)
         self.last_memory_frame: int | None = None
         self._pending: _Candidate | None = None
 

@@ -2,10 +2,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from pcvos.model.memory import MemoryBlock, read_memory
+
+Eviction = Literal["usage", "oldest"]
+
+# Memory frames kept by default: enough that every DAVIS and YouTube-VOS sequence
+# keeps all its memory frames even with a memory frame every frame (the longest DAVIS sequence
+# has 104 frames), so benchmark results are those of the unbounded memory; a long video's read
+# then costs at most this many frames per query.
+DEFAULT_MAX_MEMORY_FRAMES = 128
+# Usage is an exponential moving average over reads of the share of the read's softmax weight
+# each frame received. With one read per clip, 0.98 remembers about the last 50 reads (half-life
+# 34): long enough that a frame useful a while ago is not dropped at once, short enough that the
+# memory follows an object whose appearance drifts.
+USAGE_DECAY = 0.98
+# The newest memory frames are never dropped: a frame has to be read a few times before its
+# usage says anything, and the newest frame is the read's closest match in time.
+KEEP_NEWEST = 2
 
 
 @dataclass
@@ -13,6 +30,7 @@ class _FrameEntry:
     index: int
     rows: int
     annotated: bool
+    born: int  # the store's read count when the frame was added
 
 
 class MemoryStore:
@@ -20,20 +38,30 @@ class MemoryStore:
 
     Keys live in one (capacity, C_k) buffer, values in one (capacity, slots * C_v) buffer; both
     double when full. Objects given at a later frame have no values in earlier memory frames and
-    read only the memory added from their first frame on. ``max_frames`` caps the number of memory
-    frames: annotated frames are always kept, the oldest other frame is dropped first.
+    read only the memory added from their first frame on.
+
+    ``max_frames`` caps the number of memory frames (None: unbounded). Annotated frames and the
+    ``KEEP_NEWEST`` newest frames always stay; beyond the cap, ``eviction="usage"`` drops the
+    frame the reads have used least (the moving average of the softmax weight its rows received,
+    as XMem/Cutie rank long-term memory), ``"oldest"`` the oldest frame.
     """
 
-    def __init__(self, key_dim: int, value_dim: int, max_frames: int | None = None) -> None:
+    def __init__(self, key_dim: int, value_dim: int, max_frames: int | None = None,
+                 eviction: Eviction = "usage") -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError("max_memory_frames must be at least 1")
+        if eviction not in ("usage", "oldest"):
+            raise ValueError(f"memory eviction must be 'usage' or 'oldest', got {eviction!r}")
         self.key_dim, self.value_dim, self.max_frames = key_dim, value_dim, max_frames
+        self.eviction = eviction
         self.frames: list[_FrameEntry] = []
         self._keys: torch.Tensor | None = None
         self._sq: torch.Tensor | None = None
         self._vals: torch.Tensor | None = None
+        self._usage: torch.Tensor | None = None  # per row, moving average (see USAGE_DECAY)
         self._rows = 0
         self._slots = 0
+        self._reads = 0
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -42,6 +70,11 @@ class MemoryStore:
     def rows(self) -> int:
         return self._rows
 
+    @property
+    def tracks_usage(self) -> bool:
+        """Usage is only collected where it can decide something: under a usage-ranked cap."""
+        return self.max_frames is not None and self.eviction == "usage"
+
     def _grow(self, rows: int, slots: int, like: torch.Tensor) -> None:
         cap = 0 if self._keys is None else self._keys.shape[0]
         if self._keys is not None and rows <= cap and slots <= self._slots:
@@ -49,12 +82,14 @@ class MemoryStore:
         new_cap = max(rows, 2 * cap)
         keys = like.new_zeros(new_cap, self.key_dim)
         sq = like.new_zeros(new_cap)
+        usage = like.new_zeros(new_cap)
         vals = like.new_zeros(new_cap, max(slots, self._slots) * self.value_dim)
         if self._keys is not None and self._rows:
             keys[: self._rows] = self._keys[: self._rows]
             sq[: self._rows] = self._sq[: self._rows]
+            usage[: self._rows] = self._usage[: self._rows]
             vals[: self._rows, : self._slots * self.value_dim] = self._vals[: self._rows]
-        self._keys, self._sq, self._vals = keys, sq, vals
+        self._keys, self._sq, self._vals, self._usage = keys, sq, vals, usage
         self._slots = max(slots, self._slots)
 
     def add(self, frame_index: int, keys: torch.Tensor, values: torch.Tensor, annotated: bool = False) -> None:
@@ -67,25 +102,50 @@ class MemoryStore:
         self._sq[r0:r0 + rows] = keys.pow(2).sum(-1)
         self._vals[r0:r0 + rows, : values.shape[1]] = values
         self._vals[r0:r0 + rows, values.shape[1]:] = 0
+        self._usage[r0:r0 + rows] = 0
         self._rows += rows
-        self.frames.append(_FrameEntry(frame_index, rows, annotated))
+        self.frames.append(_FrameEntry(frame_index, rows, annotated, self._reads))
         if self.max_frames is not None and len(self.frames) > self.max_frames:
-            self._drop_oldest_unannotated()
+            victim = self._victim()
+            if victim is not None:
+                self._drop(victim)
 
-    def _drop_oldest_unannotated(self) -> None:
-        offset = 0
-        for pos, entry in enumerate(self.frames):
-            if not entry.annotated:
-                a, b = offset, offset + entry.rows
-                n = self._rows
-                # shift the rows after the dropped frame down (in place, small next to compute)
-                self._keys[a:n - entry.rows] = self._keys[b:n].clone()
-                self._sq[a:n - entry.rows] = self._sq[b:n].clone()
-                self._vals[a:n - entry.rows] = self._vals[b:n].clone()
-                self._rows -= entry.rows
-                del self.frames[pos]
-                return
-            offset += entry.rows
+    def usage(self) -> list[float]:
+        """Each memory frame's usage: the share of the reads' softmax weight its rows received,
+        a moving average over the reads since it was added (bias-corrected, as Adam's moments);
+        ``inf`` for a frame not read yet. Zeros unless usage is tracked (``tracks_usage``)."""
+        scores = []
+        totals = self._usage[: self._rows].split([e.rows for e in self.frames]) if self.frames else []
+        for entry, rows in zip(self.frames, totals):
+            reads = self._reads - entry.born
+            if not self.tracks_usage:
+                scores.append(0.0)
+            elif reads == 0:
+                scores.append(float("inf"))
+            else:
+                scores.append(float(rows.sum()) / (1.0 - USAGE_DECAY ** reads))
+        return scores
+
+    def _victim(self) -> int | None:
+        """Position of the frame to drop: never an annotated one nor one of the newest."""
+        keep_newest = min(KEEP_NEWEST, self.max_frames - 1)
+        candidates = [pos for pos, e in enumerate(self.frames[: len(self.frames) - keep_newest]) if not e.annotated]
+        if not candidates:
+            return None
+        if self.eviction == "oldest":
+            return candidates[0]
+        scores = self.usage()
+        return min(candidates, key=lambda pos: scores[pos])  # ties: the oldest
+
+    def _drop(self, pos: int) -> None:
+        entry = self.frames[pos]
+        a = sum(e.rows for e in self.frames[:pos])
+        b, n = a + entry.rows, self._rows
+        # shift the rows after the dropped frame down (in place, small next to compute)
+        for buf in (self._keys, self._sq, self._vals, self._usage):
+            buf[a:n - entry.rows] = buf[b:n].clone()
+        self._rows -= entry.rows
+        del self.frames[pos]
 
     def row_offset(self, first_frame: int) -> int:
         """First memory row of the frames at or after ``first_frame``."""
@@ -105,19 +165,30 @@ class MemoryStore:
         """Read for every object slot: ``query`` (M, C_k) -> (M, slots, C_v).
 
         ``groups`` maps each first frame to its slots (see ``ObjectRegistry.groups``); each group
-        makes one affinity, shared by its objects.
+        makes one affinity, shared by its objects. Under a usage-ranked cap the read also updates
+        each memory row's usage; the read-out is the same either way.
         """
         nslots = sum(len(s) for s in groups.values())
+        fresh = query.new_zeros(self._rows) if self.tracks_usage else None
+
+        def one(first_frame: int) -> torch.Tensor:
+            offset = self.row_offset(first_frame)
+            blocks = [self.block(offset)]
+            usage: list[torch.Tensor | None] = [None if fresh is None else fresh[offset:]]
+            if temp is not None:
+                blocks.append(temp)
+                usage.append(None)
+            return read_memory(query, blocks, top_k, usage=usage).view(query.shape[0], -1, self.value_dim)
+
         if len(groups) == 1:
-            blocks = [self.block(self.row_offset(next(iter(groups))))]
-            if temp is not None:
-                blocks.append(temp)
-            return read_memory(query, blocks, top_k).view(query.shape[0], -1, self.value_dim)[:, :nslots]
-        out = query.new_zeros(query.shape[0], nslots, self.value_dim)
-        for first_frame, slots in groups.items():
-            blocks = [self.block(self.row_offset(first_frame))]
-            if temp is not None:
-                blocks.append(temp)
-            res = read_memory(query, blocks, top_k).view(query.shape[0], -1, self.value_dim)
-            out[:, slots] = res[:, slots]
+            out = one(next(iter(groups)))[:, :nslots]
+        else:
+            out = query.new_zeros(query.shape[0], nslots, self.value_dim)
+            for first_frame, slots in groups.items():
+                out[:, slots] = one(first_frame)[:, slots]
+        if fresh is not None:
+            # each query's weights sum to one: normalised, a row's share of this read's weight
+            fresh /= query.shape[0] * len(groups)
+            self._usage[: self._rows].mul_(USAGE_DECAY).add_(fresh, alpha=1.0 - USAGE_DECAY)
+        self._reads += 1
         return out

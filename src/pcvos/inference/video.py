@@ -23,6 +23,7 @@ from pcvos.data.masks import parse_mask, read_color_mask, resize_labels
 from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
 from pcvos.inference.api import Segmenter
+from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.model.network import PCVOS
 
 log = logging.getLogger("pcvos")
@@ -47,7 +48,7 @@ class SegmentOptions:
     memory_every: int | None = None
     size: int | None = 480
     top_k: int = 20
-    max_memory_frames: int | None = None
+    max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES
     device: str | None = None
     precision: str = "fp32"
     overwrite: bool = False

@@ -38,13 +38,16 @@ GPU_AFFINITY_BUDGET = 1 << 27
 
 
 def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
-                budget: int | None = None) -> torch.Tensor:
+                budget: int | None = None, usage: list[torch.Tensor | None] | None = None) -> torch.Tensor:
     """Read ``blocks`` at the query keys ``query`` (M, Ck) -> (M, D).
 
     Affinity s(i, j) = (2 k_i.q_j - |k_i|^2) / sqrt(Ck); softmax over each query's ``top_k`` best
     memory rows across all blocks. The top-k of a union is found as the top-k of the blocks'
     own top-k candidates, which is exact and avoids concatenating memories.
     ``budget`` caps the number of affinity entries held at once (default: by device, above).
+    ``usage``, one tensor (rows,) or None per block, accumulates the softmax weight each memory
+    row received over all queries (the memory store's measure of which frames the read uses);
+    it costs one ``index_add_`` of the top-k weights and leaves the read-out unchanged.
     """
     if budget is None:
         budget = CPU_AFFINITY_BUDGET if query.device.type == "cpu" else GPU_AFFINITY_BUDGET
@@ -67,6 +70,8 @@ def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
             weights = cand_val[0].softmax(dim=1)
             out[start:start + step] = F.embedding_bag(cand_idx[0], blocks[0].values, per_sample_weights=weights,
                                                       mode="sum")
+            if usage is not None and usage[0] is not None:
+                usage[0].index_add_(0, cand_idx[0].reshape(-1), weights.reshape(-1))
             continue
         sizes = [v.shape[1] for v in cand_val]
         vals, pos = torch.cat(cand_val, 1).topk(min(top_k, sum(sizes)), dim=1, sorted=False)
@@ -74,9 +79,12 @@ def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
         idx = torch.cat(cand_idx, 1).gather(1, pos)
         acc = None
         offset = 0
-        for b, size in zip(blocks, sizes):
+        for n, (b, size) in enumerate(zip(blocks, sizes)):
             mine = (pos >= offset) & (pos < offset + size)
-            part = F.embedding_bag(idx.where(mine, 0), b.values, per_sample_weights=weights * mine, mode="sum")
+            part_idx, part_w = idx.where(mine, 0), weights * mine
+            part = F.embedding_bag(part_idx, b.values, per_sample_weights=part_w, mode="sum")
+            if usage is not None and usage[n] is not None:
+                usage[n].index_add_(0, part_idx.reshape(-1), part_w.reshape(-1))
             acc = part if acc is None else acc + part
             offset += size
         out[start:start + step] = acc
