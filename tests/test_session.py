@@ -256,3 +256,18 @@ def test_a_changed_keyframe_is_re_encoded(lite, video):
     for i, lab in fresh.propagate(6):
         assert np.array_equal(again[i], lab), i
     assert not any((again[i] == 2).any() for i in again)
+
+
+def test_set_labels_restores_work_without_making_keyframes(lite, video):
+    frames, masks = video
+    s = _session(lite, frames)
+    s.set_mask(0, masks[0])
+    s.set_labels(5, masks[5])
+    assert s.keyframes == [0] and np.array_equal(s.labels(5), masks[5])
+    with pytest.raises(ValueError, match="is a keyframe"):
+        s.set_labels(0, masks[0])
+    only1 = dict(s.propagate(0, direction="forward", until="end", objects=[1]))
+    # object 2 was only in the restored labels of frame 5: it stays where object 1 does not claim
+    keep = (masks[5] == 2) & (only1[5] != 1)
+    assert keep.any() and (only1[5][keep] == 2).all()
+    assert not any((only1[i] == 2).any() for i in only1 if i != 5)

@@ -280,6 +280,19 @@ class Session:
         return int(t)
 
     # -- masks ------------------------------------------------------------------------------------
+    def _check_map(self, t: int, label_map: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
+        arr = np.asarray(label_map.cpu() if isinstance(label_map, torch.Tensor) else label_map)
+        if arr.ndim != 2:
+            raise ValueError(f"{what} for frame {t}: expected a (H, W) label map, got shape {arr.shape}")
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+            raise ValueError(f"{what} for frame {t}: expected integer labels, got dtype {arr.dtype}")
+        if arr.shape != self.size:
+            raise ValueError(f"{what} for frame {t}: size {arr.shape[1]}x{arr.shape[0]} differs from the video's "
+                             f"{self.size[1]}x{self.size[0]}")
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"{what} for frame {t}: labels must lie in 0..255")
+        return arr.astype(np.uint8)  # always a copy: the caller may go on editing its array
+
     def set_mask(self, t: int, label_map: np.ndarray | torch.Tensor) -> None:
         """Make frame ``t`` a keyframe holding exactly ``label_map``: (H, W) integer ids, 0 = background.
 
@@ -287,21 +300,22 @@ class Session:
         and an object missing from a keyframe is absent there. An all-background map is allowed.
         """
         t = self._check_index(t)
-        arr = np.asarray(label_map.cpu() if isinstance(label_map, torch.Tensor) else label_map)
-        if arr.ndim != 2:
-            raise ValueError(f"mask for frame {t}: expected a (H, W) label map, got shape {arr.shape}")
-        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-            raise ValueError(f"mask for frame {t}: expected integer labels, got dtype {arr.dtype}")
-        if arr.shape != self.size:
-            raise ValueError(f"mask for frame {t}: size {arr.shape[1]}x{arr.shape[0]} differs from the video's "
-                             f"{self.size[1]}x{self.size[0]}")
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ValueError(f"mask for frame {t}: labels must lie in 0..255")
-        arr = arr.astype(np.uint8)  # always a copy: the caller may go on editing its array
+        arr = self._check_map(t, label_map, "mask")
         with self._lock:
             self._keyframes[t] = arr
             self._labels[t] = arr
             self._forget_encoded(t)
+
+    def set_labels(self, t: int, label_map: np.ndarray | torch.Tensor) -> None:
+        """Store ``label_map`` as frame ``t``'s labels *without* making it a keyframe (restoring
+        saved work, or results from elsewhere): runs may change it, and ``objects=`` runs keep
+        the other objects' pixels from it. ``ValueError`` if ``t`` is a keyframe."""
+        t = self._check_index(t)
+        arr = self._check_map(t, label_map, "labels")
+        with self._lock:
+            if t in self._keyframes:
+                raise ValueError(f"frame {t} is a keyframe: change it with set_mask")
+            self._labels[t] = arr
 
     def remove_keyframe(self, t: int) -> None:
         """Frame ``t`` is no longer a keyframe; its labels stay until a run changes them."""
