@@ -45,12 +45,15 @@ def _add_segment(sub) -> None:
                     "one object) or RGB colour masks (each colour one object).",
         epilog="examples:\n"
                "  pcvos segment clip.mp4 --mask first.png --out masks/ --overlay overlay.mp4\n"
-               "  pcvos segment frames/ --mask a.png --mask b.png --mask-frame 40 --clip-length 10\n")
+               "  pcvos segment frames/ --mask a.png --mask b.png --mask-frame 40 --clip-length 10\n"
+               "  pcvos segment clip.mp4 --mask best.png --mask-frame 120 --backward   # both ways from frame 120\n"
+               "  pcvos segment clip.mp4 --mask m0.png --mask m60.png --mask-frame 60   # keyframes 0 and 60\n")
     p.add_argument("input", metavar="INPUT", help="video file or folder of frames")
     p.add_argument("--mask", action=_MaskAction, required=True, metavar="MASK.png", dest="masks",
                    help="mask file (repeatable); it belongs to frame 0 unless --mask-frame follows it")
     p.add_argument("--mask-frame", action=_MaskAction, metavar="N", dest="masks",
-                   help="frame number (from 0) of the preceding --mask, for objects that enter later")
+                   help="frame number (from 0) of the preceding --mask: for objects that enter later, or "
+                        "for a mask of objects already given (a keyframe: they are re-anchored there)")
     p.add_argument("--weights", metavar="W", help="checkpoint (released PCVOS/STCN or pcvos); "
                    "default: the model shipped with pcvos, if any")
     p.add_argument("--clip-length", type=positive_int, default=5, metavar="L",
@@ -70,6 +73,13 @@ def _add_segment(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_precision_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out / --overlay")
+    p.add_argument("--backward", action="store_true",
+                   help="also segment the frames before each object's first mask, by propagating it backward "
+                        "from that mask. Off by default: the frames before an object's first mask are left "
+                        "without it, and the video is then read once, in order, with each clip's masks "
+                        "written as it finishes and memory that does not grow with the video; with "
+                        "--backward every frame's labels are held until the end and the frames before the "
+                        "last first mask are read and segmented a second time")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=_run_segment)
 
@@ -94,7 +104,8 @@ def _run_segment(args: argparse.Namespace) -> int:
                           precision=args.precision, overwrite=args.overwrite,
                           overlay=Path(args.overlay) if args.overlay else None,
                           alpha=Path(args.alpha) if args.alpha else None, quiet=args.quiet,
-                          extra={"weights": args.weights or "default"})
+                          backward=args.backward, extra={"weights": args.weights or "default",
+                                                         "backward": args.backward})
     bar = None
 
     def progress(done: int, total: int | None) -> None:

@@ -55,6 +55,7 @@ class SegmentOptions:
     overlay: Path | None = None
     alpha: Path | None = None
     quiet: bool = False
+    backward: bool = False  # fill the frames before each object's first mask by backward propagation
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -156,6 +157,47 @@ def _device(name: str | None) -> torch.device:
     return dev
 
 
+def _with_backward_fill(seg: Segmenter, model: PCVOS, source: Any, input_path: Path,
+                        mask_maps: dict[int, np.ndarray], objects: list[dict[str, Any]],
+                        opt: SegmentOptions, size: int | None, device: torch.device,
+                        pending: dict[int, np.ndarray] | None) -> Iterator[tuple[int, np.ndarray]]:
+    """``seg.process`` with the frames before each object's first mask filled backward.
+
+    The forward pass is the plain one. Then the objects first given at a frame f > 0 are
+    propagated backward from f to frame 0 (:class:`pcvos.Session`, ``objects=`` those ids; its
+    keyframes are the mask frames from f on, holding the forward results there): on those frames
+    the other objects keep their labels unless a filled object claims the pixel, and given masks
+    win at their own frames. Labels of the whole video are held until the end; results come out
+    in frame order, with the frames read again (into ``pending``) for the overlay and cut-outs.
+    """
+    from pcvos.inference.session import Session
+
+    results = dict(seg.process(iter(source)))
+    first: dict[int, list[int]] = {}
+    for o in objects:
+        first.setdefault(int(o["first_frame"]), []).append(int(o["id"]))
+    for f in sorted(k for k in first if k > 0):
+        session = Session(model, input_path, clip_length=opt.clip_length, memory_every=opt.memory_every,
+                          pmm_segment=seg.config.pmm_segment, refine=seg.config.refine, top_k=opt.top_k,
+                          size=size, max_memory_frames=opt.max_memory_frames, device=device,
+                          precision=opt.precision)
+        for k in mask_maps:
+            if k >= f:
+                session.set_mask(k, results[k])
+        for j in range(f):
+            session.set_labels(j, results[j])
+        for j, labels in session.propagate(f, direction="backward", until="end", objects=first[f]):
+            results[j] = labels
+        for k, given in mask_maps.items():
+            if k < f:
+                results[k] = np.where(given > 0, given, results[k])
+    frames = iter(source) if pending is not None else None
+    for index in range(len(results)):
+        if frames is not None:
+            pending[index] = next(frames)
+        yield index, results.pop(index)
+
+
 def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], out_dir: str | Path,
                   options: SegmentOptions | None = None,
                   progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
@@ -213,7 +255,10 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
     start = time.perf_counter()
     done = 0
     try:
-        for index, labels in seg.process(frames()):
+        keep = pending if opt.overlay is not None or opt.alpha is not None else None
+        results = (_with_backward_fill(seg, model, source, input_path, mask_maps, objects, opt, seg.size, device, keep)
+                   if opt.backward else seg.process(frames()))
+        for index, labels in results:
             name = names[index] if names is not None else f"{index:05d}"
             save_indexed_png(out_dir / f"{name}.png", labels)
             frame = pending.pop(index, None)
