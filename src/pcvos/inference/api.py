@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
+from pcvos.data.palette import VOID_LABEL
 from pcvos.model.network import PCVOS, pad_to_multiple, unpad
 
 Output = Literal["labels", "probs"]
@@ -72,13 +73,17 @@ class Segmenter:
         self.size = size
         self.output = output
         self._masks: dict[int, np.ndarray] = {}
+        self._consumed = 0  # frames process() has taken from its iterator
         self._shape: tuple[int, int] | None = None
 
     # -- masks ------------------------------------------------------------------------------------
     def add_mask(self, frame_index: int, label_map: np.ndarray | torch.Tensor) -> None:
         """Give objects at ``frame_index``: a (H, W) integer label map, 0 = background.
 
-        Ids need not be contiguous; an id given again at a later frame replaces its prediction there.
+        Ids need not be contiguous (1..254); an id given again at a later frame replaces its
+        prediction there. 255 is void, as in DAVIS and as ``pcvos segment`` reads mask files: not an
+        object, its pixels count as background. A frame that :meth:`process` has already taken
+        from the frame iterator cannot get a mask any more (``ValueError``).
         """
         arr = np.asarray(label_map.cpu() if isinstance(label_map, torch.Tensor) else label_map)
         if arr.ndim != 2:
@@ -89,6 +94,10 @@ class Segmenter:
             raise ValueError(f"mask for frame {frame_index}: labels must lie in 0..255")
         if frame_index < 0:
             raise ValueError(f"mask frame index must be >= 0, got {frame_index}")
+        if frame_index < self._consumed:
+            raise ValueError(f"mask for frame {frame_index}: that frame has already been processed (frames up to "
+                             f"{self._consumed - 1} have been read); give masks before process() reaches their frame")
+        arr = np.where(arr == VOID_LABEL, 0, arr)  # void is not an object
         if not (arr > 0).any():
             raise ValueError(f"mask for frame {frame_index}: contains no object (all background)")
         if self._shape is not None and arr.shape != self._shape:
@@ -174,12 +183,12 @@ class Segmenter:
         if not self._masks:
             raise ValueError("no mask given: call add_mask(frame_index, label_map) first")
         core = InferenceCore(self.model, self.config)
-        first_mask = min(self._masks)
+        self._consumed = 0
         buf_idx: list[int] = []
         buf_img: list[torch.Tensor] = []
         n = 0
         for t, frame in enumerate(frames):
-            n = t + 1
+            n = self._consumed = t + 1
             f = _check_frame(frame, t)
             if self._shape is None:
                 self._shape = (int(f.shape[0]), int(f.shape[1]))
@@ -191,7 +200,7 @@ class Segmenter:
             elif tuple(f.shape[:2]) != self._shape:
                 raise ValueError(f"frame {t}: size {f.shape[1]}x{f.shape[0]} differs from the first frame's "
                                  f"{self._shape[1]}x{self._shape[0]}")
-            if t < first_mask:
+            if t < min(self._masks):  # a mask may still arrive for an earlier frame while streaming
                 yield self._background(t)
                 continue
             buf_idx.append(t)

@@ -12,7 +12,7 @@ const PLAY_FPS_FALLBACK = 24;
 const S = {
   T: 0, W: 0, H: 0, fps: null, objects: [], keyframes: new Set(), propagated: new Set(),
   t: 0, labels: null, selected: null, tool: "brush", brush: 8, opacity: 0.5, outline: false, hidden: false,
-  undo: [], redo: [], job: { state: "idle" }, playing: false, lastSwitchMs: null, ready: false,
+  undo: [], redo: [], job: { state: "idle" }, playing: false, lastSwitchMs: null, ready: false, shown: null, pendingSaves: 0,
 };
 const labelCache = new Map();   // t -> Uint8Array | null (no mask)
 let lut = new Uint32Array(256); // label -> RGBA (little-endian ABGR) for the overlay
@@ -130,6 +130,7 @@ async function goTo(t, { keepEdits = false } = {}) {
   const token = ++switchToken;
   if (t !== S.t && !keepEdits) { S.undo = []; S.redo = []; }
   S.t = t;
+  S.shown = null;
   renderFrameInfo();
   drawTimeline();
   const img = $("frame");
@@ -139,6 +140,7 @@ async function goTo(t, { keepEdits = false } = {}) {
     if (token !== switchToken) return;
     S.labels = labels ? labels.slice() : null;
     renderOverlay();
+    S.shown = t;  // the frame and its masks are on screen
     S.lastSwitchMs = performance.now() - started;
     prefetch(t);
   } catch (e) {
@@ -247,9 +249,11 @@ function commit() {
   cacheLabels(t, labels.slice());
   S.keyframes.add(t); S.propagated.delete(t);
   renderFrameInfo(); drawTimeline();
+  S.pendingSaves++;
   saveChain = saveChain.then(() => api("PUT", `/api/frames/${t}/labels`, labels, "application/octet-stream"))
     .then(() => say(`frame ${t} saved as a keyframe`))
-    .catch((e) => { fail(e); labelCache.delete(t); return loadState(); });
+    .catch((e) => { fail(e); labelCache.delete(t); return loadState(); })
+    .finally(() => { S.pendingSaves--; });
   return saveChain;
 }
 function undo() {
@@ -530,6 +534,8 @@ function wire() {
   tl.addEventListener("pointermove", (ev) => { if (dragging) goTo(timelineFrame(ev)); });
   tl.addEventListener("pointerup", () => { dragging = false; });
   $("frame-number").addEventListener("change", (ev) => goTo(Number(ev.target.value)));
+  // Enter jumps and hands the keys back to the page (arrows, tools, undo)
+  $("frame-number").addEventListener("keydown", (ev) => { if (ev.key === "Enter") ev.target.blur(); });
   $("play").addEventListener("click", play);
   $("add-object").addEventListener("click", () => addObject().catch(fail));
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));

@@ -1,0 +1,248 @@
+"""pcvos studio end to end in a real headless Chromium (Debian's ``chromium`` driven by Playwright; no
+browser is downloaded): the mouse draws, the page propagates, steps, corrects, cancels and exports,
+and the assertions read the PNGs the server wrote."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path(os.environ.get("PCVOS_CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} not found: apt-get install chromium (or set PCVOS_CHROMIUM)", allow_module_level=True)
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+pytest.importorskip("starlette", reason="the studio extra (starlette, uvicorn) is not installed")
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+import pcvos  # noqa: E402
+from pcvos.studio.controller import Studio  # noqa: E402
+from pcvos.studio.server import ServerThread, create_app  # noqa: E402
+from pcvos.studio.workspace import Workspace  # noqa: E402
+from test_studio_api import FRAMES, HEIGHT, SQUARE, SQUARE_Y, WIDTH, iou, make_video, square_mask, square_x  # noqa: E402
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+VIEWPORT = {"width": 1280, "height": 800}
+JOB_TIMEOUT_S = 120
+#: Where the test also saves its screenshot of the page when set (the README's docs/studio.png).
+SCREENSHOT_ENV = "PCVOS_STUDIO_SCREENSHOT"
+
+
+class SlowSession:
+    """The real session, optionally slowed per yielded frame, so a run lasts long enough to cancel."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.delay_s = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def propagate(self, *args, **kwargs):
+        frames = self._inner.propagate(*args, **kwargs)
+
+        def slowed():
+            for item in frames:
+                time.sleep(self.delay_s)
+                yield item
+
+        return slowed()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def studio_page(tmp_path, browser):
+    video = make_video(tmp_path / "clip.mp4")
+    ws = Workspace.open_or_create(tmp_path / "ws", video)
+    session = SlowSession(pcvos.Session(pcvos.load_model(), ws.frames_dir, clip_length=5))
+    studio = Studio(ws, session)
+    server = ServerThread(create_app(studio))
+    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url)
+    page.wait_for_function("window.studio && window.studio.S.ready", timeout=15000)
+    yield page, studio, session
+    page.close()
+    server.stop()
+    studio.close()
+    assert not errors, errors
+
+
+def to_page(page, x: float, y: float) -> tuple[float, float]:
+    """Image pixel (x, y) -> page coordinates on the drawing canvas."""
+    box = page.locator("#draft").bounding_box()
+    return box["x"] + x * box["width"] / WIDTH, box["y"] + y * box["height"] / HEIGHT
+
+
+def wait_until(predicate, what: str, timeout: float = JOB_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_job(studio: Studio, state: str) -> dict:
+    wait_until(lambda: studio.job()["state"] not in ("running", "idle"), "the job")
+    job = studio.job()
+    assert job["state"] == state, job
+    return job
+
+
+def disk_labels(studio: Studio, t: int) -> np.ndarray:
+    return np.array(Image.open(studio.ws.mask_path(t)))
+
+
+def frame_number(page) -> int:
+    return int(page.input_value("#frame-number"))
+
+
+def saved(page, studio: Studio, t: int) -> np.ndarray:
+    """Frame t's labels on disk once the page has no save in flight."""
+    page.wait_for_function("window.studio.S.pendingSaves === 0")
+    return disk_labels(studio, t)
+
+
+def brush_stroke(page, points: list[tuple[float, float]]) -> None:
+    page.mouse.move(*to_page(page, *points[0]))
+    page.mouse.down()
+    for p in points[1:]:
+        page.mouse.move(*to_page(page, *p), steps=4)
+    page.mouse.up()
+
+
+def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
+    page, studio, session = studio_page
+    ws = studio.ws
+
+    # an object, then its mask on frame 0 drawn with the polygon tool
+    page.click("#add-object")
+    page.wait_for_function("window.studio.S.objects.length === 1")
+    page.keyboard.press("p")
+    x0 = square_x(0)
+    for x, y in [(x0, SQUARE_Y), (x0 + SQUARE, SQUARE_Y), (x0 + SQUARE, SQUARE_Y + SQUARE), (x0, SQUARE_Y + SQUARE)]:
+        page.mouse.click(*to_page(page, x, y))
+    page.keyboard.press("Enter")
+    wait_until(lambda: 0 in ws.keyframes, "frame 0 to become a keyframe")
+    assert iou(disk_labels(studio, 0) == 1, square_mask(0)) > 0.9
+
+    # propagate both ways from frame 0 (to the end: there is no other keyframe)
+    page.click("#propagate")
+    wait_job(studio, "done")
+    page.wait_for_function("document.querySelector('#progress-text').textContent.includes('done')")
+    assert f"{FRAMES - 1} / {FRAMES - 1}" in page.text_content("#progress-text")
+    assert sorted(ws.propagated) == list(range(1, FRAMES))
+    assert iou(disk_labels(studio, 12) == 1, square_mask(12)) > 0.5
+
+    # step through frames with the keyboard
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("window.studio.S.t === 3")
+    page.keyboard.press("Shift+ArrowRight")
+    page.wait_for_function("window.studio.S.shown === 13")
+    assert frame_number(page) == 13 and page.text_content("#frame-kind") == "propagated"
+    labels13 = disk_labels(studio, 13)
+    on = np.argwhere(labels13 == 1)
+    (y_on, x_on), (y_off, x_off) = on[len(on) // 2], np.argwhere(labels13 == 0)[0]
+    overlay_alpha = "(x, y) => document.querySelector('#overlay').getContext('2d').getImageData(x, y, 1, 1).data[3]"
+    assert page.evaluate(f"({overlay_alpha})({x_on}, {y_on})") > 0  # the propagated mask is drawn over the frame
+    assert page.evaluate(f"({overlay_alpha})({x_off}, {y_off})") == 0
+    page.keyboard.press("End")
+    page.wait_for_function(f"window.studio.S.t === {FRAMES - 1}")
+    page.keyboard.press("Home")
+    page.wait_for_function("window.studio.S.t === 0")
+
+    # correct the middle frame: paint a blob with the brush, erase a band, undo and redo the erase
+    mid = FRAMES // 2
+    page.fill("#frame-number", str(mid))
+    page.press("#frame-number", "Enter")
+    page.wait_for_function(f"window.studio.S.shown === {mid}")
+    before = disk_labels(studio, mid)
+    page.keyboard.press("b")
+    blob = (140, 18)
+    brush_stroke(page, [blob, (blob[0] + 1, blob[1])])
+    painted = saved(page, studio, mid)
+    page.keyboard.press("e")
+    band_y = SQUARE_Y + SQUARE - 4
+    xm = square_x(mid)
+    brush_stroke(page, [(xm - 6, band_y), (xm + SQUARE + 6, band_y)])
+    erased = saved(page, studio, mid)
+    assert not np.array_equal(erased, painted)
+    page.keyboard.press("Control+z")
+    assert np.array_equal(saved(page, studio, mid), painted)
+    page.keyboard.press("Control+Shift+z")
+    assert np.array_equal(saved(page, studio, mid), erased)
+    assert mid in ws.keyframes
+    corrected = disk_labels(studio, mid)
+    assert (corrected[blob[1] - 3:blob[1] + 4, blob[0] - 3:blob[0] + 4] == 1).all()  # the brush blob
+    assert not corrected[band_y - 2:band_y + 3, xm:xm + SQUARE].any()               # the erased band
+    far = np.ones_like(corrected, bool)
+    far[:40, 120:] = False
+    far[band_y - 12:band_y + 13] = False
+    assert np.array_equal(corrected[far], before[far])  # nothing else changed
+
+    # re-propagate from the correction: both ways until the neighbouring keyframes (0 and the end)
+    written_at = {t: ws.mask_path(t).stat().st_mtime_ns for t in range(FRAMES)}
+    page.click("#propagate")
+    job = wait_job(studio, "done")
+    assert job["total"] == job["done"] == FRAMES - 2 and job["start"] == mid
+    assert np.array_equal(disk_labels(studio, mid), corrected) and 0 in ws.keyframes  # keyframes unchanged
+    rewritten = {t for t in range(FRAMES) if ws.mask_path(t).stat().st_mtime_ns != written_at[t]}
+    assert rewritten == set(range(FRAMES)) - {0, mid}  # every frame but the two keyframes
+    assert iou(disk_labels(studio, mid + 1) == 1, square_mask(mid + 1)) > 0.5
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"window.studio.S.shown === {mid + 1}")
+    shot = tmp_path / "studio.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get(SCREENSHOT_ENV):
+        shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
+
+    # cancel a run: slowed so that it is still going when Cancel is pressed
+    page.keyboard.press("ArrowLeft")  # back to the corrected keyframe
+    page.wait_for_function(f"window.studio.S.shown === {mid}")
+    session.delay_s = 0.25
+    page.select_option("#until", "end")
+    page.click("#propagate")
+    wait_until(lambda: studio.job()["state"] == "running" and studio.job()["done"] >= 1, "the first propagated frame")
+    page.click("#cancel")
+    job = wait_job(studio, "cancelled")
+    session.delay_s = 0.0
+    assert 1 <= job["done"] < job["total"]
+    page.wait_for_function("document.querySelector('#progress-text').textContent.includes('cancelled')")
+    for t in range(FRAMES):
+        assert disk_labels(studio, t).shape == (HEIGHT, WIDTH)  # every frame whole
+    assert not list(ws.masks_dir.glob(".*"))
+
+    # export, download the zip, and read the written PNGs
+    page.click("#export")
+    wait_job(studio, "done")
+    page.wait_for_selector("#download:not([hidden])")
+    with page.expect_download() as info:
+        page.click("#download")
+    zip_path = tmp_path / "export.zip"
+    info.value.save_as(str(zip_path))
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+        assert "overlay.mp4" in names and len([n for n in names if n.startswith("masks/")]) == FRAMES
+        exported_mid = np.array(Image.open(io.BytesIO(zf.read(f"masks/{mid:05d}.png"))))
+        object0 = np.array(Image.open(io.BytesIO(zf.read("objects/001/00000.png"))))
+    assert np.array_equal(exported_mid, corrected)
+    assert set(np.unique(object0)) == {0, 255} and iou(object0 == 255, square_mask(0)) > 0.9
+    for t in (5, 40):
+        exported = np.array(Image.open(ws.export_dir / "masks" / f"{t:05d}.png"))
+        assert exported.shape == (HEIGHT, WIDTH) and iou(exported == 1, square_mask(t)) > 0.4
