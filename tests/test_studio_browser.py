@@ -246,3 +246,91 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     for t in (5, 40):
         exported = np.array(Image.open(ws.export_dir / "masks" / f"{t:05d}.png"))
         assert exported.shape == (HEIGHT, WIDTH) and iou(exported == 1, square_mask(t)) > 0.4
+
+
+def overlay_alpha(page, x: int, y: int) -> int:
+    return page.evaluate(f"document.querySelector('#overlay').getContext('2d').getImageData({x}, {y}, 1, 1).data[3]")
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_tools_objects_and_view(studio_page):
+    page, studio, _ = studio_page
+    ws = studio.ws
+    page.click("#add-object")
+    page.click("#add-object")
+    page.wait_for_function("window.studio.S.objects.length === 2")
+    page.keyboard.press("1")
+    assert page.evaluate("window.studio.S.selected") == 1
+    page.keyboard.press("2")
+    assert page.evaluate("window.studio.S.selected") == 2
+    page.fill("#objects li[data-id='2'] input", "kite")
+    page.keyboard.press("Tab")
+    wait_until(lambda: ws.objects[1]["name"] == "kite", "the rename")
+    page.keyboard.press("Escape")
+
+    # the timeline jumps to a frame; a box -> GrabCut paints object 1 there
+    t = 10
+    box = page.locator("#timeline").bounding_box()
+    page.mouse.click(box["x"] + (t + 0.5) * box["width"] / FRAMES, box["y"] + box["height"] / 2)
+    page.wait_for_function(f"window.studio.S.shown === {t}")
+    page.keyboard.press("1")
+    page.keyboard.press("g")
+    x = square_x(t)
+    page.mouse.move(*to_page(page, x - 8, SQUARE_Y - 8))
+    page.mouse.down()
+    page.mouse.move(*to_page(page, x + SQUARE + 8, SQUARE_Y + SQUARE + 8), steps=5)
+    page.mouse.up()
+    wait_until(lambda: t in ws.keyframes, "the GrabCut result to be saved")
+    labels = saved(page, studio, t)
+    assert iou(labels == 1, square_mask(t)) > 0.8
+
+    # import a binary mask PNG as object 2
+    page.keyboard.press("2")
+    corner = np.zeros((HEIGHT, WIDTH), np.uint8)
+    corner[:20, :20] = 255
+    page.set_input_files("#import", files=[{"name": "corner.png", "mimeType": "image/png", "buffer": png(corner)}])
+    wait_until(lambda: (disk_labels(studio, t)[:20, :20] == 2).all(), "the imported mask to be saved")
+    labels = saved(page, studio, t)
+    assert iou(labels == 1, square_mask(t)) > 0.8  # the import left object 1 alone
+
+    # brush size: keys and wheel
+    size = page.evaluate("window.studio.S.brush")
+    page.keyboard.press("]")
+    assert page.evaluate("window.studio.S.brush") > size
+    page.mouse.move(*to_page(page, 80, 100))
+    page.mouse.wheel(0, 100)
+    page.wait_for_function(f"window.studio.S.brush < {size + 1}")
+
+    # view: full opacity, outline only, hidden
+    page.wait_for_function(f"window.studio.S.shown === {t}")
+    inside = np.argwhere(labels == 1)
+    cy, cx = inside.mean(axis=0).astype(int)
+    assert labels[cy, cx] == 1
+    page.fill("#opacity", "100")
+    page.dispatch_event("#opacity", "input")
+    assert overlay_alpha(page, cx, cy) == 255
+    page.check("#outline")
+    assert overlay_alpha(page, cx, cy) == 0 and overlay_alpha(page, 5, 19) == 255  # interior clear, edge drawn
+    page.uncheck("#outline")
+    page.keyboard.press("h")
+    assert overlay_alpha(page, cx, cy) == 0 and page.is_checked("#hide")
+    page.keyboard.press("h")
+    assert overlay_alpha(page, cx, cy) == 255
+
+    # play from the frame, then stop
+    page.keyboard.press("Space")
+    page.wait_for_function(f"window.studio.S.t >= {t + 3}")
+    page.keyboard.press("Space")
+    page.wait_for_function("!window.studio.S.playing")
+
+    # remove object 2: two clicks, and its pixels leave the masks on disk
+    page.click("#objects li[data-id='2'] button")
+    page.click("#objects li[data-id='2'] button")
+    wait_until(lambda: ws.object_ids() == [1], "the removal")
+    assert not (disk_labels(studio, t) == 2).any() and (disk_labels(studio, t) == 1).any()
+    page.wait_for_function("window.studio.S.objects.length === 1")
