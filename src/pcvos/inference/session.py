@@ -65,8 +65,8 @@ class _FrameCache:
                 for i, f in self._read_window(lo, hi).items():
                     self._put(i, f)
                 frame = self._cache.get(index)
-                if frame is None:  # a window larger than the cache: keep the frame asked for
-                    raise RuntimeError(f"frame {index} could not be read")
+                if frame is None:  # the decoder ended before it (a file changed since it was opened)
+                    raise ValueError(f"frame {index} could not be read")
             else:
                 self._cache.move_to_end(index)
             self._last = index
@@ -198,11 +198,17 @@ class Session:
     The other arguments are those of :class:`pcvos.Segmenter`; ``size`` is the processing
     shorter side (None: the input's), results are always at the input size.
 
-    - :meth:`set_mask` makes a frame a keyframe holding exactly the given label map.
+    - :meth:`set_mask` makes a frame a keyframe holding exactly the given label map;
+      :meth:`remove_keyframe` undoes that; :meth:`set_labels` restores a frame's labels (saved
+      work) without making it a keyframe.
     - :meth:`propagate` returns an iterator of ``(index, labels)``; consuming it does the work.
+      :meth:`cancel` stops it; :attr:`running` says whether one is being consumed.
     - :meth:`labels`, :attr:`keyframes`, :attr:`object_ids`, :attr:`num_frames`, :attr:`size`.
     - :meth:`plan` lists the frames a ``propagate`` call will touch, in its order, so a caller can
       show progress as ``done / len(plan(...))``.
+
+    A video file is decoded once when the session opens (timestamps only, nothing kept), so that
+    frames can later be read by seeking; a run then decodes each frame about once.
 
     Threads: every method may be called from any thread. The state is guarded by a lock, so
     :meth:`labels` from one thread sees each frame either before or after a run updated it while
