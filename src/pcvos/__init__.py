@@ -7,6 +7,7 @@ The public API is small:
 - :func:`segment` segments a whole video in one call.
 - :class:`Segmenter` is the streaming form: masks in, frames in, labels out as each clip finishes.
 - :class:`Session` is the interactive form: keyframes, propagation both ways, corrections.
+- :func:`adapt` fine-tunes a copy of a model on one video's annotated frames (test-time adaptation).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.model.checkpoint import load_model, save_checkpoint
 from pcvos.inference.api import Segmenter, segment
+from pcvos.inference.adapt import adapt
 from pcvos.inference.session import Session
 
-__all__ = ["PCVOS", "PCVOSConfig", "load_model", "save_checkpoint", "segment", "Segmenter", "Session", "__version__"]
+__all__ = ["PCVOS", "PCVOSConfig", "load_model", "save_checkpoint", "segment", "Segmenter", "adapt", "Session", "__version__"]

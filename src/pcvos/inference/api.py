@@ -223,13 +223,16 @@ def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int,
             clip_length: int = 5, memory_every: int | None = None, pmm_segment: int | None = 5,
             refine: bool = True, top_k: int = 20, output: Output = "labels", size: int | None = None,
             max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES, device: str | torch.device | None = None,
-            frame_batch: int | None = None, precision: Precision = "fp32") -> np.ndarray:
+            frame_batch: int | None = None, precision: Precision = "fp32", adapt: int = 0,
+            adapt_seed: int = 0) -> np.ndarray:
     """Segment a whole video in one call.
 
     ``frames``: uint8 (T, H, W, 3) RGB (numpy or torch); ``masks``: {frame index: (H, W) uint8
     label map}. Returns (T, H, W) uint8 labels with the user's ids (``output="labels"``) or
     (1 + K, T, H, W) float32 probabilities, background first, objects by ascending id
-    (``output="probs"``). See :class:`Segmenter` for the other arguments.
+    (``output="probs"``). ``adapt=N`` first fine-tunes a copy of the model for N steps on the
+    annotated frames (:func:`pcvos.adapt`, seeded by ``adapt_seed``; ``model`` is not changed).
+    See :class:`Segmenter` for the other arguments.
     """
     arr = frames if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.ndim != 4 or arr.shape[-1] != 3 or (arr.dtype != np.uint8 and arr.dtype != torch.uint8):
@@ -250,6 +253,11 @@ def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int,
         if m_arr.shape != (h, w):
             raise ValueError(f"masks: mask for frame {index} has shape {m_arr.shape}, frames are {(h, w)}")
         seg.add_mask(int(index), m_arr)
+    if adapt:
+        # after the checks above, so bad input fails before any training; imported here because
+        # the adaptation module imports this one
+        from pcvos.inference.adapt import adapt as adapt_model
+        seg.model = adapt_model(seg.model, arr, masks, adapt, seed=adapt_seed, size=size).eval()
     if output == "labels":
         out = np.zeros((t, h, w), np.uint8)
         for i, lab in seg.process(arr):
