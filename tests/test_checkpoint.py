@@ -99,3 +99,47 @@ def test_pickled_code_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a PyTorch checkpoint that can be loaded safely"):
         pcvos.load_model(path)
     assert "code ran" not in capsys.readouterr().out
+
+
+def _pcvos_file(path, **payload):
+    torch.save({"format": "pcvos", "version": 1, **payload}, path)
+    return path
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"config": {"value_dim": 60000}, "state_dict": {}}, r"out of bounds \(value_dim=60000"),
+    ({"config": {"decoder_widths": [512, 256]}, "state_dict": {}}, "decoder_widths"),
+    ({"config": {"refine_depth": 10 ** 6}, "state_dict": {}}, "refine_depth"),
+    ({"config": {"key_dim": "64"}, "state_dict": {}}, "key_dim='64'"),
+    ({"config": {"no_such_key": 1}, "state_dict": {}}, "malformed model configuration"),
+    ({"config": [1, 2], "state_dict": {}}, "without a model configuration"),
+    ({"config": {}}, "without a state_dict"),
+    ({"config": {}, "state_dict": {"w": 3}}, "not tensors"),
+    ({"config": {"backbone": "vgg"}, "state_dict": {}}, "cannot build the model"),
+])
+def test_malformed_or_absurd_pcvos_config_is_refused_before_building(tmp_path, payload, message):
+    path = _pcvos_file(tmp_path / "bad.pt", **payload)
+    with pytest.raises(CheckpointError, match=message):
+        pcvos.load_model(path)
+
+
+def test_bad_checkpoints_are_one_line_in_the_cli(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from pcvos.cli import main
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (32, 24), (50, 50, 50)).save(frames / "0.png")
+    Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 8)).resize((32, 24)).save(tmp_path / "m.png")
+    for name, payload in (("absurd.pt", {"config": {"value_dim": 60000}, "state_dict": {}}),
+                          ("broken.pt", {"config": {"bogus": True}, "state_dict": {}})):
+        path = _pcvos_file(tmp_path / name, **payload)
+        code = main(["segment", str(frames), "--mask", str(tmp_path / "m.png"), "--weights", str(path),
+                     "--out", str(tmp_path / "out"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and name in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["segment", str(frames), "--mask", str(tmp_path / "m.png"), "--weights", str(tmp_path),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -154,12 +154,13 @@ def test_weights_problems(tmp_path, video, mask_png, capsys):
 
 def test_existing_results_need_overwrite(tmp_path, video, mask_png, weights, capsys):
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "00000.png").write_bytes(b"old")
-    assert _run(video, "--mask", mask_png, "--weights", weights, "--out", out, "--clip-length", 6) == 2
+    args = (video, "--mask", mask_png, "--weights", weights, "--out", out, "--clip-length", 6)
+    assert _run(*args) == 0
+    (out / "00000.png").write_bytes(b"old")  # a result pcvos wrote (it is on its record), changed since
+    assert _run(*args) == 2
     assert "--overwrite" in _err(capsys)
     assert (out / "00000.png").read_bytes() == b"old"
-    assert _run(video, "--mask", mask_png, "--weights", weights, "--out", out, "--clip-length", 6, "--overwrite") == 0
+    assert _run(*args, "--overwrite") == 0
     assert Image.open(out / "00000.png").mode == "P"
 
 

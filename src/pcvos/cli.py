@@ -1,13 +1,15 @@
 """``pcvos`` command line: segment, infer, eval, train.
 
-Exit codes: 0 success, 2 bad input (one line on stderr naming the file and the fix), 1 anything
-unexpected.
+Exit codes: 0 success, 2 bad input (one line on stderr naming the file and the fix), 130 Ctrl-C,
+143 SIGTERM (both one line; temporary files removed), 1 anything unexpected.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +18,16 @@ from pcvos.cli_types import add_precision_argument, positive_int, processing_siz
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: every temporary file goes."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
 
 
 class _MaskAction(argparse.Action):
@@ -98,6 +110,8 @@ def _run_segment(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except ValueError as exc:
         return _fail(f"--weights {exc}")
+    except OSError as exc:  # unreadable file (permissions, I/O error)
+        return _fail(f"--weights {args.weights}: cannot read ({exc.strerror or exc})")
     size = resolve_size(args.size, model, otherwise=480)
     opts = SegmentOptions(clip_length=args.clip_length, memory_every=args.memory_every, size=size,
                           max_memory_frames=args.max_memory_frames, device=args.device,
@@ -119,10 +133,12 @@ def _run_segment(args: argparse.Namespace) -> int:
     specs = [MaskSpec(Path(p), f) for p, f in args.masks]
     try:
         summary = segment_video(model, args.input, specs, args.out, opts, progress)
-    except ValueError as exc:  # InputError, VideoDecodeError and the API's own input checks
+    except ValueError as exc:  # InputError, OutputError, VideoDecodeError and the API's own input checks
         if bar is not None:
             bar.close()
         return _fail(str(exc))
+    except OSError as exc:  # a file that vanished or broke while being read
+        return _fail(f"{exc.filename or args.input}: {exc.strerror or exc}")
     finally:
         if bar is not None:
             bar.close()
@@ -165,11 +181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s")
-    with warnings.catch_warnings():
-        # warnings are part of the command's output (e.g. a mask that was resized): one line each
-        warnings.simplefilter("always")
-        warnings.showwarning = _show_warning
-        return int(args.func(args) or 0)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        with warnings.catch_warnings():
+            # warnings are part of the command's output (e.g. a mask that was resized): one line each
+            warnings.simplefilter("always")
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: outputs already written are complete files
+        terminated = isinstance(exc, _Terminated)
+        print(f"pcvos: {'terminated' if terminated else 'interrupted'}; files already written are complete, "
+              "unfinished ones were removed", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,8 @@ from PIL import Image
 
 from pcvos.data.palette import DAVIS_PALETTE
 
-__all__ = ["PathLike", "temp_path_for", "atomic_path", "atomic_write", "save_indexed_png", "encode_indexed_png"]
+__all__ = ["PathLike", "temp_path_for", "atomic_path", "atomic_write", "save_indexed_png", "encode_indexed_png",
+           "MANIFEST_NAME", "read_manifest", "write_manifest", "check_writable"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -116,3 +119,44 @@ def save_indexed_png(path: PathLike, labels: np.ndarray, palette: np.ndarray = D
     """
     image = _as_label_image(labels, palette, str(path))
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+#: Hidden file in which pcvos records the files it wrote into an output folder (relative paths),
+#: so that ``--overwrite`` can remove its own results and nothing else.
+MANIFEST_NAME = ".pcvos-files.json"
+_MANIFEST_FORMAT = "pcvos-files"
+
+
+def read_manifest(folder: PathLike) -> set[str]:
+    """Relative paths of the files pcvos recorded writing into ``folder`` (empty if none or unreadable)."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT or not isinstance(data.get("files"), list):
+        return set()
+    # only plain relative names inside the folder: a tampered record cannot point anywhere else
+    return {f for f in data["files"] if isinstance(f, str) and f and not Path(f).is_absolute()
+            and ".." not in Path(f).parts}
+
+
+def write_manifest(folder: PathLike, names: set[str] | list[str]) -> Path:
+    """Record (atomically) that pcvos writes the files ``names`` (relative paths) into ``folder``."""
+    payload = {"format": _MANIFEST_FORMAT, "version": 1, "files": sorted(set(names))}
+    return atomic_write(Path(folder) / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(payload)))
+
+
+def check_writable(folder: PathLike) -> None:
+    """Raise ``OSError`` unless a file can be created in ``folder`` (or, if it does not exist yet, in
+    its nearest existing parent). A real write, because permission bits do not tell on read-only
+    mounts or for root."""
+    folder = Path(folder).absolute()
+    probe_dir = folder
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise NotADirectoryError(f"{probe_dir} is not a folder")
+    fd, name = tempfile.mkstemp(prefix=".pcvos-probe-", dir=probe_dir)
+    os.close(fd)
+    os.unlink(name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -15,23 +16,36 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from pcvos.data.frames import FrameFolder, VideoWriter, open_frames
-from pcvos.data.io_utils import atomic_write, save_indexed_png
+from pcvos.data.frames import VIDEO_EXTENSIONS, FrameFolder, VideoWriter, open_frames
+from pcvos.data.io_utils import (MANIFEST_NAME, atomic_write, check_writable, read_manifest, save_indexed_png,
+                                 write_manifest)
 from pcvos.data.masks import parse_mask, read_color_mask, resize_labels
 from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
-from pcvos.inference.api import Segmenter
+from pcvos.inference.api import Segmenter, _processing_size
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.model.network import PCVOS
 
 log = logging.getLogger("pcvos")
 MAX_OBJECTS = 254  # 255 is the void label of the DAVIS format
+#: Most objects one colour mask may hold: more distinct colours (after anti-aliased edges are
+#: merged) means a photo or a soft mask, whose objects would cost minutes and gigabytes for nothing.
+MAX_COLOUR_MASK_OBJECTS = 64
+SUMMARY_NAME = "summary.json"
+# what a video's mask files and cut-outs are called, for claims on names before the length is known
+_VIDEO_MASK_NAME = re.compile(r"^\d{5,}\.png$")
+_VIDEO_CUTOUT_NAME = re.compile(r"^\d{3}/\d{5,}\.png$")
 
 
 class InputError(ValueError):
     """Bad user input; the message names the file and what to do about it."""
+
+
+class OutputError(InputError):
+    """An output could not be written (read-only folder, full disk); the message names the file."""
 
 
 @dataclass
@@ -64,12 +78,30 @@ def _is_colour(path: Path) -> bool:
         return im.mode in ("RGB", "RGBA", "RGBX")
 
 
-def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: int | None
+def _check_survives(path: Path, labels: np.ndarray, processing: tuple[int, int]) -> None:
+    """Every object of ``labels`` must keep a pixel when resized to the processing size as the API does."""
+    if tuple(labels.shape) == processing:
+        return
+    small = F.interpolate(torch.from_numpy(labels)[None, None].float(), size=processing,
+                          mode="nearest-exact")[0, 0].to(torch.uint8).numpy()
+    lost = sorted(set(np.unique(labels).tolist()) - set(np.unique(small).tolist()) - {0})
+    if lost:
+        pixels = int(np.isin(labels, lost).sum())
+        raise InputError(f"{path}: object {', '.join(map(str, lost))} ({pixels} pixels) vanishes at the processing "
+                         f"size {processing[1]}x{processing[0]}; draw it larger, or pass a larger --size "
+                         "(or --size native)")
+
+
+def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: int | None,
+               processing_size: tuple[int, int] | None = None
                ) -> tuple[dict[int, np.ndarray], list[dict[str, Any]]]:
     """Read mask files into {frame: label map at ``frame_size``} and describe the objects found.
 
     Indexed masks keep their ids (the same id in two files is the same object); each binary mask
     is a new object; colour masks share one colour table (the same colour is the same object).
+    Label 255 is void (the DAVIS convention): not an object, read as background. ``num_frames``
+    (a count known for sure, else None) bounds ``--mask-frame``; with ``processing_size``
+    (height, width) an object too small to survive the downscale is an error.
     """
     masks: dict[int, np.ndarray] = {}
     objects: list[dict[str, Any]] = []
@@ -79,9 +111,13 @@ def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: i
     h, w = frame_size
     for spec in specs:
         path = spec.path
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; --mask takes a mask image file (one --mask per file)")
         if not path.is_file():
             raise InputError(f"{path}: mask file not found")
-        if spec.frame < 0 or (num_frames is not None and spec.frame >= num_frames):
+        if spec.frame < 0:
+            raise InputError(f"{path}: --mask-frame {spec.frame} is negative; frames are numbered from 0")
+        if num_frames is not None and spec.frame >= num_frames:
             raise InputError(f"{path}: --mask-frame {spec.frame} is beyond the video "
                              f"({num_frames} frames, numbered from 0)")
         try:
@@ -93,13 +129,19 @@ def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: i
                 kind = kind.split(";")[0]
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        except OSError as exc:
+        except (OSError, SyntaxError) as exc:
             raise InputError(f"{path}: cannot read the mask ({exc})") from exc
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"{path}: image too large to read safely ({exc})") from exc
         labels = np.where(labels == 255, 0, labels).astype(np.uint8)  # void is not an object
         ids = [int(i) for i in np.unique(labels) if i != 0]
         if not ids:
             raise InputError(f"{path}: the mask holds no object (every pixel is background); "
                              "paint the object(s) with non-zero values")
+        if kind == "colour mask" and len(ids) > MAX_COLOUR_MASK_OBJECTS:
+            raise InputError(f"{path}: colour mask with {len(ids)} distinct colours, more than the "
+                             f"{MAX_COLOUR_MASK_OBJECTS} objects a colour mask may hold (a photo or a soft mask?); "
+                             "paint each object one flat colour, or save an indexed PNG")
         if labels.shape != (h, w):
             mh, mw = labels.shape
             if abs(mh * w - mw * h) > max(h, w):  # aspect ratios differ by more than a pixel
@@ -108,6 +150,8 @@ def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: i
             warnings.warn(f"{path}: mask is {mw}x{mh}, frames are {w}x{h}; resized with nearest neighbour",
                           stacklevel=2)
             labels = resize_labels(labels, (h, w))
+        if processing_size is not None:
+            _check_survives(path, labels, processing_size)
         remap: dict[int, int] = {}
         if kind == "colour mask":
             for i in ids:
@@ -134,15 +178,109 @@ def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: i
     return masks, objects
 
 
-def _check_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
-    if out_dir.is_dir() and (any(out_dir.glob("*.png")) or (out_dir / "summary.json").exists()):
-        if not overwrite:
-            raise InputError(f"{out_dir}: already holds results; pass --overwrite to replace them "
-                             "or choose another --out")
-        for p in out_dir.glob("*.png"):
-            p.unlink()
+def _inside(child: Path, parent: Path) -> bool:
+    """Whether ``child`` is ``parent`` or lies under it (symlinks resolved)."""
+    c, p = child.resolve(), parent.resolve()
+    return c == p or p in c.parents
+
+
+def _files_in(folder: Path, nested: bool) -> set[str]:
+    """Relative names of the files in ``folder`` (one level of sub-folders when ``nested``)."""
+    if not folder.is_dir():
+        return set()
+    found = {p.name for p in folder.iterdir() if p.is_file() or p.is_symlink()}
+    if nested:
+        found |= {f"{d.name}/{p.name}" for d in folder.iterdir() if d.is_dir() for p in d.iterdir()}
+    return found - {MANIFEST_NAME}
+
+
+@dataclass
+class _OutputFolder:
+    """One output folder: what earlier runs of pcvos wrote there and what this run will write."""
+
+    path: Path
+    what: str                   # the option that names it, for messages
+    planned: set[str]           # names this run writes (all of them when the frame count is known)
+    pattern: re.Pattern | None  # names this run may write when the frame count is not known
+    nested: bool = False        # files sit one sub-folder down (cut-outs: <id>/<frame>.png)
+    owned: set[str] = field(default_factory=set)  # earlier runs' files (from the manifest) still there
+
+    def claims(self, name: str) -> bool:
+        return name in self.planned or (self.pattern is not None and self.pattern.match(name) is not None)
+
+    def inspect(self, overwrite: bool, inputs: list[Path]) -> None:
+        """Refuse what would destroy a file pcvos did not write, or results without ``--overwrite``."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path}: exists and is not a folder; choose another {self.what}")
+        existing = _files_in(self.path, self.nested)
+        recorded = read_manifest(self.path)
+        self.owned = existing & recorded
+        for path in inputs:  # an input that this run would delete or replace
+            try:
+                name = str(path.resolve().relative_to(self.path.resolve()))
+            except ValueError:
+                continue
+            if name in self.owned or self.claims(name):
+                raise InputError(f"{path}: is an input but also a file this run would replace in {self.what} "
+                                 f"{self.path}; copy it elsewhere or choose another {self.what}")
+        foreign = sorted(n for n in existing - self.owned if self.claims(n))
+        if foreign:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            raise InputError(f"{self.path / foreign[0]}: exists and pcvos has no record of writing it{more}; "
+                             f"pcvos replaces only its own results: move it away or choose another {self.what}")
+        if self.owned and not overwrite:
+            raise InputError(f"{self.path}: already holds results; pass --overwrite to replace them "
+                             f"or choose another {self.what}")
+
+    def start(self) -> None:
+        """Create the folder, record this run's files, then remove the earlier run's (summary first)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_manifest(self.path, self.owned | self.planned)  # recorded before anything is deleted or written
+        for name in sorted(self.owned, key=lambda n: n != SUMMARY_NAME):
+            (self.path / name).unlink(missing_ok=True)
+        for folder in {(self.path / n).parent for n in self.owned if "/" in n}:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        write_manifest(self.path, self.planned)
+
+    def claim(self, names: set[str]) -> None:
+        """Record more names before writing them (a video longer than its estimate)."""
+        if not names <= self.planned:
+            self.planned |= names
+            write_manifest(self.path, self.planned)
+
+
+def _check_overlay(path: Path, overwrite: bool, inputs: list[Path]) -> None:
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise InputError(f"{path}: the overlay is a video; give it one of the extensions "
+                         f"{', '.join(VIDEO_EXTENSIONS)}")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; --overlay takes a video file name")
+    if any(path.resolve() == p.resolve() for p in inputs):
+        raise InputError(f"{path}: is an input; choose another --overlay")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def _writable(path: Path, what: str, folder: Path | None = None) -> None:
+    """``path`` (written into ``folder``, default ``path`` itself) must be writable: checked up front."""
+    try:
+        check_writable(folder or path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write {what} ({exc.strerror or exc})") from exc
+
+
+def _frame_names(source: Any) -> list[str] | None:
+    """Output names (stems) of a frame folder's frames; two frames of one stem are an error."""
+    if not isinstance(source, FrameFolder):
+        return None
+    seen: dict[str, Path] = {}
+    for path in source.frame_paths:
+        other = seen.setdefault(path.stem, path)
+        if other is not path:
+            raise InputError(f"{other} and {path.name}: two frames with the same name {path.stem!r} would write the "
+                             f"same mask {path.stem}.png; rename or remove one")
+    return [p.stem for p in source.frame_paths]
 
 
 def _device(name: str | None) -> torch.device:
@@ -205,14 +343,18 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
 
     Writes one indexed PNG per frame into ``out_dir`` (each atomically, as soon as its clip is
     done), an overlay video and RGBA cut-outs when asked, and ``summary.json`` last. Bad input
-    raises :class:`InputError` before anything is written; a video that breaks part-way raises
-    ``VideoDecodeError`` after the frames before the break were written. Returns the summary.
+    raises :class:`InputError` before anything is written or removed; a video that breaks part-way
+    raises ``VideoDecodeError`` and a failed write :class:`OutputError` after the frames before it
+    were written (no ``summary.json`` then). pcvos records the files it writes in each output folder
+    (``.pcvos-files.json``); ``overwrite`` removes those, and only those, once the input and masks
+    have been read and checked. Returns the summary.
     """
     opt = options or SegmentOptions()
     input_path, out_dir = Path(input_path), Path(out_dir)
     device = _device(opt.device)
     try:
         source = open_frames(input_path, strict=True)  # a truncated file ends in an error, not a short result
+        h, w = source.size
     except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
         raise InputError(str(exc)) from exc
     try:
@@ -221,23 +363,41 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         num_frames = None
     if num_frames == 0:
         raise InputError(f"{input_path}: no frames")
-    h, w = source.size
-    mask_maps, objects = load_masks(masks, (h, w), num_frames)
-    _check_output(out_dir, opt.overwrite)
-    for extra in (opt.overlay,):
-        if extra is not None and extra.exists() and not opt.overwrite:
-            raise InputError(f"{extra}: already exists; pass --overwrite to replace it")
-    if opt.alpha is not None and opt.alpha.is_dir() and any(opt.alpha.iterdir()) and not opt.overwrite:
-        raise InputError(f"{opt.alpha}: already holds files; pass --overwrite to replace them")
+    exact = num_frames if getattr(source, "num_frames_exact", True) else None  # estimates are only for progress
+    names = _frame_names(source)
+    size = opt.size if opt.size is not None and opt.size < min(h, w) else None
+    try:
+        processing = _processing_size(h, w, size)
+    except ValueError as exc:
+        raise InputError(f"--size {opt.size}: {exc}") from exc
+    mask_maps, objects = load_masks(masks, (h, w), exact, processing)
+    ids = sorted(o["id"] for o in objects)
 
-    if isinstance(source, FrameFolder):
-        names = [Path(n).stem for n in source.names]
-    else:
-        names = None
+    # outputs: checked only now that the input and masks are known to be good; nothing written yet
+    inputs = [input_path, *(m.path for m in masks)]
+    for folder, what in ((out_dir, "--out"), (opt.alpha, "--alpha")):
+        if folder is not None and input_path.is_dir() and _inside(folder, input_path):
+            raise InputError(f"{folder}: {what} is inside the input folder {input_path}; choose a folder outside it")
+    if opt.alpha is not None and opt.alpha.resolve() == out_dir.resolve():
+        raise InputError(f"{opt.alpha}: --alpha must be another folder than --out")
+    known = names if names is not None else [f"{i:05d}" for i in range(exact)] if exact is not None else []
+    folders = [_OutputFolder(out_dir, "--out", {f"{n}.png" for n in known} | {SUMMARY_NAME},
+                             _VIDEO_MASK_NAME if names is None and exact is None else None)]
+    if opt.alpha is not None:
+        folders.append(_OutputFolder(opt.alpha, "--alpha", {f"{o:03d}/{n}.png" for o in ids for n in known},
+                                     _VIDEO_CUTOUT_NAME if names is None and exact is None else None, nested=True))
+    for folder in folders:
+        folder.inspect(opt.overwrite, inputs)
+    if opt.overlay is not None:
+        _check_overlay(opt.overlay, opt.overwrite, inputs)
+    for folder in folders:
+        _writable(folder.path, f"the {folder.what} files")
+    if opt.overlay is not None:
+        _writable(opt.overlay, "the --overlay video", opt.overlay.parent)
+
     seg = Segmenter(model, clip_length=opt.clip_length, memory_every=opt.memory_every,
                     refine=model.has_refiner, pmm_segment=5 if model.has_refiner else None, top_k=opt.top_k,
-                    size=opt.size if opt.size is not None and opt.size < min(h, w) else None,
-                    max_memory_frames=opt.max_memory_frames, device=device, precision=opt.precision)
+                    size=size, max_memory_frames=opt.max_memory_frames, device=device, precision=opt.precision)
     for frame_index, m in mask_maps.items():
         seg.add_mask(frame_index, m)
 
@@ -249,9 +409,21 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
                 pending[i] = f
             yield f
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer = VideoWriter(opt.overlay, fps=source.fps or 25.0) if opt.overlay is not None else None
-    ids = sorted(o["id"] for o in objects)
+    def write(path: Path, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except OSError as exc:  # full disk, folder removed or made read-only mid-run
+            raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); the results before it are "
+                              "complete, summary.json is not written") from exc
+
+    for folder in folders:
+        write(folder.path, folder.start)
+    writer = None
+    if opt.overlay is not None:
+        try:
+            writer = VideoWriter(opt.overlay, fps=source.fps or 25.0)
+        except OSError as exc:
+            raise OutputError(f"{opt.overlay}: cannot write ({exc.strerror or exc})") from exc
     start = time.perf_counter()
     done = 0
     try:
@@ -260,21 +432,27 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
                    if opt.backward else seg.process(frames()))
         for index, labels in results:
             name = names[index] if names is not None else f"{index:05d}"
-            save_indexed_png(out_dir / f"{name}.png", labels)
+            if names is None and f"{name}.png" not in folders[0].planned:  # longer than its estimate
+                block = [f"{i:05d}" for i in range(index, 2 * index + 1)]
+                write(out_dir, lambda block=block: folders[0].claim({f"{n}.png" for n in block}))
+                if opt.alpha is not None:
+                    write(opt.alpha, lambda block=block: folders[1].claim(
+                        {f"{o:03d}/{n}.png" for o in ids for n in block}))
+            write(out_dir / f"{name}.png", lambda: save_indexed_png(out_dir / f"{name}.png", labels))
             frame = pending.pop(index, None)
             if writer is not None:
-                writer.write(draw_overlay(frame, labels))
+                write(opt.overlay, lambda: writer.write(draw_overlay(frame, labels)))
             if opt.alpha is not None:
                 for obj in ids:
                     cut = rgba_cutout(frame, labels, obj)
                     path = opt.alpha / f"{obj:03d}" / f"{name}.png"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write(path, lambda tmp, cut=cut: Image.fromarray(cut, "RGBA").save(tmp, format="PNG"))
+                    write(path, lambda cut=cut, path=path: atomic_write(
+                        path, lambda tmp: Image.fromarray(cut, "RGBA").save(tmp, format="PNG")))
             done += 1
             if progress is not None:
                 progress(done, num_frames)
         if writer is not None:
-            writer.close()
+            write(opt.overlay, writer.close)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -294,6 +472,6 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         "outputs": {"masks": str(out_dir), "overlay": str(opt.overlay) if opt.overlay else None,
                     "alpha": str(opt.alpha) if opt.alpha else None},
     }
-    atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    write(out_dir / SUMMARY_NAME, lambda: atomic_write(out_dir / SUMMARY_NAME,
+                                                        lambda tmp: tmp.write_text(json.dumps(summary, indent=2))))
     return summary
-
