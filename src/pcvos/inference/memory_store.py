@@ -40,8 +40,9 @@ class MemoryStore:
     double when full. Objects given at a later frame have no values in earlier memory frames and
     read only the memory added from their first frame on.
 
-    ``max_frames`` caps the number of memory frames (None: unbounded). Annotated frames and the
-    ``KEEP_NEWEST`` newest frames always stay; beyond the cap, ``eviction="usage"`` drops the
+    ``max_frames`` caps the number of memory frames (None: unbounded; more only if more frames
+    are annotated). Annotated frames always stay, and so do the ``KEEP_NEWEST`` newest frames
+    where the cap leaves room for them; beyond the cap, ``eviction="usage"`` drops the
     frame the reads have used least (the moving average of the softmax weight its rows received,
     as XMem/Cutie rank long-term memory), ``"oldest"`` the oldest frame.
     """
@@ -127,8 +128,10 @@ class MemoryStore:
         return scores
 
     def _victim(self) -> int | None:
-        """Position of the frame to drop: never an annotated one nor one of the newest."""
-        keep_newest = min(KEEP_NEWEST, self.max_frames - 1)
+        """Position of the frame to drop: never an annotated one, nor one of the newest while the
+        cap leaves room for them beside the annotated frames (so the cap always holds)."""
+        annotated = sum(e.annotated for e in self.frames)
+        keep_newest = max(0, min(KEEP_NEWEST, self.max_frames - annotated))
         candidates = [pos for pos, e in enumerate(self.frames[: len(self.frames) - keep_newest]) if not e.annotated]
         if not candidates:
             return None

@@ -1,0 +1,108 @@
+"""Long videos by default: a bounded memory that changes nothing on short videos, and a bounded clip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pcvos
+from pcvos.cli import build_parser, main
+from pcvos.inference.engine import MAX_CLIP_LENGTH, InferenceConfig
+from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES, MemoryStore
+
+# per-frame memory without ICR: the most memory frames a video of a given length can make
+PER_FRAME = dict(clip_length=1, memory_every=1, refine=False, pmm_segment=None)
+
+
+@pytest.fixture(scope="module")
+def moving_square() -> tuple[np.ndarray, np.ndarray]:
+    """A textured square drifting over a textured background (real motion, so the reads vary)."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 256, (64, 112, 3), dtype=np.uint8)
+    patch = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    frames, labels = [], []
+    for t in range(12):
+        f = background.copy()
+        y, x = 10 + 2 * t, 8 + 4 * t
+        f[y:y + 24, x:x + 24] = patch
+        lab = np.zeros(f.shape[:2], np.uint8)
+        lab[y:y + 24, x:x + 24] = 1
+        frames.append(f)
+        labels.append(lab)
+    return np.stack(frames), np.stack(labels)
+
+
+def _record_memory_sizes(monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    add = MemoryStore.add
+
+    def recording(self, *args, **kwargs):
+        add(self, *args, **kwargs)
+        sizes.append(len(self.frames))
+
+    monkeypatch.setattr(MemoryStore, "add", recording)
+    return sizes
+
+
+def test_memory_is_bounded_by_default():
+    assert InferenceConfig().max_memory_frames == DEFAULT_MAX_MEMORY_FRAMES
+    assert InferenceConfig().memory_eviction == "usage"
+    parser = build_parser()
+    args = parser.parse_args(["segment", "in.mp4", "--mask", "m.png"])
+    assert args.max_memory_frames == DEFAULT_MAX_MEMORY_FRAMES
+    args = parser.parse_args(["infer", "davis", "--davis-root", "d", "--out", "o"])
+    assert args.max_memory_frames == DEFAULT_MAX_MEMORY_FRAMES
+
+
+def test_default_equals_unbounded_on_short_videos(pcvos_model, moving_square, monkeypatch):
+    frames, labels = moving_square
+    sizes = _record_memory_sizes(monkeypatch)
+    default = pcvos.segment(pcvos_model, frames, {0: labels[0]}, output="probs", **PER_FRAME)
+    assert max(sizes) == len(frames) - 1  # every frame but the last became memory: nothing dropped
+    unbounded = pcvos.segment(pcvos_model, frames, {0: labels[0]}, output="probs", max_memory_frames=None,
+                              **PER_FRAME)
+    assert np.array_equal(default, unbounded)
+
+
+@pytest.mark.parametrize("eviction", ["usage", "oldest"])
+def test_long_video_memory_stays_within_the_cap(pcvos_model, moving_square, monkeypatch, eviction):
+    frames, labels = moving_square
+    cap = 3
+    sizes = _record_memory_sizes(monkeypatch)
+    seg = pcvos.Segmenter(pcvos_model, max_memory_frames=cap, output="probs", **PER_FRAME)
+    seg.config.memory_eviction = eviction
+    seg.add_mask(0, labels[0])
+    seg.add_mask(6, labels[6])  # an annotated frame mid-video stays too
+    capped = np.stack([p for _, p in seg.process(frames)], axis=1)
+    assert max(sizes) == cap and len(sizes) == len(frames) - 1
+    full = pcvos.segment(pcvos_model, frames, {0: labels[0], 6: labels[6]}, output="probs",
+                         max_memory_frames=None, **PER_FRAME)
+    # identical until the cap bites (frame cap + 1 is the first to read a memory with a frame dropped)
+    assert np.abs(capped[:, : cap + 1] - full[:, : cap + 1]).max() < 1e-6
+    assert np.abs(capped - full).max() > 1e-6
+
+
+def test_clip_length_is_capped(pcvos_model):
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    mask = np.ones((32, 32), np.uint8)
+    with pytest.raises(ValueError, match=f"at most {MAX_CLIP_LENGTH}"):
+        pcvos.segment(pcvos_model, frames, {0: mask}, clip_length=MAX_CLIP_LENGTH + 1)
+    pcvos.segment(pcvos_model, frames, {0: mask}, clip_length=MAX_CLIP_LENGTH)  # the cap itself is fine
+
+
+def test_cli_refuses_a_huge_clip_length(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:40] = 1
+    Image.fromarray(mask * 255).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    code = main(["segment", str(folder), "--mask", str(tmp_path / "mask.png"), "--out", str(out),
+                 "--clip-length", "1000", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and f"at most {MAX_CLIP_LENGTH}" in err and "1000" in err
+    assert not out.exists()
