@@ -271,3 +271,16 @@ def test_set_labels_restores_work_without_making_keyframes(lite, video):
     keep = (masks[5] == 2) & (only1[5] != 1)
     assert keep.any() and (only1[5][keep] == 2).all()
     assert not any((only1[i] == 2).any() for i in only1 if i != 5)
+
+
+def test_corrections_benchmark_runs(davis_root, tmp_path):
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "corrections.py"
+    spec = importlib.util.spec_from_file_location("corrections_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--davis-root", str(davis_root), "--sequences", "bear", "--max-frames", "14",
+                     "--size", "96", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "corrections.md").read_text()
+    assert "GT correction every 10 frames" in table and "one fix between keyframes" not in table  # 14 < 20
+    assert len(list((tmp_path / "every_10" / "bear").glob("*.png"))) == 14
