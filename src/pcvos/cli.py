@@ -14,7 +14,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pcvos.cli_types import add_precision_argument, positive_int, processing_size, resolve_size
+from pcvos.cli_types import add_precision_argument, non_negative_int, positive_int, processing_size, resolve_size
+from pcvos.inference.adapt import DEFAULT_STEPS as DEFAULT_ADAPT_STEPS
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 
 EXIT_BAD_INPUT = 2
@@ -92,6 +93,12 @@ def _add_segment(sub) -> None:
                         "written as it finishes and memory that does not grow with the video; with "
                         "--backward every frame's labels are held until the end and the frames before the "
                         "last first mask are read and segmented a second time")
+    p.add_argument("--adapt", type=non_negative_int, nargs="?", const=DEFAULT_ADAPT_STEPS, default=0, metavar="N",
+                   help="test-time adaptation: first fine-tune a copy of the model for N steps on clips "
+                        f"synthesised from the annotated frames (N omitted: {DEFAULT_ADAPT_STEPS}; 0: off). Costs "
+                        "seconds per step; when it pays: README, Test-time adaptation. Put it after INPUT")
+    p.add_argument("--adapt-seed", type=non_negative_int, default=0, metavar="S",
+                   help="seed of the synthesised clips (the same seed gives the same adapted model)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=_run_segment)
 
@@ -118,8 +125,9 @@ def _run_segment(args: argparse.Namespace) -> int:
                           precision=args.precision, overwrite=args.overwrite,
                           overlay=Path(args.overlay) if args.overlay else None,
                           alpha=Path(args.alpha) if args.alpha else None, quiet=args.quiet,
-                          backward=args.backward, extra={"weights": args.weights or "default",
-                                                         "backward": args.backward})
+                          backward=args.backward, adapt=args.adapt, adapt_seed=args.adapt_seed,
+                          extra={"weights": args.weights or "default", "backward": args.backward,
+                                 "adapt": args.adapt, "adapt_seed": args.adapt_seed})
     bar = None
 
     def progress(done: int, total: int | None) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import cv2
@@ -35,8 +35,11 @@ from pcvos.model.network import PCVOS
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
 
-__all__ = ["adapt", "Adaptation", "DEFAULT_LR", "DEFAULT_CLIP_LEN", "CROP_FRACTION"]
+__all__ = ["adapt", "Adaptation", "read_keyframes", "default_crop", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CLIP_LEN", "CROP_FRACTION"]
 
+# Steps of `pcvos segment --adapt` without a number: chosen on the protocol's select split
+# (benchmarks/adapt.md).
+DEFAULT_STEPS = 25
 # Adam's learning rate: the rate pcvos-lite was trained with (configs/lite.yaml); chosen on the
 # protocol's select split (benchmarks/adapt.md).
 DEFAULT_LR = 1e-4
@@ -101,6 +104,25 @@ def _keyframes(frames: Any, masks: Mapping[int, np.ndarray], size: int | None) -
         labels.append(lut[lab.astype(np.uint8)])
         names.append(f"frame {index}")
     return _Keyframes(images, labels, names), len(ids)
+
+
+def read_keyframes(source: Any, indices: Iterable[int]) -> dict[int, np.ndarray]:
+    """The frames ``indices`` of a frame source (indexable, or read in order up to the last one)."""
+    want = sorted({int(i) for i in indices})
+    if hasattr(source, "__getitem__"):
+        return {i: source[i] for i in want}
+    found: dict[int, np.ndarray] = {}
+    count = 0
+    for i, frame in enumerate(source):
+        count = i + 1
+        if i in want:
+            found[i] = frame
+            if len(found) == len(want):
+                break
+    if len(found) < len(want):
+        missing = min(set(want) - set(found))
+        raise ValueError(f"mask given for frame {missing} but the video has only {count} frames")
+    return found
 
 
 def default_crop(height: int, width: int) -> int:

@@ -25,6 +25,8 @@ from pcvos.data.io_utils import (MANIFEST_NAME, atomic_write, check_writable, re
 from pcvos.data.masks import parse_mask, read_color_mask, resize_labels
 from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
+from pcvos.inference.adapt import adapt as adapt_model
+from pcvos.inference.adapt import read_keyframes
 from pcvos.inference.api import Segmenter, _processing_size
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.model.network import PCVOS
@@ -70,6 +72,8 @@ class SegmentOptions:
     alpha: Path | None = None
     quiet: bool = False
     backward: bool = False  # fill the frames before each object's first mask by backward propagation
+    adapt: int = 0          # test-time adaptation steps on the annotated frames (pcvos.adapt); 0: off
+    adapt_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -394,6 +398,11 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         _writable(folder.path, f"the {folder.what} files")
     if opt.overlay is not None:
         _writable(opt.overlay, "the --overlay video", opt.overlay.parent)
+    if opt.adapt:
+        # after every input and output check, so a bad run fails before the training; the
+        # adapted copy serves the whole run (backward fill included)
+        model = adapt_model(model.to(device), read_keyframes(source, mask_maps), mask_maps, opt.adapt,
+                            seed=opt.adapt_seed, size=size, progress=not opt.quiet)
 
     seg = Segmenter(model, clip_length=opt.clip_length, memory_every=opt.memory_every,
                     refine=model.has_refiner, pmm_segment=5 if model.has_refiner else None, top_k=opt.top_k,
