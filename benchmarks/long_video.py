@@ -2,17 +2,19 @@
 
 A DAVIS sequence played forward then backward (ping-pong) as often as needed makes a long video
 whose every frame has a ground-truth mask. ``run`` segments it with one memory policy and logs,
-per window of frames, the milliseconds per frame, the process' RSS, the number of memory frames
-and the mean IoU against ground truth; it also saves the labels (bit-packed) so that ``report``
+per window of frames, the milliseconds per frame, the process' RSS and the mean IoU against
+ground truth; it also saves the labels (bit-packed) so that ``report``
 can score every policy against the uncapped run on the frames that run reached::
 
-    python benchmarks/long_video.py run --davis-root DAVIS --policy uncapped --out runs/long
-    python benchmarks/long_video.py run --davis-root DAVIS --policy oldest --out runs/long
-    python benchmarks/long_video.py run --davis-root DAVIS --policy usage --out runs/long
-    python benchmarks/long_video.py report --out runs/long > benchmarks/long_video.md
+    python benchmarks/long_video.py run --davis-root DAVIS --policy uncapped --max-seconds 5400 --out runs/long
+    python benchmarks/long_video.py run --davis-root DAVIS --policy oldest --max-seconds 5400 --out runs/long
+    python benchmarks/long_video.py run --davis-root DAVIS --policy usage --max-seconds 5400 --out runs/long
+    python benchmarks/long_video.py report --out runs/long --davis-root DAVIS
+    python benchmarks/long_video.py read-cost     # the memory read with and without usage collection
 
-Each policy runs in its own process, so RSS is that policy's. ``--max-seconds`` stops a run
-early (the uncapped one grows slower with every memory frame); the report says how far it got.
+DAVIS is a DAVIS 2016/2017 root (e.g. ../shared/data/davis2016-train). Each policy runs in its
+own process, so RSS is that policy's. ``--max-seconds`` stops a run early (the uncapped one grows
+slower with every memory frame); the report says how far each got.
 """
 from __future__ import annotations
 
@@ -118,6 +120,36 @@ def run(args: argparse.Namespace) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
+def read_cost(args: argparse.Namespace) -> None:
+    """Time one clip's memory read with and without usage collection (alternating, median)."""
+    import torch
+
+    from pcvos.inference.memory_store import MemoryStore
+
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    query = torch.randn(args.clip_length * args.rows, args.key_dim, generator=gen)
+    stores = {}
+    for eviction in ("oldest", "usage"):  # "oldest" collects no usage; same memory content
+        gen.manual_seed(1)
+        store = stores[eviction] = MemoryStore(args.key_dim, args.value_dim, args.frames + 1, eviction)
+        for t in range(args.frames):
+            store.add(t, torch.randn(args.rows, args.key_dim, generator=gen),
+                      torch.randn(args.rows, args.value_dim, generator=gen), annotated=(t == 0))
+    times: dict[str, list[float]] = {k: [] for k in stores}
+    outs = {}
+    for _ in range(args.repeats):
+        for name, store in stores.items():
+            start = time.perf_counter()
+            outs[name] = store.read(query, {0: [0]}, top_k=20)
+            times[name].append(time.perf_counter() - start)
+    same = torch.equal(outs["oldest"], outs["usage"])
+    plain, tracked = (float(np.median(times[k])) * 1000 for k in ("oldest", "usage"))
+    print(f"memory of {args.frames} frames x {args.rows} rows, query {query.shape[0]} rows, {args.threads} "
+          f"thread(s), median of {args.repeats}: read {plain:.1f} ms, with usage {tracked:.1f} ms "
+          f"({100 * (tracked / plain - 1):+.1f}%); read-outs identical: {same}")
+
+
 def report(args: argparse.Namespace) -> None:
     runs = {}
     for policy in POLICIES:
@@ -132,40 +164,46 @@ def report(args: argparse.Namespace) -> None:
         shape = tuple(z["shape"])
         n = int(np.prod(shape))
         labels[policy] = [np.unpackbits(p, count=n).reshape(shape).astype(bool) for p in z["packed"]]
-    any_run = next(iter(runs.values()))
-    print(f"# Long video: {any_run['sequence']} ping-pong, {any_run['frames_requested']} frames\n")
-    print(f"pcvos-lite, size {any_run['size']}, L={any_run['clip_length']}, {any_run['threads']} thread(s), "
-          f"torch {any_run['torch']}. Command: see the docstring of benchmarks/long_video.py.\n")
-    print("## Time per frame (ms) and RSS (MiB) by window\n")
-    print("| frames | " + " | ".join(f"{p} ms | {p} RSS" for p in runs) + " |")
-    print("|---|" + "---|---|" * len(runs))
+    first = next(iter(runs.values()))
+    print(f"Looped `{first['sequence']}` (ping-pong), pcvos-lite, size {first['size']}, L={first['clip_length']}, "
+          f"{first['threads']} thread(s), torch {first['torch']}, {first['cpu_count']} CPUs.\n")
+    print("| frames | " + " | ".join(f"{p} ms/frame" for p in runs) + " | " + " | ".join(f"{p} RSS MiB" for p in runs)
+          + " | " + " | ".join(f"{p} IoU GT" for p in runs) + " |")
+    print("|---|" + "---|" * (3 * len(runs)))
     ends = sorted({w["frames"] for r in runs.values() for w in r["windows"]})
     for end in ends:
-        cells = []
+        cells = {k: [] for k in ("ms_per_frame", "rss_mib", "iou_gt")}
         for r in runs.values():
             w = next((w for w in r["windows"] if w["frames"] == end), None)
-            cells += [f"{w['ms_per_frame']:.0f}", f"{w['rss_mib']:.0f}"] if w else ["", ""]
-        print(f"| {end} | " + " | ".join(cells) + " |")
-    print("\n## Accuracy\n")
+            for k, fmt in (("ms_per_frame", "{:.0f}"), ("rss_mib", "{:.0f}"), ("iou_gt", "{:.3f}")):
+                cells[k].append(fmt.format(w[k]) if w else "")
+        print(f"| {end} | " + " | ".join(c for k in cells for c in cells[k]) + " |")
+    print("\nms/frame and IoU GT are over the window ending at that frame; RSS at its end.\n")
     ref = labels.get("uncapped")
-    print("| policy | cap | frames done | mean IoU vs GT | mean IoU vs uncapped (frames 1..N) | "
-          "mean IoU vs GT (frames 1..N) |")
-    print("|---|---|---|---|---|---|")
-    gt_frames, gt = None, None
-    if ref is not None:
-        n_ref = len(ref)
-        from_davis = load_sequence(args.davis_root, any_run["sequence"])[1] if args.davis_root else None
-        for policy, r in runs.items():
-            n = min(n_ref, len(labels[policy]))
-            vs_ref = np.mean([iou(labels[policy][t], ref[t]) for t in range(1, n)])
-            vs_gt = ""
-            if from_davis is not None:
-                order = ping_pong(len(from_davis), n)
-                vs_gt = f"{np.mean([iou(labels[policy][t], from_davis[order[t]]) for t in range(1, n)]):.4f}"
-            print(f"| {policy} | {r['max_memory_frames']} | {r['frames_done']} | {r['mean_iou_gt']:.4f} | "
-                  f"{vs_ref:.4f} | {vs_gt} |")
-        print(f"\nN = {n_ref}, the frames the uncapped run reached; frame 0 (the given mask) is not scored.")
-    del gt_frames, gt
+    gt = load_sequence(args.davis_root, first["sequence"])[1] if args.davis_root else None
+    print("| policy | cap | frames done | IoU GT, all its frames | IoU vs uncapped, 1..N | IoU GT, 1..N | "
+          "IoU vs uncapped, capped part | IoU GT, capped part |")
+    print("|---|---|---|---|---|---|---|---|")
+    n_ref = len(ref) if ref is not None else max(len(v) for v in labels.values())
+    caps = [r["max_memory_frames"] for r in runs.values() if r["max_memory_frames"]]
+    # frame cap*L is memory frame cap+1 (frame 0 is the first): the next clip reads a memory missing one
+    bound = min(caps) * first["clip_length"] + 1 if caps else n_ref
+    for policy, r in runs.items():
+        n = min(n_ref, len(labels[policy]))
+        cells = []
+        for lo in (1, bound):
+            frames = range(lo, n)
+            vs_ref = np.mean([iou(labels[policy][t], ref[t]) for t in frames]) if ref is not None and n > lo else None
+            vs_gt = None
+            if gt is not None and n > lo:
+                order = ping_pong(len(gt), n)
+                vs_gt = np.mean([iou(labels[policy][t], gt[order[t]]) for t in frames])
+            cells += ["" if v is None else f"{v:.4f}" for v in (vs_ref, vs_gt)]
+        print(f"| {policy} | {r['max_memory_frames']} | {r['frames_done']} | {r['mean_iou_gt']:.4f} | "
+              + " | ".join(cells) + " |")
+    print(f"\nN = {n_ref}, the frames the uncapped run reached; frame 0 (the given mask) is not scored. "
+          f"The cap binds from frame {bound} on (frame {bound - 1} is memory frame {(bound - 1) // first['clip_length'] + 1}, "
+          f"one every {first['clip_length']}); before it every policy's memory is the uncapped one.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,6 +224,15 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--max-seconds", type=float, default=float("inf"), help="stop after this long")
     r.add_argument("--out", type=Path, required=True)
     r.set_defaults(func=run)
+    c = sub.add_parser("read-cost", help="time the memory read with and without usage collection")
+    c.add_argument("--frames", type=int, default=128, help="memory frames")
+    c.add_argument("--rows", type=int, default=15 * 27, help="rows per frame (240x432 at stride 16)")
+    c.add_argument("--key-dim", type=int, default=64)
+    c.add_argument("--value-dim", type=int, default=128)
+    c.add_argument("--clip-length", type=int, default=5)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--repeats", type=int, default=15)
+    c.set_defaults(func=read_cost)
     s = sub.add_parser("report", help="markdown tables from the runs in --out")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--davis-root", type=Path, default=None, help="to score every run against ground truth")

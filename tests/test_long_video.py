@@ -106,3 +106,34 @@ def test_cli_refuses_a_huge_clip_length(tmp_path, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and f"at most {MAX_CLIP_LENGTH}" in err and "1000" in err
     assert not out.exists()
+
+
+def test_long_video_benchmark_runs_and_reports(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "long_video.py"
+    spec = importlib.util.spec_from_file_location("long_video", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.ping_pong(4, 9) == [0, 1, 2, 3, 2, 1, 0, 1, 2]
+    root = tmp_path / "davis"
+    (root / "JPEGImages/480p/sq").mkdir(parents=True)
+    (root / "Annotations/480p/sq").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for t in range(4):
+        Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(root / f"JPEGImages/480p/sq/{t:05d}.jpg")
+        m = np.zeros((48, 80), np.uint8)
+        m[10:30, 10 + 5 * t:40 + 5 * t] = 1
+        Image.fromarray(m).save(root / f"Annotations/480p/sq/{t:05d}.png")
+    out = tmp_path / "runs"
+    common = ["--davis-root", str(root), "--sequence", "sq", "--frames", "12", "--window", "6", "--size", "48",
+              "--clip-length", "2", "--out", str(out)]
+    bench.main(["run", "--policy", "uncapped", *common])
+    bench.main(["run", "--policy", "usage", "--max-memory-frames", "2", *common])
+    capsys.readouterr()
+    bench.main(["report", "--out", str(out), "--davis-root", str(root)])
+    table = capsys.readouterr().out
+    assert "| 6 |" in table and "| 12 |" in table
+    assert "| uncapped | None | 12 | " in table and "| usage | 2 | 12 | " in table
+    assert "The cap binds from frame 5 on" in table
