@@ -73,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import pcvos
+    from pcvos.runtime import keep_freed_memory
     from pcvos.studio.controller import Studio
     from pcvos.studio.workspace import Workspace, WorkspaceError
 
+    keep_freed_memory()  # as pcvos segment: propagation's large temporaries are reused, not page-faulted in again
     if args.input is None and args.workspace is None:
         return _fail("give a video or frame folder, or --workspace DIR to reopen a workspace")
     if not 0 <= args.port <= 65535:

@@ -110,9 +110,10 @@ class Studio:
         """Frame ``t`` becomes a keyframe holding exactly ``labels``."""
         self.ws.check_index(t)
         self.ws.check_labels(labels)
-        self._check_idle("edit masks")
-        self.session.set_mask(t, labels)
-        self.ws.write_labels(t, labels, keyframe=True)
+        with self._job_lock:  # no run may start between the check and the write
+            self._check_idle("edit masks")
+            self.session.set_mask(t, labels)
+            self.ws.write_labels(t, labels, keyframe=True)
         self.ws.save()
 
     def add_object(self, name: str | None = None) -> dict[str, Any]:
@@ -123,9 +124,10 @@ class Studio:
 
     def remove_object(self, object_id: int) -> None:
         self.ws.check_object(object_id)
-        self._check_idle("remove objects")
-        for t in self.ws.remove_object(object_id):
-            self.session.set_mask(t, self.ws.read_labels(t))
+        with self._job_lock:
+            self._check_idle("remove objects")
+            for t in self.ws.remove_object(object_id):
+                self.session.set_mask(t, self.ws.read_labels(t))
 
     def grabcut(self, t: int, box: Any) -> np.ndarray:
         """GrabCut inside ``box`` = [x0, y0, x1, y1] (pixels) of frame ``t``: (H, W) uint8 0/1."""
@@ -197,7 +199,8 @@ class Studio:
         except Exception as exc:  # reported to the page; the server keeps running
             log.exception("studio %s failed", self._job["kind"])
             state, error = "error", f"{type(exc).__name__}: {exc}"
-        self._job.update(state=state, error=error, eta_s=0 if state == "done" else None)
+        # jobs are replaced, never mutated: readers in other threads copy them at any time
+        self._job = {**self._job, "state": state, "error": error, "eta_s": 0 if state == "done" else None}
         self.ws.save()
         self.hub.publish({"type": "job", **self._job})
 
@@ -205,7 +208,7 @@ class Studio:
         elapsed = time.perf_counter() - self._started
         fps = done / elapsed if elapsed > 0 else None
         eta = (total - done) / fps if fps and total is not None else None
-        self._job.update(done=done, total=total, fps=fps, eta_s=eta)
+        self._job = {**self._job, "done": done, "total": total, "fps": fps, "eta_s": eta}
         self.hub.publish({"type": "progress", **self._job, "frame": frame})
 
     def propagate(self, t: Any, direction: Any = "both", until: Any = "keyframe",
@@ -270,7 +273,7 @@ class Studio:
     def cancel(self) -> dict[str, Any]:
         """Ask the running job to stop (a propagation stops within a clip)."""
         if self.busy:
-            self._job["cancel_requested"] = True
+            self._job = {**self._job, "cancel_requested": True}
             if self._job["kind"] == "propagation":
                 self.session.cancel()
             else:

@@ -267,7 +267,7 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
     ]
     handlers = {ApiError: api_error, WorkspaceError: workspace_error, BusyError: busy_error,
                 ValueError: value_error, HTTPException: http_error, Exception: unexpected}
-    hosts = allowed_hosts if allowed_hosts is not None else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+    hosts = allowed_hosts if allowed_hosts is not None else ["127.0.0.1", "localhost", "[::1]"]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
