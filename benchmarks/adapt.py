@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -50,6 +51,29 @@ def _sequences(args: argparse.Namespace) -> list[str]:
     return list(SPLITS[args.split])
 
 
+def _time_only(args: argparse.Namespace) -> int:
+    """Wall and CPU (process) seconds of ``--time-steps`` adaptation steps, setup included."""
+    model = pcvos.load_model(args.weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        sequences = _sequences(args)
+        ds = DavisDataset(_subset_root(args.davis_root, sequences, Path(tmp)), year="2016", subset="val")
+        for name in sequences:
+            seq = ds[name]
+            frames = seq.frames()
+            first = seq.first_mask()
+            wall, cpu = time.perf_counter(), time.process_time()
+            run = Adaptation(model, frames, {0: np.where(first == 255, 0, first).astype(np.uint8)}, seed=args.seed,
+                             size=args.size, lr=args.lr, clip_len=args.adapt_clip_len)
+            for _ in range(args.time_steps):
+                run.step()
+            run.result()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            print(f"{name} {frames.shape[2]}x{frames.shape[1]}, {len(frames)} frames, size {args.size}, "
+                  f"{args.time_steps} steps, {torch.get_num_threads()} threads: wall {wall:.1f} s, CPU {cpu:.1f} s, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--davis-root", type=Path, required=True)
@@ -64,10 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt"))
+    p.add_argument("--time-steps", type=int, default=None, metavar="N",
+                   help="only time N adaptation steps per sequence (wall and CPU seconds); no scoring")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
+    if args.time_steps is not None:
+        return _time_only(args)
     steps = sorted(set(args.steps))
     if steps[0] < 0:
         raise SystemExit("--steps: numbers of steps must be >= 0")
