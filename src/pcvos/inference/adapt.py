@@ -35,7 +35,8 @@ from pcvos.model.network import PCVOS
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
 
-__all__ = ["adapt", "Adaptation", "read_keyframes", "default_crop", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CLIP_LEN", "CROP_FRACTION"]
+__all__ = ["adapt", "Adaptation", "read_keyframes", "default_crop", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CLIP_LEN",
+           "CROP_FRACTION"]
 
 # Steps of `pcvos segment --adapt` without a number: chosen on the protocol's select split
 # (benchmarks/adapt.md).
