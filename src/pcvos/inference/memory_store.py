@@ -76,11 +76,16 @@ class MemoryStore:
         """Usage is only collected where it can decide something: under a usage-ranked cap."""
         return self.max_frames is not None and self.eviction == "usage"
 
-    def _grow(self, rows: int, slots: int, like: torch.Tensor) -> None:
+    def _grow(self, rows: int, slots: int, like: torch.Tensor, frame_rows: int) -> None:
         cap = 0 if self._keys is None else self._keys.shape[0]
         if self._keys is not None and rows <= cap and slots <= self._slots:
             return
-        new_cap = max(rows, 2 * cap)
+        new_cap = 2 * cap
+        if self.max_frames is not None:
+            # a capped memory holds at most max_frames + 1 frames at once: doubling past that wastes
+            # up to as much again (the frame being added is dropped or makes room right after)
+            new_cap = min(new_cap, (self.max_frames + 1) * frame_rows)
+        new_cap = max(rows, new_cap)
         keys = like.new_zeros(new_cap, self.key_dim)
         sq = like.new_zeros(new_cap)
         usage = like.new_zeros(new_cap)
@@ -97,7 +102,7 @@ class MemoryStore:
         """Add one frame: ``keys`` (HW, C_k), ``values`` (HW, S * C_v) for its first S slots."""
         rows = keys.shape[0]
         slots = values.shape[1] // self.value_dim
-        self._grow(self._rows + rows, slots, keys)
+        self._grow(self._rows + rows, slots, keys, rows)
         r0 = self._rows
         self._keys[r0:r0 + rows] = keys
         self._sq[r0:r0 + rows] = keys.pow(2).sum(-1)
