@@ -10,10 +10,10 @@ from pcvos.model.memory import MemoryBlock, read_memory
 
 Eviction = Literal["usage", "oldest"]
 
-# Memory frames kept by default: enough that every DAVIS and YouTube-VOS sequence
-# keeps all its memory frames even with a memory frame every frame (the longest DAVIS sequence
-# has 104 frames), so benchmark results are those of the unbounded memory; a long video's read
-# then costs at most this many frames per query.
+# Memory frames kept by default: every DAVIS sequence keeps all its memory frames even with a
+# memory frame every frame (the longest has 104 frames), and so does a video of up to 640 frames
+# at the default interval of 5, so benchmark results are those of the unbounded memory; a long
+# video's read then costs at most this many frames per query.
 DEFAULT_MAX_MEMORY_FRAMES = 128
 # Usage is an exponential moving average over reads of the share of the read's softmax weight
 # each frame received. With one read per clip, 0.98 remembers about the last 50 reads (half-life
