@@ -32,7 +32,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -328,10 +327,14 @@ def _default_workers() -> int:
 
 
 def _mp_context() -> Any:
-    # fork is cheapest (no re-import of torch in every worker) and safe here: the workers run
-    # only numpy / Pillow / OpenCV code.
-    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
-        return mp.get_context("fork")
+    # Not fork: the workers run only numpy / Pillow / OpenCV code, but a caller that has used
+    # OpenCV's (or torch's) thread pool leaves its locks in whatever state its threads had, and
+    # a forked worker hung in cv2.setNumThreads that way (in the test suite). A fork server forks
+    # workers from a clean single-threaded process that imported this module once.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
     return mp.get_context()
 
 
