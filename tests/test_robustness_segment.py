@@ -293,7 +293,13 @@ def test_signals_give_one_line_and_leave_no_temporary_file(tmp_path, clip, capsy
     folder, mask = clip
     out = tmp_path / f"out{uuid.uuid4().hex[:4]}"
     seen = _signal_during_a_write(monkeypatch, signum)
-    assert _run(folder, "--mask", mask, "--out", out) == code
+    # Ctrl-C reaches a command as Python's default SIGINT handler; code run earlier in this process
+    # may have replaced it (in the full suite it was SIG_IGN by then), so the test puts it back
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert _run(folder, "--mask", mask, "--out", out) == code
+    finally:
+        signal.signal(signal.SIGINT, before)
     err = capsys.readouterr().err
     assert err.strip() == err.strip().splitlines()[0] and word in err and "Traceback" not in err
     assert seen[-1].name.startswith(".") and not seen[-1].exists()  # the half-written temporary is gone
