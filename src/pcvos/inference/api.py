@@ -131,15 +131,20 @@ class Segmenter:
         x, self._pad = pad_to_multiple(self.model.normalize(x), 16)
         return x
 
-    def _prepare_mask(self, labels: np.ndarray) -> tuple[torch.Tensor, list[int]]:
+    def _prepare_mask(self, labels: np.ndarray, ids: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+        """A label map -> one-hot planes (n, Hp, Wp) at the processing size, and their ids.
+
+        ``ids`` None: the objects present after resizing; else exactly those planes, in that
+        order, zero where an id is absent (a keyframe says where an object is not)."""
         m = torch.from_numpy(labels).to(self.device)
         h, w = self._proc
         if (h, w) != tuple(labels.shape):
             m = F.interpolate(m[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].to(torch.uint8)
         m, _ = pad_to_multiple(m, 16)
-        ids = [int(i) for i in torch.unique(m).tolist() if i != 0]
-        if not ids:
-            raise ValueError("a mask lost all its objects when resized to the processing size; use a larger size")
+        if ids is None:
+            ids = [int(i) for i in torch.unique(m).tolist() if i != 0]
+            if not ids:
+                raise ValueError("a mask lost all its objects when resized to the processing size; use a larger size")
         onehot = torch.stack([(m == i) for i in ids]).float()
         return onehot, ids
 

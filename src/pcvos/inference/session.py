@@ -20,12 +20,11 @@ from typing import Literal
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pcvos.data.frames import FrameFolder, VideoDecodeError, open_frames, read_frame
 from pcvos.inference.api import Segmenter, _check_frame, _processing_size
 from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
-from pcvos.model.network import PCVOS, pad_to_multiple
+from pcvos.model.network import PCVOS
 
 Direction = Literal["both", "forward", "backward"]
 Until = Literal["keyframe", "end"]
@@ -33,7 +32,6 @@ Until = Literal["keyframe", "end"]
 # Frames a path-backed session keeps decoded: two clips of L = 16, about 30 MB at 480p. A run
 # reads frames in order, so a small cache filled a window at a time decodes each frame about once.
 DEFAULT_CACHE_FRAMES = 32
-_PAD = 16  # the network's stride: processing sizes are padded to a multiple of it
 
 
 class _FrameCache:
@@ -444,16 +442,6 @@ class Session:
     def _frame(self, i: int) -> torch.Tensor:
         return _check_frame(torch.from_numpy(np.ascontiguousarray(self._frames[i])), i)
 
-    def _onehot(self, label_map: np.ndarray, ids: list[int]) -> torch.Tensor:
-        """(n, Hp, Wp) float planes of ``ids`` at the processing size (absent ids: zero planes),
-        resized as Segmenter resizes masks."""
-        m = torch.from_numpy(label_map).to(self._seg.device)
-        h, w = self._seg._proc
-        if (h, w) != tuple(label_map.shape):
-            m = F.interpolate(m[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].to(torch.uint8)
-        m, _ = pad_to_multiple(m, _PAD)
-        return torch.stack([(m == i) for i in ids]).float()
-
     @torch.inference_mode()
     def _run_direction(self, t: int, step: int, until: str, ids: list[int], subset: bool,
                        keyframes: dict[int, np.ndarray], cancel: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
@@ -469,7 +457,7 @@ class Session:
             if hit is not None and hit[0] is keyframes[k]:
                 core.add_keyframe(k, None, (None, ids), encoded=hit[1])
                 continue
-            encoded = core.add_keyframe(k, seg._prepare([self._frame(k)]), (self._onehot(keyframes[k], ids), ids))
+            encoded = core.add_keyframe(k, seg._prepare([self._frame(k)]), seg._prepare_mask(keyframes[k], ids))
             with self._lock:
                 if self._keyframes.get(k) is keyframes[k]:  # not replaced while this run encoded it
                     self._encoded[cache_key] = (keyframes[k], encoded)
