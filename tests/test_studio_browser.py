@@ -97,8 +97,10 @@ def wait_until(predicate, what: str, timeout: float = JOB_TIMEOUT_S) -> None:
         time.sleep(0.05)
 
 
-def wait_job(studio: Studio, state: str) -> dict:
-    wait_until(lambda: studio.job()["state"] not in ("running", "idle"), "the job")
+def wait_job(studio: Studio, state: str, after: int) -> dict:
+    """Wait for the first job started after job id ``after`` to end (the page posts a click's job
+    asynchronously, so the previous job may still be the current one for a moment)."""
+    wait_until(lambda: studio.job()["id"] > after and studio.job()["state"] not in ("running", "idle"), "the job")
     job = studio.job()
     assert job["state"] == state, job
     return job
@@ -142,8 +144,9 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     assert iou(disk_labels(studio, 0) == 1, square_mask(0)) > 0.9
 
     # propagate both ways from frame 0 (to the end: there is no other keyframe)
+    before_job = studio.job()["id"]
     page.click("#propagate")
-    wait_job(studio, "done")
+    wait_job(studio, "done", before_job)
     page.wait_for_function("document.querySelector('#progress-text').textContent.includes('done')")
     assert f"{FRAMES - 1} / {FRAMES - 1}" in page.text_content("#progress-text")
     assert sorted(ws.propagated) == list(range(1, FRAMES))
@@ -198,8 +201,9 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
 
     # re-propagate from the correction: both ways until the neighbouring keyframes (0 and the end)
     written_at = {t: ws.mask_path(t).stat().st_mtime_ns for t in range(FRAMES)}
+    before_job = studio.job()["id"]
     page.click("#propagate")
-    job = wait_job(studio, "done")
+    job = wait_job(studio, "done", before_job)
     assert job["total"] == job["done"] == FRAMES - 2 and job["start"] == mid
     assert np.array_equal(disk_labels(studio, mid), corrected) and 0 in ws.keyframes  # keyframes unchanged
     rewritten = {t for t in range(FRAMES) if ws.mask_path(t).stat().st_mtime_ns != written_at[t]}
@@ -217,10 +221,12 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     page.wait_for_function(f"window.studio.S.shown === {mid}")
     session.delay_s = 0.25
     page.select_option("#until", "end")
+    before_job = studio.job()["id"]
     page.click("#propagate")
-    wait_until(lambda: studio.job()["state"] == "running" and studio.job()["done"] >= 1, "the first propagated frame")
+    wait_until(lambda: studio.job()["id"] > before_job and studio.job()["state"] == "running"
+               and studio.job()["done"] >= 1, "the first propagated frame")
     page.click("#cancel")
-    job = wait_job(studio, "cancelled")
+    job = wait_job(studio, "cancelled", before_job)
     session.delay_s = 0.0
     assert 1 <= job["done"] < job["total"]
     page.wait_for_function("document.querySelector('#progress-text').textContent.includes('cancelled')")
@@ -229,8 +235,9 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     assert not list(ws.masks_dir.glob(".*"))
 
     # export, download the zip, and read the written PNGs
+    before_job = studio.job()["id"]
     page.click("#export")
-    wait_job(studio, "done")
+    wait_job(studio, "done", before_job)
     page.wait_for_selector("#download:not([hidden])")
     with page.expect_download() as info:
         page.click("#download")

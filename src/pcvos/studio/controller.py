@@ -78,7 +78,7 @@ class Studio:
         self.session = session
         self.hub = hub or EventHub()
         self._job_lock = threading.Lock()
-        self._job: dict[str, Any] = {"kind": None, "state": "idle"}
+        self._job: dict[str, Any] = {"id": 0, "kind": None, "state": "idle"}
         self._thread: threading.Thread | None = None
         self._export_cancel = threading.Event()
         self._restore()
@@ -184,7 +184,9 @@ class Studio:
     def _start(self, kind: str, work: Callable[[], str], **info: Any) -> dict[str, Any]:
         with self._job_lock:
             self._check_idle(f"start a {kind}")
-            self._job = {"kind": kind, "state": "running", "done": 0, "total": info.pop("total", None),
+            # the id tells a client polling /api/job this job from the one before it
+            self._job = {"id": self._job["id"] + 1, "kind": kind, "state": "running", "done": 0,
+                         "total": info.pop("total", None),
                          "fps": None, "eta_s": None, "error": None, **info}
             self._started = time.perf_counter()
             self._thread = threading.Thread(target=self._run, args=(work,), name=f"pcvos-studio-{kind}", daemon=True)
