@@ -192,3 +192,18 @@ def test_help_explains():
     with pytest.raises(SystemExit) as info:
         main(["segment", "--help"])
     assert info.value.code == 0
+
+
+def test_threads_sets_the_cpu_thread_count(tmp_path, video, mask_png, weights, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _run(video, "--mask", mask_png, "--weights", weights, "--out", tmp_path / "out", "--threads", 1) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as info:
+        _run(video, "--mask", mask_png, "--out", tmp_path / "out2", "--threads", 0)
+    assert info.value.code == 2 and "--threads" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pcvos.cli_types import add_precision_argument, non_negative_int, positive_int, processing_size, resolve_size
+from pcvos.cli_types import (add_precision_argument, add_threads_argument, apply_threads, non_negative_int,
+                              positive_int, processing_size, resolve_size)
 from pcvos.inference.adapt import DEFAULT_STEPS as DEFAULT_ADAPT_STEPS
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 
@@ -85,6 +86,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--alpha", metavar="DIR", help="also write per-object RGBA cut-outs DIR/<id>/<frame>.png")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_precision_argument(p)
+    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out / --overlay")
     p.add_argument("--backward", action="store_true",
                    help="also segment the frames before each object's first mask, by propagating it backward "
@@ -111,6 +113,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from pcvos.runtime import keep_freed_memory
 
     keep_freed_memory()  # this process segments one video and exits: reuse freed memory, no page faults
+    apply_threads(args.threads)
     try:
         model = pcvos.load_model(args.weights)
     except FileNotFoundError as exc:

@@ -53,3 +53,18 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="network precision: fp32 (default, exact), bf16 (about 2x faster on CPUs with bf16 "
                              "instructions and on GPUs, slightly less accurate), fp16 (CUDA only)")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` as every inference command takes it (applied with :func:`apply_threads`)."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads for the network (default: PyTorch's choice, one per core). When other "
+                             "work shares the CPU, fewer threads than cores is often much faster")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set PyTorch's intra-op thread count for this process (None: leave PyTorch's default)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

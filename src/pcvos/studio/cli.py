@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from pcvos.cli_types import add_precision_argument, positive_int, processing_size, resolve_size
+from pcvos.cli_types import (add_precision_argument, add_threads_argument, apply_threads, positive_int,
+                             processing_size, resolve_size)
 
 EXIT_BAD_INPUT = 2
 DEFAULT_PORT = 8765
@@ -40,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--clip-length", type=positive_int, default=5, metavar="L", help="frames per clip (default 5)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_precision_argument(p)
+    add_threads_argument(p)
     p.add_argument("--no-browser", action="store_true", help="do not open a browser; just print the URL")
     p.set_defaults(func=run)
 
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from pcvos.studio.workspace import Workspace, WorkspaceError
 
     keep_freed_memory()  # as pcvos segment: propagation's large temporaries are reused, not page-faulted in again
+    apply_threads(args.threads)
     if args.input is None and args.workspace is None:
         return _fail("give a video or frame folder, or --workspace DIR to reopen a workspace")
     if not 0 <= args.port <= 65535:
