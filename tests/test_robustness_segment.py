@@ -293,8 +293,9 @@ def test_signals_give_one_line_and_leave_no_temporary_file(tmp_path, clip, capsy
     folder, mask = clip
     out = tmp_path / f"out{uuid.uuid4().hex[:4]}"
     seen = _signal_during_a_write(monkeypatch, signum)
-    # Ctrl-C reaches a command as Python's default SIGINT handler; code run earlier in this process
-    # may have replaced it (in the full suite it was SIG_IGN by then), so the test puts it back
+    # Ctrl-C reaches a command as Python's default SIGINT handler, but a process started in the
+    # background by a non-interactive shell (`pytest ... &`, nohup) inherits SIGINT ignored and Python
+    # then keeps SIG_IGN: the test puts the interactive default in place
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert _run(folder, "--mask", mask, "--out", out) == code
