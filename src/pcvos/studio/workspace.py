@@ -14,8 +14,11 @@ that exists and is not a keyframe is a propagated frame.
 from __future__ import annotations
 
 import json
+import os
 import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,10 @@ JPEG_QUALITY = 95
 MAX_OBJECT_ID = VOID_LABEL - 1
 #: Longest object name kept (names are labels in a list, not documents).
 MAX_NAME_LENGTH = 80
+#: Threads encoding cached frames; more than a few only queue behind the single decoding thread.
+MAX_ENCODE_WORKERS = 4
+#: Frames encoded ahead of the one being reported: bounds the decoded frames held in memory.
+ENCODE_AHEAD_PER_WORKER = 4
 
 
 class WorkspaceError(ValueError):
@@ -124,20 +131,44 @@ class Workspace:
             total = None
         frames_dir = root / "frames"
         frames_dir.mkdir(parents=True, exist_ok=True)
+
+        def encode(index: int, frame: np.ndarray) -> None:
+            ok, data = cv2.imencode(FRAME_SUFFIX, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise WorkspaceError(f"{source}: frame {index} could not be encoded")
+            atomic_write(frames_dir / f"{_frame_name(index)}{FRAME_SUFFIX}",
+                         lambda tmp: tmp.write_bytes(data.tobytes()))
+
+        # JPEG encoding and writing (OpenCV and file I/O release the GIL) overlap with decoding the
+        # next frames: most of a new workspace's wait is this loop
+        workers = max(1, min(MAX_ENCODE_WORKERS, os.cpu_count() or 1))
+        pending: deque[Future] = deque()
         count = 0
-        try:
-            for index, frame in enumerate(frames):
-                ok, data = cv2.imencode(FRAME_SUFFIX, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                                        [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                if not ok:
-                    raise WorkspaceError(f"{source}: frame {index} could not be encoded")
-                atomic_write(frames_dir / f"{_frame_name(index)}{FRAME_SUFFIX}",
-                             lambda tmp, data=data: tmp.write_bytes(data.tobytes()))
-                count += 1
-                if progress is not None:
-                    progress(count, total)
-        except ValueError as exc:  # VideoDecodeError and unreadable frames
-            raise WorkspaceError(str(exc)) from exc
+
+        def finish_one() -> None:
+            nonlocal count
+            pending.popleft().result()
+            count += 1
+            if progress is not None:
+                progress(count, total)
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pcvos-decode") as pool:
+            try:
+                for index, frame in enumerate(frames):
+                    pending.append(pool.submit(encode, index, frame))
+                    while len(pending) > workers * ENCODE_AHEAD_PER_WORKER:
+                        finish_one()
+                while pending:
+                    finish_one()
+            except ValueError as exc:  # VideoDecodeError and unreadable frames
+                for future in pending:
+                    future.cancel()
+                raise WorkspaceError(str(exc)) from exc
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
         h, w = frames.size
         meta = {"format": WORKSPACE_FORMAT, "source": str(source.resolve()), "num_frames": count,
                 "height": h, "width": w, "fps": frames.fps, "objects": [], "keyframes": [], "propagated": []}
