@@ -305,7 +305,9 @@ def test_cancel_leaves_whole_frames(served):
     client, studio = served
     client.json("POST", "/api/objects", {})
     put_labels(client, 0, square_mask(0).astype(np.uint8))
-    assert client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})[0] == 202
+    assert client.json("GET", "/api/job")[1]["id"] == 0  # no job yet
+    status, started = client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})
+    assert status == 202 and started["id"] == 1
     status, job = client.json("POST", "/api/cancel")
     assert status == 200
     job = studio.wait(JOB_TIMEOUT_S)
@@ -316,6 +318,10 @@ def test_cancel_leaves_whole_frames(served):
         assert np.array(Image.open(studio.ws.mask_path(t))).shape == (HEIGHT, WIDTH)
     assert not list(studio.ws.masks_dir.glob(".*"))
     assert client.json("POST", "/api/cancel")[1]["state"] == "cancelled"  # nothing running: harmless
+    # a client polling /api/job tells the next job from this finished one by its id
+    status, again = client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})
+    assert status == 202 and again["id"] == 2 and again["state"] == "running"
+    assert studio.wait(JOB_TIMEOUT_S)["id"] == 2
 
 
 def test_export_zip(served):

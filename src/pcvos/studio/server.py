@@ -2,6 +2,8 @@
 
 Every error a request can cause comes back as ``{"error": message}`` with a 4xx status. Labels
 travel as raw bytes (H*W uint8, row-major): exact, and trivial for the page to read and write.
+A job (``/api/job``, the events) carries a serial ``id``, so a client that starts one and then
+polls can tell it from the job that ran before.
 Needs the ``studio`` extra (Starlette, uvicorn).
 """
 from __future__ import annotations
