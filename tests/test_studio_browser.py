@@ -338,6 +338,7 @@ def test_tools_objects_and_view(studio_page):
     # remove object 2: two clicks, and its pixels leave the masks on disk
     page.click("#objects li[data-id='2'] button")
     page.click("#objects li[data-id='2'] button")
-    wait_until(lambda: ws.object_ids() == [1], "the removal")
-    assert not (disk_labels(studio, t) == 2).any() and (disk_labels(studio, t) == 1).any()
+    # the object list changes first, then each mask is rewritten: wait for the whole removal
+    wait_until(lambda: ws.object_ids() == [1] and not (disk_labels(studio, t) == 2).any(), "the removal")
+    assert (disk_labels(studio, t) == 1).any()
     page.wait_for_function("window.studio.S.objects.length === 1")
