@@ -162,13 +162,10 @@ class Workspace:
                 while pending:
                     finish_one()
             except ValueError as exc:  # VideoDecodeError and unreadable frames
-                for future in pending:
-                    future.cancel()
                 raise WorkspaceError(str(exc)) from exc
-            except BaseException:
+            finally:  # on an error, frames not yet encoded are dropped (the folder is redone on the next open)
                 for future in pending:
                     future.cancel()
-                raise
         h, w = frames.size
         meta = {"format": WORKSPACE_FORMAT, "source": str(source.resolve()), "num_frames": count,
                 "height": h, "width": w, "fps": frames.fps, "objects": [], "keyframes": [], "propagated": []}
