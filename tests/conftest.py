@@ -59,3 +59,26 @@ def davis_root() -> Path:
     if not root.is_dir():
         pytest.skip("../shared/data/davis2016-train not present")
     return root
+
+
+@pytest.fixture(scope="session")
+def broken_mp4():
+    """A function ``(path, frames, fps, keep) -> path``: an H.264 mp4 of ``frames`` with its index at the
+    front (faststart), cut to the first ``keep`` of its bytes, so decoding breaks part-way."""
+    import av
+
+    def make(path: Path, frames: np.ndarray, fps: int, keep: float) -> Path:
+        with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+            s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+            s.height, s.width = frames.shape[1:3]
+            s.pix_fmt = "yuv420p"
+            for f in frames:
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+        return path
+
+    return make

@@ -423,24 +423,11 @@ def test_cli_serves_the_page(tmp_path, video):
     assert rc == 0
 
 
-def test_a_video_breaking_part_way_leaves_no_workspace(tmp_path):
+def test_a_video_breaking_part_way_leaves_no_workspace(tmp_path, broken_mp4):
     """Frames are encoded by worker threads while the video decodes: a decode error part-way still
     stops with the file and frame named, no workspace.json and no temporary file."""
-    import av
-
-    path = tmp_path / "cut.mp4"
-    rng = np.random.default_rng(1)
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
-        s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=FPS)
-        s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for _ in range(4 * FRAMES):
-            frame = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)  # noise: every frame costs bytes
-            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * 0.6)])
+    noise = np.random.default_rng(1).integers(0, 255, (4 * FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    path = broken_mp4(tmp_path / "cut.mp4", noise, fps=FPS, keep=0.6)  # noise: every frame costs bytes
     root = tmp_path / "ws"
     with pytest.raises(WorkspaceError, match=r"cut\.mp4.*frame"):
         Workspace.open_or_create(root, path)
