@@ -172,6 +172,18 @@ def test_bad_masks(stcn_model):
         pcvos.adapt(stcn_model, frames, {0: masks[0][:-1]}, 1)
 
 
+def test_void_is_background(lite_model):
+    """255 is void, as for pcvos.segment: the adapted weights are those of the same mask with 0 there."""
+    frames, masks = _video()
+    void = masks[0].copy()
+    void[:6, :6] = 255
+    cleared = np.where(void == 255, 0, void).astype(np.uint8)
+    assert _same(_state(pcvos.adapt(lite_model, frames, {0: void}, 1)),
+                 _state(pcvos.adapt(lite_model, frames, {0: cleared}, 1)))
+    with pytest.raises(ValueError, match="no object"):
+        pcvos.adapt(lite_model, frames, {0: np.full((H, W), 255, np.uint8)}, 1)
+
+
 # -- the command line ---------------------------------------------------------------------------
 def _write_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
     """The test video as an mp4 (PyAV) and as a folder of PNG frames, and frame 2's mask as a PNG."""

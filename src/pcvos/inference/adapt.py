@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 from pcvos.data.augment import StaticAugment
 from pcvos.data.train_datasets import StaticDataset, TrainBatchSampler
+from pcvos.data.palette import VOID_LABEL
 from pcvos.inference.api import _processing_size
+from pcvos.inference.objects import ObjectRegistry
 from pcvos.model.network import PCVOS
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
@@ -82,11 +84,14 @@ def _keyframes(frames: Any, masks: Mapping[int, np.ndarray], size: int | None) -
     """Annotated frames and their masks (user ids -> 1..K) resized to the processing size."""
     if not masks:
         raise ValueError("masks: no mask given")
-    ids = sorted({int(i) for m in masks.values() for i in np.unique(np.asarray(m)) if i != 0})
+    ids = sorted({int(i) for m in masks.values() for i in np.unique(np.asarray(m)) if i not in (0, VOID_LABEL)})
     if not ids:
         raise ValueError("masks: contain no object (all background)")
-    lut = np.zeros(256, np.uint8)
-    lut[ids] = np.arange(1, len(ids) + 1)  # contiguous slots: 255 is void to the training data
+    registry = ObjectRegistry()
+    registry.add(ids, 0)
+    # contiguous channels 1..K (the training data read 255 as void); void pixels (255), as for
+    # pcvos.segment, are background
+    lut = registry.channel_lut()
     images, labels, names = [], [], []
     for index in sorted(masks):
         frame = frames[index]

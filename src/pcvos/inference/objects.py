@@ -51,6 +51,12 @@ class ObjectRegistry:
         """(K+1,) uint8: channel (0 = background, 1 + slot) -> user id."""
         return np.array([0] + self._ids, dtype=np.uint8)
 
+    def channel_lut(self) -> np.ndarray:
+        """(256,) uint8: user id -> channel (1 + slot); 0 for background and unregistered ids."""
+        lut = np.zeros(256, np.uint8)
+        lut[self._ids] = np.arange(1, len(self._ids) + 1)
+        return lut
+
     def labels(self, probs: torch.Tensor) -> torch.Tensor:
         """(K+1, ...) channel probabilities -> uint8 (...) label map with the user ids.
 
