@@ -26,6 +26,14 @@ def _processing_size(h: int, w: int, size: int | None) -> tuple[int, int]:
     return max(16, round(h * scale)), max(16, round(w * scale))
 
 
+def _resize_mask(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A (H, W) uint8 label map at the processing ``size`` (height, width), as masks enter the
+    network: nearest neighbour, pixel-centre aligned, so no new label appears."""
+    if tuple(labels.shape) == tuple(size):
+        return labels
+    return F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(torch.uint8)
+
+
 def _check_frame(frame: FrameLike, index: int) -> torch.Tensor:
     t = torch.as_tensor(frame) if not isinstance(frame, torch.Tensor) else frame
     if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[-1] != 3:
@@ -136,11 +144,7 @@ class Segmenter:
 
         ``ids`` None: the objects present after resizing; else exactly those planes, in that
         order, zero where an id is absent (a keyframe says where an object is not)."""
-        m = torch.from_numpy(labels).to(self.device)
-        h, w = self._proc
-        if (h, w) != tuple(labels.shape):
-            m = F.interpolate(m[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].to(torch.uint8)
-        m, _ = pad_to_multiple(m, 16)
+        m, _ = pad_to_multiple(_resize_mask(torch.from_numpy(labels).to(self.device), self._proc), 16)
         if ids is None:
             ids = [int(i) for i in torch.unique(m).tolist() if i != 0]
             if not ids:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pcvos.data.frames import VIDEO_EXTENSIONS, FrameFolder, VideoWriter, open_frames
@@ -27,7 +26,7 @@ from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
 from pcvos.inference.adapt import adapt as adapt_model
 from pcvos.inference.adapt import read_keyframes
-from pcvos.inference.api import Segmenter, _processing_size
+from pcvos.inference.api import Segmenter, _processing_size, _resize_mask
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.model.network import PCVOS
 
@@ -86,8 +85,7 @@ def _check_survives(path: Path, labels: np.ndarray, processing: tuple[int, int])
     """Every object of ``labels`` must keep a pixel when resized to the processing size as the API does."""
     if tuple(labels.shape) == processing:
         return
-    small = F.interpolate(torch.from_numpy(labels)[None, None].float(), size=processing,
-                          mode="nearest-exact")[0, 0].to(torch.uint8).numpy()
+    small = _resize_mask(torch.from_numpy(labels), processing).numpy()
     lost = sorted(set(np.unique(labels).tolist()) - set(np.unique(small).tolist()) - {0})
     if lost:
         pixels = int(np.isin(labels, lost).sum())
