@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 import pcvos
-from pcvos.model.network import KeyFeatures
 from pcvos.runtime import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
