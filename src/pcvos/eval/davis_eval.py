@@ -32,7 +32,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pcvos.data.io_utils import atomic_write
 from pcvos.eval.metrics import BOUND_TH, bound_pixels, crop_box, db_statistics, seg2bmap
 from pcvos.eval.metrics import _f_from_boundaries  # noqa: PLC2701 (shared fast path)
 
@@ -341,21 +341,9 @@ def _mp_context() -> Any:
 # --------------------------------------------------------------------------------------------
 # output files
 # --------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _write_text(path: Path, text: str) -> None:
+    # fsync: result tables are small and worth keeping across a power loss
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""), fsync=True)
 
 
 def _fmt3(x: float) -> str:
@@ -540,9 +528,9 @@ def evaluate_davis(
     }
 
     if write_files:
-        _atomic_write_text(res_root / f"global_results-{subset}.csv", _global_csv(metrics))
-        _atomic_write_text(res_root / f"per-sequence_results-{subset}.csv", _sequence_csv(per_object))
-        _atomic_write_text(
+        _write_text(res_root / f"global_results-{subset}.csv", _global_csv(metrics))
+        _write_text(res_root / f"per-sequence_results-{subset}.csv", _sequence_csv(per_object))
+        _write_text(
             res_root / "metrics.json", json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n"
         )
     return metrics
