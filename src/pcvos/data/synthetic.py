@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pcvos.data.io_utils import atomic_write, save_indexed_png
+
 __all__ = ["make_video", "SyntheticVideos", "SyntheticImages", "write_davis_layout"]
 
 _SHAPES = ("ellipse", "rect", "triangle")
@@ -167,11 +169,6 @@ class SyntheticImages:
         return frames[0], masks[0]
 
 
-def _palette() -> list[int]:
-    pal = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128]
-    return pal + [0] * (768 - len(pal))
-
-
 def write_davis_layout(root: str | Path, num_videos: int = 4, num_frames: int = 12, size: tuple[int, int] = (64, 64),
                        max_objects: int = 2, seed: int = 0, subset: str = "train", year: str = "2017") -> list[str]:
     """Write generated videos as ``root/JPEGImages/480p/<seq>/00000.jpg``, ``Annotations/480p/<seq>/00000.png``
@@ -184,14 +181,10 @@ def write_davis_layout(root: str | Path, num_videos: int = 4, num_frames: int = 
         names.append(name)
         jd = root / "JPEGImages" / "480p" / name
         ad = root / "Annotations" / "480p" / name
-        jd.mkdir(parents=True, exist_ok=True)
-        ad.mkdir(parents=True, exist_ok=True)
         for t in range(num_frames):
-            Image.fromarray(src.frame(v, t)).save(jd / f"{t:05d}.jpg", quality=95)
-            im = Image.fromarray(src.mask(v, t))  # mode "L"; putpalette turns it into "P"
-            im.putpalette(_palette())
-            im.save(ad / f"{t:05d}.png")
-    sets = root / "ImageSets" / str(year)
-    sets.mkdir(parents=True, exist_ok=True)
-    (sets / f"{subset}.txt").write_text("".join(n + "\n" for n in names))
+            frame = Image.fromarray(src.frame(v, t))
+            atomic_write(jd / f"{t:05d}.jpg", lambda tmp: frame.save(tmp, quality=95))
+            save_indexed_png(ad / f"{t:05d}.png", src.mask(v, t))
+    text = "".join(n + "\n" for n in names)
+    atomic_write(root / "ImageSets" / str(year) / f"{subset}.txt", lambda tmp: tmp.write_text(text))
     return names

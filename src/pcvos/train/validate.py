@@ -1,8 +1,5 @@
-"""Periodic validation during training: per-clip inference on DAVIS-layout sequences, then J&F.
-
-Uses :func:`pcvos.eval.davis_eval.evaluate_davis` (the official toolkit's measures) when it is
-available; otherwise reports J (mean IoU over the frames after the first) computed here.
-"""
+"""Periodic validation during training: per-clip inference on DAVIS-layout sequences, then J&F
+with :func:`pcvos.eval.davis_eval.evaluate_davis` (the official toolkit's measures)."""
 from __future__ import annotations
 
 import shutil
@@ -13,15 +10,12 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from pcvos.data.io_utils import save_indexed_png
 from pcvos.data.train_datasets import _read_list, read_label_mask
+from pcvos.eval.davis_eval import evaluate_davis
 from pcvos.model.network import PCVOS
 
 __all__ = ["validate_davis", "davis_sequences"]
-
-
-def _palette() -> list[int]:
-    from pcvos.data.synthetic import _palette as pal
-    return pal()
 
 
 def davis_sequences(root: str | Path, subset: str = "val", year: str | None = None) -> list[str]:
@@ -37,23 +31,6 @@ def davis_sequences(root: str | Path, subset: str = "val", year: str | None = No
 def _frames(root: Path, seq: str) -> list[Path]:
     d = root / "JPEGImages" / "480p" / seq
     return sorted((p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")), key=lambda p: p.stem)
-
-
-def _own_j(root: Path, results: Path, seqs: Sequence[str]) -> dict[str, Any]:
-    per = {}
-    for s in seqs:
-        gts = sorted((root / "Annotations" / "480p" / s).glob("*.png"))[1:]
-        vals = []
-        for g in gts:
-            gt = read_label_mask(g)
-            pr = np.array(Image.open(results / s / g.name))
-            for k in [int(i) for i in np.unique(gt) if i not in (0, 255)]:
-                a, b = pr == k, gt == k
-                u = (a | b).sum()
-                vals.append(1.0 if u == 0 else float((a & b).sum() / u))
-        per[s] = float(np.mean(vals)) if vals else float("nan")
-    j = float(np.nanmean(list(per.values())))
-    return {"J-Mean": j, "J&F-Mean": float("nan"), "per_sequence_J": per}
 
 
 def validate_davis(net: PCVOS, root: str | Path, out_dir: str | Path, *, subset: str = "val", year: str | None = None,
@@ -78,22 +55,11 @@ def validate_davis(net: PCVOS, root: str | Path, out_dir: str | Path, *, subset:
         with torch.no_grad():
             labels = segment(net, frames, {0: first}, clip_length=clip_length, refine=refine, top_k=top_k,
                              size=size, device=device)
-        d = out_dir / s
-        d.mkdir(parents=True, exist_ok=True)
         for p, lab in zip(paths, labels):
-            im = Image.fromarray(np.asarray(lab, np.uint8))
-            im.putpalette(_palette())
-            im.save(d / (p.stem + ".png"))
+            save_indexed_png(out_dir / s / (p.stem + ".png"), np.asarray(lab, np.uint8))
     infer_s = time.time() - t0
-    try:
-        from pcvos.eval.davis_eval import evaluate_davis
-    except ImportError:  # TODO: drop the fallback once pcvos.eval is always present
-        evaluate_davis = None
-    if evaluate_davis is not None:
-        res = evaluate_davis(root, out_dir, subset=subset, year=year, sequences=seqs, workers=1, write_files=False)
-        res = {k: v for k, v in res.items() if k != "per_object"} | {"per_object": res.get("per_object", {})}
-    else:
-        res = _own_j(root, out_dir, seqs)
+    res = evaluate_davis(root, out_dir, subset=subset, year=year, sequences=seqs, workers=1, write_files=False)
+    res.setdefault("per_object", {})
     res["inference_seconds"] = infer_s
     res["sequences"] = seqs
     if not keep_results:
