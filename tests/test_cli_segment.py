@@ -196,3 +196,10 @@ def test_threads_sets_the_cpu_thread_count(tmp_path, video, mask_png, weights, c
     with pytest.raises(SystemExit) as info:
         _run(video, "--mask", mask_png, "--out", tmp_path / "out2", "--threads", 0)
     assert info.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_bad_device_exits_2_naming_the_option(tmp_path, video, mask_png, capsys):
+    assert _run(video, "--mask", mask_png, "--out", tmp_path / "out", "--device", "gpu0") == 2
+    err = capsys.readouterr().err
+    assert "--device gpu0: not a device name" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

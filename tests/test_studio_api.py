@@ -398,6 +398,10 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
                  "--workspace", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert "missing.mp4" in err and "Traceback" not in err and not (tmp_path / "w").exists()
+    assert main(["studio", str(tmp_path / "missing.mp4"), "--no-browser", "--device", "gpu0",
+                 "--workspace", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "--device gpu0: not a device name" in err and "Traceback" not in err and not (tmp_path / "w").exists()
 
 
 def test_cli_serves_the_page(tmp_path, video):

@@ -68,3 +68,21 @@ def apply_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def resolve_device(name: str | None) -> Any:
+    """The ``torch.device`` for a ``--device`` value: cpu, cuda, cuda:N, or auto/None (CUDA when present).
+
+    Raises ValueError, with a message naming the option, for a malformed name or CUDA on a machine without it.
+    """
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device name (use cpu, cuda, cuda:1, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device

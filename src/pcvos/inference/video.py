@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pcvos.cli_types import resolve_device
 from pcvos.data.frames import VIDEO_EXTENSIONS, FrameFolder, VideoWriter, open_frames
 from pcvos.data.io_utils import (MANIFEST_NAME, atomic_write, check_writable, read_manifest, save_indexed_png,
                                  write_manifest)
@@ -285,18 +286,6 @@ def _frame_names(source: Any) -> list[str] | None:
     return [p.stem for p in source.frame_paths]
 
 
-def _device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"--device {name}: not a device name (use cpu, cuda, cuda:1, auto)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return dev
-
-
 def _with_backward_fill(seg: Segmenter, model: PCVOS, source: Any, input_path: Path,
                         mask_maps: dict[int, np.ndarray], objects: list[dict[str, Any]],
                         opt: SegmentOptions, size: int | None, device: torch.device,
@@ -353,7 +342,10 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
     """
     opt = options or SegmentOptions()
     input_path, out_dir = Path(input_path), Path(out_dir)
-    device = _device(opt.device)
+    try:
+        device = resolve_device(opt.device)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     try:
         source = open_frames(input_path, strict=True)  # a truncated file ends in an error, not a short result
         h, w = source.size

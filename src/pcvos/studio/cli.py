@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pcvos.cli_types import (add_precision_argument, add_threads_argument, apply_threads, positive_int,
-                             processing_size, resolve_size)
+                             processing_size, resolve_device, resolve_size)
 
 EXIT_BAD_INPUT = 2
 DEFAULT_PORT = 8765
@@ -51,20 +51,6 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a device name (use cpu, cuda, cuda:1, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401
@@ -87,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--port {args.port}: not a port number (0..65535)")
     root = Path(args.workspace) if args.workspace else Path.cwd() / (Path(args.input).stem + WORKSPACE_SUFFIX)
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
     except ValueError as exc:
         return _fail(str(exc))
     try:  # bind first: a busy port fails before minutes of decoding
