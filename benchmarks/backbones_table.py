@@ -24,10 +24,13 @@ def _load(folders: list[Path]) -> dict[tuple[str, str], dict[str, float]]:
     runs: dict[tuple[str, str], dict[str, float]] = {}
     for folder in folders:
         split = "select" if folder.name.endswith("_select") else "report"
-        for row in json.loads((folder / "heldout.json").read_text()):
+        results = folder / "heldout.json"
+        if not results.is_file():
+            raise ValueError(f"{results}: not found (has heldout.py --out {folder} finished?)")
+        for row in json.loads(results.read_text()):
             m = NAME.match(row["model"])
             if m is None:
-                raise SystemExit(f"{folder}: model name {row['model']!r} is not bb_<backbone>_s<seed>")
+                raise ValueError(f"{results}: model name {row['model']!r} is not bb_<backbone>_s<seed>")
             runs.setdefault((m["backbone"], m["seed"]), {})[f"{split} L{row['L']}"] = 100 * row["J&F"]
     return runs
 
@@ -36,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", type=Path, nargs="+")
     args = p.parse_args(argv)
-    runs = _load(args.folders)
+    try:
+        runs = _load(args.folders)
+    except ValueError as exc:
+        print(f"backbones_table: error: {exc}", file=sys.stderr)
+        return 2
     columns = sorted({c for r in runs.values() for c in r}, key=lambda c: (not c.startswith("select"), len(c), c))
     lines = ["| backbone | seed | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
 
