@@ -52,6 +52,6 @@ def test_backbones_table_means_over_seeds(tmp_path):
     assert "| **lite2** | mean of 1 | 50.0 |  |  |" in lines
     assert "| lite0 | 1 | 70.0 | 90.0 |  |" in lines
     (tmp_path / "eval_unfinished_report").mkdir()
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks/backbones_table.py"), str(tmp_path / "eval_unfinished_report")],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks/backbones_table.py"),
+                          str(tmp_path / "eval_unfinished_report")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "eval_unfinished_report/heldout.json: not found" in res.stderr
