@@ -2,15 +2,40 @@
 # Trains one backbone with the held-out protocol's recipe from ImageNet, both stages to the end of
 # their learning-rate schedules: configs/lite2_stage1.yaml (static images) then
 # configs/lite2_stage2.yaml (per-clip video), with the backbone and seed as the only changes.
-# Re-running resumes whichever stage was interrupted. Outputs: runs/bb_<backbone>_s<seed>_{stage1,stage2}.
+# LENGTH (a whole number, default 1) stretches both stages: iterations, learning-rate steps and the
+# hard-pixel loss's warm-up are multiplied by it, so the schedules keep their shape and still finish.
+# Re-running resumes whichever stage was interrupted.
+# Outputs: runs/bb_<backbone>_s<seed>_{stage1,stage2} (LENGTH 1) or runs/bb_<backbone>_s<seed>_x<LENGTH>_...
 #
 #   bash benchmarks/backbones_train.sh efficientnet-lite1 0
+#   bash benchmarks/backbones_train.sh efficientnet-lite0 0 2      # twice as long
 #
 # Compare the results with benchmarks/heldout.py (choices on --split select, numbers on --split report).
 set -euo pipefail
-backbone=${1:?usage: backbones_train.sh BACKBONE [SEED]}
+backbone=${1:?usage: backbones_train.sh BACKBONE [SEED] [LENGTH]}
 seed=${2:-0}
+length=${3:-1}
+if ! [[ $length =~ ^[1-9][0-9]*$ ]]; then
+    echo "backbones_train.sh: LENGTH must be a whole number >= 1, got '$length'" >&2; exit 2
+fi
 tag=bb_${backbone#efficientnet-}_s${seed}
+(( length > 1 )) && tag=${tag}_x${length}
+
+stretch() {  # config -> its schedule overrides multiplied by LENGTH, read from the config itself
+    python - "$1" "$length" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+k = int(sys.argv[2])
+train, loss = cfg["train"], cfg.get("loss", {})
+print(f"train.iterations={train['iterations'] * k}")
+print("train.lr_steps=[" + ",".join(str(s * k) for s in train.get("lr_steps", [])) + "]")
+for key in ("start_warm", "end_warm"):
+    if key in loss:
+        print(f"loss.{key}={loss[key] * k}")
+PY
+}
+mapfile -t stage1 < <(stretch configs/lite2_stage1.yaml)
+mapfile -t stage2 < <(stretch configs/lite2_stage2.yaml)
 
 run_stage() {  # config, name, extra overrides...
     local config=$1 name=$2; shift 2
@@ -22,5 +47,6 @@ run_stage() {  # config, name, extra overrides...
     python -m pcvos train --config "$config" name="$name" seed="$seed" "$@" "${resume[@]}"
 }
 
-run_stage configs/lite2_stage1.yaml "${tag}_stage1" model.backbone="$backbone"
-run_stage configs/lite2_stage2.yaml "${tag}_stage2" init.checkpoint="runs/${tag}_stage1/model_final.pth"
+run_stage configs/lite2_stage1.yaml "${tag}_stage1" model.backbone="$backbone" "${stage1[@]}"
+run_stage configs/lite2_stage2.yaml "${tag}_stage2" init.checkpoint="runs/${tag}_stage1/model_final.pth" \
+    "${stage2[@]}"
