@@ -4,8 +4,10 @@
     python benchmarks/backbones_table.py runs/eval_bb_*_select runs/eval_bb_*_report
 
 Each argument is an ``--out`` folder of ``heldout.py`` (its ``heldout.json``). Model names follow
-``benchmarks/backbones_train.sh``: ``bb_<backbone>_s<seed>``. The select split's column is the one
-a choice may be made on; the report split's columns are the numbers to publish.
+``benchmarks/backbones_train.sh``: ``bb_<backbone>_s<seed>``, and ``bb_<backbone>_s<seed>_x<length>`` for a
+recipe stretched LENGTH times, which is kept apart from the plain recipe (its rows read ``lite0 x2``).
+The select split's column is the one a choice may be made on; the report split's columns are the
+numbers to publish.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import statistics
 import sys
 from pathlib import Path
 
-NAME = re.compile(r"bb_(?P<backbone>[a-z0-9]+)_s(?P<seed>\d+)$")
+NAME = re.compile(r"bb_(?P<backbone>[a-z0-9]+)_s(?P<seed>\d+)(?:_x(?P<length>\d+))?$")
 
 
 def _load(folders: list[Path]) -> dict[tuple[str, str], dict[str, float]]:
-    """(backbone, seed) -> {"select L5": J&F, "report L5": ..., "report L25": ...} in percent."""
+    """(recipe, seed) -> {"select L5": J&F, "report L5": ..., "report L25": ...} in percent.
+
+    The recipe is the backbone, followed by `` x<length>`` for a stretched run."""
     runs: dict[tuple[str, str], dict[str, float]] = {}
     for folder in folders:
         split = "select" if folder.name.endswith("_select") else "report"
@@ -30,8 +34,9 @@ def _load(folders: list[Path]) -> dict[tuple[str, str], dict[str, float]]:
         for row in json.loads(results.read_text()):
             m = NAME.match(row["model"])
             if m is None:
-                raise ValueError(f"{results}: model name {row['model']!r} is not bb_<backbone>_s<seed>")
-            runs.setdefault((m["backbone"], m["seed"]), {})[f"{split} L{row['L']}"] = 100 * row["J&F"]
+                raise ValueError(f"{results}: model name {row['model']!r} is not bb_<backbone>_s<seed>[_x<length>]")
+            recipe = m["backbone"] + (f" x{m['length']}" if m["length"] else "")
+            runs.setdefault((recipe, m["seed"]), {})[f"{split} L{row['L']}"] = 100 * row["J&F"]
     return runs
 
 
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backbones_table: error: {exc}", file=sys.stderr)
         return 2
     columns = sorted({c for r in runs.values() for c in r}, key=lambda c: (not c.startswith("select"), len(c), c))
-    lines = ["| backbone | seed | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    lines = ["| recipe | seed | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
 
     def cell(values: list[float]) -> str:
         return f"{statistics.fmean(values):.1f}" if values else ""

@@ -41,16 +41,18 @@ def test_backbones_table_means_over_seeds(tmp_path):
         (d / "heldout.json").write_text(json.dumps([{"model": m, "L": L, "J&F": v} for m, L, v in rows]))
         return d
 
-    folders = [heldout("eval_select", [("bb_lite0_s0", 5, 0.60), ("bb_lite0_s1", 5, 0.70), ("bb_lite2_s0", 5, 0.50)]),
+    folders = [heldout("eval_select", [("bb_lite0_s0", 5, 0.60), ("bb_lite0_s1", 5, 0.70), ("bb_lite2_s0", 5, 0.50),
+                                              ("bb_lite0_s0_x2", 5, 0.75)]),
                heldout("eval_report", [("bb_lite0_s0", 5, 0.80), ("bb_lite0_s0", 25, 0.81), ("bb_lite0_s1", 5, 0.90)])]
     res = subprocess.run([sys.executable, str(REPO / "benchmarks/backbones_table.py"), *map(str, folders)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == "| backbone | seed | select L5 | report L5 | report L25 |"
+    assert lines[0] == "| recipe | seed | select L5 | report L5 | report L25 |"
     assert "| **lite0** | mean of 2 | 65.0 | 85.0 | 81.0 |" in lines
     assert "| **lite2** | mean of 1 | 50.0 |  |  |" in lines
     assert "| lite0 | 1 | 70.0 | 90.0 |  |" in lines
+    assert "| **lite0 x2** | mean of 1 | 75.0 |  |  |" in lines  # a stretched recipe is not averaged with the plain one
     (tmp_path / "eval_unfinished_report").mkdir()
     res = subprocess.run([sys.executable, str(REPO / "benchmarks/backbones_table.py"),
                           str(tmp_path / "eval_unfinished_report")], capture_output=True, text=True, timeout=60)
