@@ -57,3 +57,12 @@ def test_backbones_table_means_over_seeds(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "benchmarks/backbones_table.py"),
                           str(tmp_path / "eval_unfinished_report")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "eval_unfinished_report/heldout.json: not found" in res.stderr
+
+
+def test_backbones_train_rejects_a_bad_length(tmp_path):
+    # checked before anything is trained or written: the run folder must not appear
+    res = subprocess.run(["bash", str(REPO / "benchmarks/backbones_train.sh"), "efficientnet-lite0", "0", "1.5"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "LENGTH must be a whole number >= 1, got '1.5'" in res.stderr
+    assert not (tmp_path / "runs").exists()
