@@ -12,6 +12,7 @@
 #
 # Compare the results with benchmarks/heldout.py (choices on --split select, numbers on --split report).
 set -euo pipefail
+cd "$(dirname "$0")/.."   # configs/ and runs/ are the repository's, wherever this is called from
 backbone=${1:?usage: backbones_train.sh BACKBONE [SEED] [LENGTH]}
 seed=${2:-0}
 length=${3:-1}
@@ -34,8 +35,9 @@ for key in ("start_warm", "end_warm"):
         print(f"loss.{key}={loss[key] * k}")
 PY
 }
-mapfile -t stage1 < <(stretch configs/lite2_stage1.yaml)
-mapfile -t stage2 < <(stretch configs/lite2_stage2.yaml)
+# through a variable, not <(...): a failed read of a config must stop the script under set -e
+text=$(stretch configs/lite2_stage1.yaml); mapfile -t stage1 <<< "$text"
+text=$(stretch configs/lite2_stage2.yaml); mapfile -t stage2 <<< "$text"
 
 run_stage() {  # config, name, extra overrides...
     local config=$1 name=$2; shift 2
