@@ -23,6 +23,7 @@ import pcvos
 from pcvos.eval.davis_eval import evaluate_davis
 from pcvos.eval.runners import Distributed, Schedule, run_davis
 from pcvos.runtime import keep_freed_memory
+from pcvos.data.io_utils import atomic_write
 
 
 def _subset_root(root: Path, sequences: list[str], tmp: Path) -> Path:
@@ -80,9 +81,9 @@ def main(argv=None) -> int:
         lines.append(f"| {r['L']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {r['fps']:.2f} |")
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dial.md").write_text(text + "\n")
-    (args.out / "dial.json").write_text(json.dumps(rows, indent=2))
+    data = json.dumps(rows, indent=2)
+    atomic_write(args.out / "dial.md", lambda tmp: tmp.write_text(text + "\n"))
+    atomic_write(args.out / "dial.json", lambda tmp: tmp.write_text(data))
     return 0
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 import pcvos
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.runtime import keep_freed_memory
+from pcvos.data.io_utils import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "davis2016-train"
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {n} | {params[n]:.1f} | {t:.3f} | {1 / t:.2f} | {t / t_ref:.2f} |")
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        data = json.dumps(rows, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(data))
     return 0
 
 

@@ -40,6 +40,7 @@ from pcvos.data.frames import FrameFolder
 from pcvos.eval.davis_eval import evaluate_davis, read_annotation
 from pcvos.eval.metrics import db_eval_boundary, db_eval_iou
 from pcvos.runtime import keep_freed_memory
+from pcvos.data.io_utils import atomic_write
 
 CORRECTION_INTERVALS = (20, 10)
 FIX_INTERVAL = 10  # the keyframe spacing of the "fix between keyframes" timing
@@ -126,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             labels = np.stack([s.labels(i) for i in range(n)])
             res[name].update(_scores(gt, labels, s.keyframes), keyframes=s.keyframes)
             out = args.out / name.replace(" ", "_") / seq
-            out.mkdir(parents=True, exist_ok=True)
             for i, lab in enumerate(labels):
-                Image.fromarray(lab * 255).save(out / f"{gt_paths[i].stem}.png")
+                image = Image.fromarray(lab * 255)
+                atomic_write(out / f"{gt_paths[i].stem}.png", lambda tmp: image.save(tmp))
         # the cost of a fix between keyframes FIX_INTERVAL apart (scored above, so it changes nothing reported)
         s = res[f"every {FIX_INTERVAL}"]["session"]
         fix = FIX_INTERVAL + FIX_INTERVAL // 2
@@ -201,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.sequences) + f" ({' / '.join(names)})"]
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "corrections.md").write_text(text + "\n")
-    (args.out / "corrections.json").write_text(json.dumps({"rows": rows, "per_sequence": per_seq}, indent=2))
+    data = json.dumps({"rows": rows, "per_sequence": per_seq}, indent=2)
+    atomic_write(args.out / "corrections.md", lambda tmp: tmp.write_text(text + "\n"))
+    atomic_write(args.out / "corrections.json", lambda tmp: tmp.write_text(data))
     return 0
 
 

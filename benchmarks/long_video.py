@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     import pcvos
+    from pcvos.data.io_utils import atomic_write
     from pcvos.runtime import keep_freed_memory
 
     torch.set_num_threads(args.threads)
@@ -111,13 +112,14 @@ def run(args: argparse.Namespace) -> None:
             if stopping:
                 break
     shape = mask.shape
-    np.savez_compressed(out / "labels.npz", packed=np.stack(packed), shape=np.array(shape),
-                        order=np.array(order[: len(packed)]))
+    atomic_write(out / "labels.npz", lambda tmp: np.savez_compressed(
+        tmp, packed=np.stack(packed), shape=np.array(shape), order=np.array(order[: len(packed)])))
     summary = {"policy": args.policy, "sequence": args.sequence, "frames_requested": args.frames,
                "frames_done": len(packed), "size": args.size, "clip_length": args.clip_length,
                "max_memory_frames": cap, "threads": args.threads, "windows": windows,
                "mean_iou_gt": float(np.mean(ious)), "torch": torch.__version__, "cpu_count": os.cpu_count()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    data = json.dumps(summary, indent=1)
+    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(data))
 
 
 def read_cost(args: argparse.Namespace) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import pcvos
+from pcvos.data.io_utils import atomic_write
 from pcvos.runtime import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,7 +252,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"pcvos speed ({result['size'][1]}x{result['size'][0]})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
 
 
 def main(argv=None) -> int:
@@ -282,8 +283,8 @@ def main(argv=None) -> int:
         args.frames, args.repeats, args.size, args.objects = 2, 1, [64, 96], [1]
     result = run(args)
     print(table(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str))
+    data = json.dumps(result, indent=2, default=str)
+    atomic_write(args.json, lambda tmp: tmp.write_text(data))
     plot(result, args.plot)
     print(f"\nwrote {args.json} and {args.plot}")
     return 0

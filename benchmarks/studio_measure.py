@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pcvos.data.io_utils import atomic_write
+
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SEQUENTIAL_STEPS = 100
 RANDOM_JUMPS = 50
@@ -121,7 +123,8 @@ def main() -> None:
 
     def record(key: str, value) -> None:
         results[key] = value
-        out.write_text(json.dumps(results, indent=2))
+        data = json.dumps(results, indent=2)
+        atomic_write(out, lambda tmp: tmp.write_text(data))
         print(key, json.dumps(value), flush=True)
 
     labels = (read_mask(args.mask) > 0).astype(np.uint8)
