@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 import pcvos
+from pcvos.data.io_utils import atomic_write_text
 from pcvos.eval.davis_eval import evaluate_davis
 from pcvos.eval.runners import Distributed, Schedule, run_davis
 from pcvos.runtime import keep_freed_memory
-from pcvos.data.io_utils import atomic_write
 
 
 def _subset_root(root: Path, sequences: list[str], tmp: Path) -> Path:
@@ -81,9 +81,8 @@ def main(argv=None) -> int:
         lines.append(f"| {r['L']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {r['fps']:.2f} |")
     text = "\n".join(lines)
     print(text)
-    data = json.dumps(rows, indent=2)
-    atomic_write(args.out / "dial.md", lambda tmp: tmp.write_text(text + "\n"))
-    atomic_write(args.out / "dial.json", lambda tmp: tmp.write_text(data))
+    atomic_write_text(args.out / "dial.md", text + "\n")
+    atomic_write_text(args.out / "dial.json", json.dumps(rows, indent=2))
     return 0
 
 

@@ -30,7 +30,7 @@ import torch
 
 import pcvos
 from pcvos.data.davis import DavisDataset
-from pcvos.data.io_utils import atomic_write, save_indexed_png
+from pcvos.data.io_utils import atomic_write_text, save_indexed_png
 from pcvos.eval.davis_eval import evaluate_davis
 from pcvos.eval.protocol import REPORT_UNSEEN_BY_V1, SPLITS
 from pcvos.inference.adapt import DEFAULT_CLIP_LEN, DEFAULT_LR, Adaptation
@@ -151,10 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                      + " | ".join(f"{100 * r['per_sequence'][s]:.1f}" for s in sequences) + " |")
     text = "\n".join(lines)
     print(text)
-    data = json.dumps({"settings": vars(args) | {"davis_root": str(args.davis_root), "out": str(args.out)},
-                       "rows": rows}, indent=1, default=str)
-    atomic_write(args.out / "adapt.md", lambda tmp: tmp.write_text(text + "\n"))
-    atomic_write(args.out / "adapt.json", lambda tmp: tmp.write_text(data))
+    atomic_write_text(args.out / "adapt.md", text + "\n")
+    settings = vars(args) | {"davis_root": str(args.davis_root), "out": str(args.out)}
+    atomic_write_text(args.out / "adapt.json", json.dumps({"settings": settings, "rows": rows}, indent=1, default=str))
     return 0
 
 

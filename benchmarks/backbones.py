@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 import pcvos
+from pcvos.data.io_utils import atomic_write_text
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.runtime import keep_freed_memory
-from pcvos.data.io_utils import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "davis2016-train"
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {n} | {params[n]:.1f} | {t:.3f} | {1 / t:.2f} | {t / t_ref:.2f} |")
     print("\n".join(lines))
     if args.json:
-        data = json.dumps(rows, indent=2)
-        atomic_write(args.json, lambda tmp: tmp.write_text(data))
+        atomic_write_text(args.json, json.dumps(rows, indent=2))
     return 0
 
 

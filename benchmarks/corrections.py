@@ -37,10 +37,10 @@ from PIL import Image
 
 import pcvos
 from pcvos.data.frames import FrameFolder
+from pcvos.data.io_utils import atomic_write, atomic_write_text
 from pcvos.eval.davis_eval import evaluate_davis, read_annotation
 from pcvos.eval.metrics import db_eval_boundary, db_eval_iou
 from pcvos.runtime import keep_freed_memory
-from pcvos.data.io_utils import atomic_write
 
 CORRECTION_INTERVALS = (20, 10)
 FIX_INTERVAL = 10  # the keyframe spacing of the "fix between keyframes" timing
@@ -202,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.sequences) + f" ({' / '.join(names)})"]
     text = "\n".join(lines)
     print(text)
-    data = json.dumps({"rows": rows, "per_sequence": per_seq}, indent=2)
-    atomic_write(args.out / "corrections.md", lambda tmp: tmp.write_text(text + "\n"))
-    atomic_write(args.out / "corrections.json", lambda tmp: tmp.write_text(data))
+    atomic_write_text(args.out / "corrections.md", text + "\n")
+    atomic_write_text(args.out / "corrections.json", json.dumps({"rows": rows, "per_sequence": per_seq}, indent=2))
     return 0
 
 

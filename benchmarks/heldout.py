@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 import pcvos
+from pcvos.data.io_utils import atomic_write_text
 from pcvos.eval.davis_eval import evaluate_davis
 from pcvos.eval.protocol import REPORT_UNSEEN_BY_V1, SPLITS
 from pcvos.eval.runners import Distributed, Schedule, run_davis
 from pcvos.runtime import keep_freed_memory
-from pcvos.data.io_utils import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_dial import _subset_root  # noqa: E402  (a sibling script, not a package)
@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                      " | ".join(f"{100 * r['per_sequence'][s]:.1f}" for s in sequences) + " |")
     text = "\n".join(lines)
     print(text)
-    data = json.dumps(rows, indent=2)
-    atomic_write(args.out / "heldout.md", lambda tmp: tmp.write_text(text + "\n"))
-    atomic_write(args.out / "heldout.json", lambda tmp: tmp.write_text(data))
+    atomic_write_text(args.out / "heldout.md", text + "\n")
+    atomic_write_text(args.out / "heldout.json", json.dumps(rows, indent=2))
     return 0
 
 

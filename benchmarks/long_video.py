@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     import pcvos
-    from pcvos.data.io_utils import atomic_write
+    from pcvos.data.io_utils import atomic_write, atomic_write_text
     from pcvos.runtime import keep_freed_memory
 
     torch.set_num_threads(args.threads)
@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> None:
                "frames_done": len(packed), "size": args.size, "clip_length": args.clip_length,
                "max_memory_frames": cap, "threads": args.threads, "windows": windows,
                "mean_iou_gt": float(np.mean(ious)), "torch": torch.__version__, "cpu_count": os.cpu_count()}
-    data = json.dumps(summary, indent=1)
-    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(data))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
 
 
 def read_cost(args: argparse.Namespace) -> None:

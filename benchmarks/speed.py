@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import pcvos
-from pcvos.data.io_utils import atomic_write
+from pcvos.data.io_utils import atomic_write, atomic_write_text
 from pcvos.runtime import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,8 +283,7 @@ def main(argv=None) -> int:
         args.frames, args.repeats, args.size, args.objects = 2, 1, [64, 96], [1]
     result = run(args)
     print(table(result))
-    data = json.dumps(result, indent=2, default=str)
-    atomic_write(args.json, lambda tmp: tmp.write_text(data))
+    atomic_write_text(args.json, json.dumps(result, indent=2, default=str))
     plot(result, args.plot)
     print(f"\nwrote {args.json} and {args.plot}")
     return 0

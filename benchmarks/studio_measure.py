@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcvos.data.io_utils import atomic_write
+from pcvos.data.io_utils import atomic_write_text
 
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SEQUENTIAL_STEPS = 100
@@ -123,8 +123,7 @@ def main() -> None:
 
     def record(key: str, value) -> None:
         results[key] = value
-        data = json.dumps(results, indent=2)
-        atomic_write(out, lambda tmp: tmp.write_text(data))
+        atomic_write_text(out, json.dumps(results, indent=2))
         print(key, json.dumps(value), flush=True)
 
     labels = (read_mask(args.mask) > 0).astype(np.uint8)

@@ -22,7 +22,8 @@ from PIL import Image
 
 from pcvos.data.palette import DAVIS_PALETTE
 
-__all__ = ["PathLike", "temp_path_for", "atomic_path", "atomic_write", "save_indexed_png", "encode_indexed_png",
+__all__ = ["PathLike", "temp_path_for", "atomic_path", "atomic_write", "atomic_write_text",
+           "save_indexed_png", "encode_indexed_png",
            "MANIFEST_NAME", "read_manifest", "write_manifest", "check_writable"]
 
 PathLike = Union[str, os.PathLike]
@@ -80,6 +81,11 @@ def atomic_write(path: PathLike, write_fn: Callable[[Path], object], *, fsync: b
     with atomic_path(path, fsync=fsync) as tmp:
         write_fn(tmp)
     return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str, *, fsync: bool = False) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically, as :func:`atomic_write` does."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""), fsync=fsync)
 
 
 def _as_label_image(labels: np.ndarray, palette: np.ndarray, what: str) -> Image.Image:
@@ -144,7 +150,7 @@ def read_manifest(folder: PathLike) -> set[str]:
 def write_manifest(folder: PathLike, names: set[str] | list[str]) -> Path:
     """Record (atomically) that pcvos writes the files ``names`` (relative paths) into ``folder``."""
     payload = {"format": _MANIFEST_FORMAT, "version": 1, "files": sorted(set(names))}
-    return atomic_write(Path(folder) / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(payload)))
+    return atomic_write_text(Path(folder) / MANIFEST_NAME, json.dumps(payload))
 
 
 def check_writable(folder: PathLike) -> None:

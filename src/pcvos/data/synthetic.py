@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pcvos.data.io_utils import atomic_write, save_indexed_png
+from pcvos.data.io_utils import atomic_write, atomic_write_text, save_indexed_png
 
 __all__ = ["make_video", "SyntheticVideos", "SyntheticImages", "write_davis_layout"]
 
@@ -186,5 +186,5 @@ def write_davis_layout(root: str | Path, num_videos: int = 4, num_frames: int = 
             atomic_write(jd / f"{t:05d}.jpg", lambda tmp: frame.save(tmp, quality=95))
             save_indexed_png(ad / f"{t:05d}.png", src.mask(v, t))
     text = "".join(n + "\n" for n in names)
-    atomic_write(root / "ImageSets" / str(year) / f"{subset}.txt", lambda tmp: tmp.write_text(text))
+    atomic_write_text(root / "ImageSets" / str(year) / f"{subset}.txt", text)
     return names

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pcvos.data.io_utils import atomic_write
+from pcvos.data.io_utils import atomic_write_text
 from pcvos.eval.metrics import BOUND_TH, bound_pixels, crop_box, db_statistics, seg2bmap
 from pcvos.eval.metrics import _f_from_boundaries  # noqa: PLC2701 (shared fast path)
 
@@ -343,7 +343,7 @@ def _mp_context() -> Any:
 # --------------------------------------------------------------------------------------------
 def _write_text(path: Path, text: str) -> None:
     # fsync: result tables are small and worth keeping across a power loss
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""), fsync=True)
+    atomic_write_text(path, text, fsync=True)
 
 
 def _fmt3(x: float) -> str:

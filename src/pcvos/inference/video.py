@@ -20,8 +20,8 @@ from PIL import Image
 
 from pcvos.cli_types import resolve_device
 from pcvos.data.frames import VIDEO_EXTENSIONS, FrameFolder, VideoWriter, open_frames
-from pcvos.data.io_utils import (MANIFEST_NAME, atomic_write, check_writable, read_manifest, save_indexed_png,
-                                 write_manifest)
+from pcvos.data.io_utils import (MANIFEST_NAME, atomic_write, atomic_write_text, check_writable, read_manifest,
+                                 save_indexed_png, write_manifest)
 from pcvos.data.masks import parse_mask, read_color_mask, resize_labels
 from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
@@ -471,6 +471,5 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         "outputs": {"masks": str(out_dir), "overlay": str(opt.overlay) if opt.overlay else None,
                     "alpha": str(opt.alpha) if opt.alpha else None},
     }
-    write(out_dir / SUMMARY_NAME, lambda: atomic_write(out_dir / SUMMARY_NAME,
-                                                        lambda tmp: tmp.write_text(json.dumps(summary, indent=2))))
+    write(out_dir / SUMMARY_NAME, lambda: atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2)))
     return summary

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from pcvos.data.frames import open_frames
-from pcvos.data.io_utils import PathLike, atomic_write, save_indexed_png
+from pcvos.data.io_utils import PathLike, atomic_write, atomic_write_text, save_indexed_png
 from pcvos.data.masks import object_ids
 from pcvos.data.palette import VOID_LABEL, colour_for
 
@@ -169,7 +169,7 @@ class Workspace:
         h, w = frames.size
         meta = {"format": WORKSPACE_FORMAT, "source": str(source.resolve()), "num_frames": count,
                 "height": h, "width": w, "fps": frames.fps, "objects": [], "keyframes": [], "propagated": []}
-        atomic_write(root / WORKSPACE_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        atomic_write_text(root / WORKSPACE_FILE, json.dumps(meta, indent=1))
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -307,4 +307,4 @@ class Workspace:
                     "height": self.height, "width": self.width, "fps": self.fps, "objects": self.objects,
                     "keyframes": sorted(self.keyframes), "propagated": sorted(self.propagated)}
             text = json.dumps(meta, indent=1)
-            atomic_write(self.root / WORKSPACE_FILE, lambda tmp: tmp.write_text(text))
+            atomic_write_text(self.root / WORKSPACE_FILE, text)

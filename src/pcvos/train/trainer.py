@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pcvos.data.augment import StaticAugment, VideoAugment
-from pcvos.data.io_utils import atomic_write
+from pcvos.data.io_utils import atomic_write_text
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos
 from pcvos.data.train_datasets import (ImageFolderSource, MixedDataset, StaticDataset, TrainBatchSampler,
                                        VideoClipDataset, VideoFramesSource, davis_source, youtube_source)
@@ -336,14 +336,14 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     loss_cfg = LossConfig(**cfg["loss"])
     if dd.main:
         text = dump_config(cfg)
-        atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
+        atomic_write_text(out_dir / "config.yaml", text)
         log.info("training %s: %d samples, %d iterations, batch %d (%d per process, %d processes), device %s",
                  cfg["name"], len(dataset), total, tc["batch_size"], per_proc, dd.world, dd.device)
     writer = _make_writer(cfg, dd.main)
     history_path = out_dir / "history.jsonl"
     if dd.main and history_path.exists():  # drop records beyond the resume point (an interrupted run's tail)
         keep = [l for l in history_path.read_text().splitlines() if l and json.loads(l)["iteration"] <= start]
-        atomic_write(history_path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
+        atomic_write_text(history_path, "".join(l + "\n" for l in keep))
 
     bar = None
     if dd.main and tc["progress"]:
@@ -433,7 +433,7 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     if dd.main:
         if it == total:
             save_checkpoint(net, out_dir / "model_final.pth", metadata={"iterations": it, "name": cfg["name"]})
-        atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
         if writer is not None:
             writer.close()
     dd.barrier()
