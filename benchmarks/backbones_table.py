@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     def cell(values: list[float]) -> str:
         return f"{statistics.fmean(values):.1f}" if values else ""
 
-    for (backbone, seed), r in sorted(runs.items()):
-        lines.append(f"| {backbone} | {seed} | " + " | ".join(cell([r[c]] if c in r else []) for c in columns) + " |")
-    for backbone in sorted({b for b, _ in runs}):
-        seeds = [r for (b, _), r in runs.items() if b == backbone]
-        lines.append(f"| **{backbone}** | mean of {len(seeds)} | " +
+    for (recipe, seed), r in sorted(runs.items()):
+        lines.append(f"| {recipe} | {seed} | " + " | ".join(cell([r[c]] if c in r else []) for c in columns) + " |")
+    for recipe in sorted({name for name, _ in runs}):
+        seeds = [r for (name, _), r in runs.items() if name == recipe]
+        lines.append(f"| **{recipe}** | mean of {len(seeds)} | " +
                      " | ".join(cell([r[c] for r in seeds if c in r]) for c in columns) + " |")
     print("\n".join(lines))
     return 0
