@@ -60,9 +60,9 @@ def test_backbones_table_means_over_seeds(tmp_path):
 
 
 def test_backbones_train_rejects_a_bad_length(tmp_path):
-    # checked before anything is trained or written: the run folder must not appear
+    # checked before anything is trained or written (the script works in the repository's runs/)
     res = subprocess.run(["bash", str(REPO / "benchmarks/backbones_train.sh"), "efficientnet-lite0", "0", "1.5"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert res.returncode == 2
     assert "LENGTH must be a whole number >= 1, got '1.5'" in res.stderr
-    assert not (tmp_path / "runs").exists()
+    assert not list((REPO / "runs").glob("bb_lite0_s0_x1.5*"))
