@@ -4,23 +4,33 @@
 # configs/lite2_stage2.yaml (per-clip video), with the backbone and seed as the only changes.
 # LENGTH (a whole number, default 1) stretches both stages: iterations, learning-rate steps and the
 # hard-pixel loss's warm-up are multiplied by it, so the schedules keep their shape and still finish.
+# DATA picks the DAVIS sequences both stages read: "train" (default) is the protocol's 15-sequence
+# train split; "v1" is the 25 sequences pcvos-lite v1/v1.1 trained on (all but
+# pcvos.eval.protocol.REPORT_UNSEEN_BY_V1), so a recipe can be compared with the shipped model on
+# the same data and scored on the five sequences neither read (select and report are then not clean).
 # Re-running resumes whichever stage was interrupted.
-# Outputs: runs/bb_<backbone>_s<seed>_{stage1,stage2} (LENGTH 1) or runs/bb_<backbone>_s<seed>_x<LENGTH>_...
+# Outputs: runs/bb_<backbone>_s<seed>[_x<LENGTH>][_v1data]_{stage1,stage2}
 #
 #   bash benchmarks/backbones_train.sh efficientnet-lite1 0
 #   bash benchmarks/backbones_train.sh efficientnet-lite0 0 2      # twice as long
+#   bash benchmarks/backbones_train.sh efficientnet-lite0 0 4 v1   # 4x, on v1's 25 sequences
 #
 # Compare the results with benchmarks/heldout.py (choices on --split select, numbers on --split report).
 set -euo pipefail
 cd "$(dirname "$0")/.."   # configs/ and runs/ are the repository's, wherever this is called from
-backbone=${1:?usage: backbones_train.sh BACKBONE [SEED] [LENGTH]}
+backbone=${1:?usage: backbones_train.sh BACKBONE [SEED] [LENGTH] [DATA]}
 seed=${2:-0}
 length=${3:-1}
+data=${4:-train}
 if ! [[ $length =~ ^[1-9][0-9]*$ ]]; then
     echo "backbones_train.sh: LENGTH must be a whole number >= 1, got '$length'" >&2; exit 2
 fi
+if [[ $data != train && $data != v1 ]]; then
+    echo "backbones_train.sh: DATA must be 'train' or 'v1', got '$data'" >&2; exit 2
+fi
 tag=bb_${backbone#efficientnet-}_s${seed}
 (( length > 1 )) && tag=${tag}_x${length}
+[[ $data == v1 ]] && tag=${tag}_v1data
 
 stretch() {  # config -> its schedule overrides multiplied by LENGTH, read from the config itself
     python - "$1" "$length" <<'PY'
@@ -38,6 +48,18 @@ PY
 # through a variable, not <(...): a failed read of a config must stop the script under set -e
 text=$(stretch configs/lite2_stage1.yaml); mapfile -t stage1 <<< "$text"
 text=$(stretch configs/lite2_stage2.yaml); mapfile -t stage2 <<< "$text"
+if [[ $data == v1 ]]; then
+    # the list positions are the configs': static sources first, then DAVIS frames (stage 1);
+    # the DAVIS videos alone (stage 2)
+    text=$(python -c '
+from pcvos.eval.protocol import REPORT_UNSEEN_BY_V1, SPLITS
+every = sorted(s for names in SPLITS.values() for s in names)
+print("data.sources.2.exclude=[" + ",".join(REPORT_UNSEEN_BY_V1) + "]")
+print("data.sources.0.sequences=[" + ",".join(s for s in every if s not in REPORT_UNSEEN_BY_V1) + "]")
+')
+    mapfile -t v1 <<< "$text"
+    stage1+=("${v1[0]}"); stage2+=("${v1[1]}")
+fi
 
 run_stage() {  # config, name, extra overrides...
     local config=$1 name=$2; shift 2
