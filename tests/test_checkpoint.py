@@ -75,11 +75,21 @@ def test_unknown_layout_is_a_value_error():
         pcvos.load_model({"backbone.weight": torch.zeros(1)})
 
 
-def test_not_a_checkpoint_file(tmp_path):
+@pytest.mark.parametrize("content", [b"hello", b""])
+def test_not_a_checkpoint_file(tmp_path, content):
     bad = tmp_path / "weights.pth"
-    bad.write_text("hello")
-    with pytest.raises(ValueError, match="weights.pth: not a PyTorch checkpoint"):
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=r"weights.pth: not a PyTorch checkpoint \(neither torch.save's zip format"):
         pcvos.load_model(bad)
+
+
+def test_truncated_checkpoint_file(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"state_dict": {"w": torch.zeros(64, 64)}}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    with pytest.raises(ValueError, match="cut.pth: not a PyTorch checkpoint that can be loaded safely"):
+        pcvos.load_model(cut)
 
 
 def test_missing_file(tmp_path):
@@ -96,9 +106,10 @@ def test_pickled_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"a": _Boom()}, f)
-    with pytest.raises(ValueError, match="not a PyTorch checkpoint that can be loaded safely"):
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint that can be loaded safely") as err:
         pcvos.load_model(path)
     assert "code ran" not in capsys.readouterr().out
+    assert "weights_only" not in str(err.value)  # torch's hint to load it unsafely is not passed on
 
 
 def _pcvos_file(path, **payload):

@@ -112,6 +112,33 @@ def test_cli_register_and_overrides(tmp_path, capsys):
         load_config(ROOT / "configs" / "tiny.yaml", ["model.no_such_field=3"])
 
 
+def _cli(*argv):
+    parser = argparse.ArgumentParser(prog="pcvos")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--config", "tiny", *argv])
+    return args.func(args)
+
+
+def test_cli_wrong_checkpoint_files_are_exit_2_with_no_output(tmp_path, capsys):
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights")
+    weights_only = tmp_path / "weights.pth"
+    pcvos.save_checkpoint(pcvos.PCVOS(pcvos.PCVOSConfig.from_dict(
+        load_config(ROOT / "configs" / "tiny.yaml")["model"])), weights_only)
+    cases = [
+        (["init.checkpoint=" + str(text)], "notes.pth: not a PyTorch checkpoint"),
+        (["--resume", str(text)], "notes.pth: not a PyTorch checkpoint"),
+        (["--resume", str(weights_only)], "weights.pth: not a training checkpoint"),
+        (["--resume", str(tmp_path / "missing.pth")], "resume checkpoint not found"),
+    ]
+    for argv, message in cases:
+        out = tmp_path / "run"
+        assert _cli("-o", str(out), *argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not out.exists()  # nothing written for a run that never started
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,14 +78,35 @@ def _verified_default() -> Path:
     return path
 
 
-def _read(source: str | os.PathLike) -> Any:
+# torch.save writes a zip archive; older files (and plain pickles) start with the PROTO opcode
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+def read_checkpoint(source: str | os.PathLike) -> Any:
+    """The raw contents of a checkpoint file, read safely (tensors and plain values only).
+
+    Raises :class:`FileNotFoundError` for a missing file and :class:`CheckpointError` (naming the
+    file) for a folder, a file of another kind, a truncated one or one that holds code.
+    """
     path = Path(source)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file; pass the .pth/.pt file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
+    with path.open("rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a "
+                              "pickle); is it the right file, or truncated?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own text suggests weights_only=False, i.e. running the file's code: not advice to pass on
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint that can be loaded safely (it holds Python "
+                              "objects other than tensors and plain values, which pcvos never unpickles)") from exc
     except Exception as exc:  # torch raises several types for foreign or corrupt files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a PyTorch checkpoint that can be loaded safely ({first})") from exc
@@ -223,7 +246,7 @@ def load_model(source: Source = None, *, device: str | torch.device | None = Non
     if source is None:
         source = _verified_default()
     where = str(source) if not isinstance(source, Mapping) else "state_dict"
-    raw = source if isinstance(source, Mapping) else _read(source)
+    raw = source if isinstance(source, Mapping) else read_checkpoint(source)
     state, stored_config = _unwrap(raw, where)
     cfg = config or stored_config or infer_config(state, where)
     try:

@@ -48,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    from pcvos.model.checkpoint import CheckpointError
     from pcvos.train.trainer import run_training
-    summary = run_training(cfg)
+    try:
+        summary = run_training(cfg)
+    except (CheckpointError, FileNotFoundError) as exc:  # a wrong init/resume file or data path
+        print(f"pcvos train: {exc}", file=sys.stderr)
+        return 2
     if summary.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
         last = summary.get("last") or {}
         print(f"done: {summary['iterations']} iterations in {summary['seconds']:.0f} s; "

@@ -91,8 +91,8 @@ def init_from_checkpoint(net: PCVOS, path: str | os.PathLike, strict: bool = Fal
     Non-strict: tensors with a matching name and shape are copied, the rest reported (e.g. an STCN
     checkpoint initialises everything but ICR).
     """
-    from pcvos.model.checkpoint import _read, _unwrap, load_model
-    raw = _read(path)
+    from pcvos.model.checkpoint import _unwrap, load_model, read_checkpoint
+    raw = read_checkpoint(path)
     state, stored = _unwrap(raw, str(path))
     if strict:
         src = load_model(raw, config=net.config).state_dict()

@@ -32,7 +32,7 @@ from pcvos.data.io_utils import atomic_write_text
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos
 from pcvos.data.train_datasets import (ImageFolderSource, MixedDataset, StaticDataset, TrainBatchSampler,
                                        VideoClipDataset, VideoFramesSource, davis_source, youtube_source)
-from pcvos.model.checkpoint import save_checkpoint
+from pcvos.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.train.config import dump_config
 from pcvos.train.init import init_from_checkpoint, init_imagenet
@@ -274,7 +274,6 @@ def run_training(cfg: dict) -> dict[str, Any]:
 def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     tc, out_dir = cfg["train"], Path(cfg["output_dir"])
     if dd.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     else:
@@ -300,7 +299,11 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     start = 0
     resume = _find_resume(cfg)
     if resume is not None:
-        ck = torch.load(resume, map_location="cpu", weights_only=True)
+        ck = read_checkpoint(resume)
+        if not isinstance(ck, dict) or not isinstance(ck.get("training"), dict) or "state_dict" not in ck:
+            raise CheckpointError(f"{resume}: not a training checkpoint (it has no optimizer state); resume from "
+                                  "<output_dir>/checkpoints/latest.pth, or start from its weights with "
+                                  "init.checkpoint=...")
         net.load_state_dict(ck["state_dict"])
         tr = ck["training"]
         opt.load_state_dict(tr["optimizer"])
@@ -335,6 +338,8 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
                         multiprocessing_context="forkserver" if workers > 0 else None)
     loss_cfg = LossConfig(**cfg["loss"])
     if dd.main:
+        # created only now: a wrong checkpoint, data folder or setting above leaves no output folder behind
+        out_dir.mkdir(parents=True, exist_ok=True)
         text = dump_config(cfg)
         atomic_write_text(out_dir / "config.yaml", text)
         log.info("training %s: %d samples, %d iterations, batch %d (%d per process, %d processes), device %s",
