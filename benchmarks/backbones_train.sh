@@ -16,6 +16,9 @@
 #   bash benchmarks/backbones_train.sh efficientnet-lite0 0 4 v1   # 4x, on v1's 25 sequences
 #
 # Compare the results with benchmarks/heldout.py (choices on --split select, numbers on --split report).
+# One compound command, so bash reads the whole file before running any of it: a run lasts hours,
+# and bash reads a script as it goes, so an edit made meanwhile would be run from the wrong offset.
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."   # configs/ and runs/ are the repository's, wherever this is called from
 backbone=${1:?usage: backbones_train.sh BACKBONE [SEED] [LENGTH] [DATA]}
@@ -74,3 +77,5 @@ run_stage() {  # config, name, extra overrides...
 run_stage configs/lite2_stage1.yaml "${tag}_stage1" model.backbone="$backbone" "${stage1[@]}"
 run_stage configs/lite2_stage2.yaml "${tag}_stage2" init.checkpoint="runs/${tag}_stage1/model_final.pth" \
     "${stage2[@]}"
+exit
+}
