@@ -98,25 +98,22 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert diffs.max().item() <= 2 * lr * iters
 
 
-def test_cli_register_and_overrides(tmp_path, capsys):
+def _cli(*argv):
     parser = argparse.ArgumentParser(prog="pcvos")
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--config", "tiny", "--print-config", "train.iterations=7",
-                              "paths.data=/x", "val.root=${paths.data}/davis", "data.crop=[32,32]"])
-    assert args.func(args) == 0
+    args = parser.parse_args(["train", "--config", "tiny", *argv])
+    return args.func(args)
+
+
+def test_cli_register_and_overrides(tmp_path, capsys):
+    assert _cli("--print-config", "train.iterations=7", "paths.data=/x", "val.root=${paths.data}/davis",
+                "data.crop=[32,32]") == 0
     printed = capsys.readouterr().out
     assert "iterations: 7" in printed and "root: /x/davis" in printed
     with pytest.raises(ConfigError, match="trian"):
         load_config(ROOT / "configs" / "tiny.yaml", ["trian.iterations=3"])
     with pytest.raises(ConfigError, match="model"):
         load_config(ROOT / "configs" / "tiny.yaml", ["model.no_such_field=3"])
-
-
-def _cli(*argv):
-    parser = argparse.ArgumentParser(prog="pcvos")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--config", "tiny", *argv])
-    return args.func(args)
 
 
 def test_cli_wrong_checkpoint_files_are_exit_2_with_no_output(tmp_path, capsys):
