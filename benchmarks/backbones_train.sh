@@ -52,14 +52,22 @@ PY
 text=$(stretch configs/lite2_stage1.yaml); mapfile -t stage1 <<< "$text"
 text=$(stretch configs/lite2_stage2.yaml); mapfile -t stage2 <<< "$text"
 if [[ $data == v1 ]]; then
-    # the list positions are the configs': static sources first, then DAVIS frames (stage 1);
-    # the DAVIS videos alone (stage 2)
-    text=$(python -c '
+    # overrides address data.sources by position, so find the DAVIS source in each config (a key set
+    # on another kind of source would be ignored silently)
+    text=$(python - configs/lite2_stage1.yaml configs/lite2_stage2.yaml <<'PY'
+import sys, yaml
 from pcvos.eval.protocol import REPORT_UNSEEN_BY_V1, SPLITS
 every = sorted(s for names in SPLITS.values() for s in names)
-print("data.sources.2.exclude=[" + ",".join(REPORT_UNSEEN_BY_V1) + "]")
-print("data.sources.0.sequences=[" + ",".join(s for s in every if s not in REPORT_UNSEEN_BY_V1) + "]")
-')
+def davis_index(path, kind):
+    found = [i for i, s in enumerate(yaml.safe_load(open(path))["data"]["sources"]) if s.get("type") == kind]
+    if len(found) != 1:
+        sys.exit(f"backbones_train.sh: {path}: expected one source of type {kind}, found {len(found)}")
+    return found[0]
+print(f"data.sources.{davis_index(sys.argv[1], 'davis_frames')}.exclude=[" + ",".join(REPORT_UNSEEN_BY_V1) + "]")
+print(f"data.sources.{davis_index(sys.argv[2], 'davis')}.sequences=["
+      + ",".join(s for s in every if s not in REPORT_UNSEEN_BY_V1) + "]")
+PY
+)
     mapfile -t v1 <<< "$text"
     stage1+=("${v1[0]}"); stage2+=("${v1[1]}")
 fi
