@@ -8,7 +8,9 @@
 # train split; "v1" is the 25 sequences pcvos-lite v1/v1.1 trained on (all but
 # pcvos.eval.protocol.REPORT_UNSEEN_BY_V1), so a recipe can be compared with the shipped model on
 # the same data and scored on the five sequences neither read (select and report are then not clean).
-# Re-running resumes whichever stage was interrupted.
+# Re-running resumes whichever stage was interrupted. THREADS=N in the environment overrides the
+# configs' torch thread count (1) for this run, e.g. to give a lone run both cores; it does not
+# change the recipe, only the speed (and float rounding).
 # Outputs: runs/bb_<backbone>_s<seed>[_x<LENGTH>][_v1data]_{stage1,stage2}
 #
 #   bash benchmarks/backbones_train.sh efficientnet-lite1 0
@@ -79,7 +81,9 @@ run_stage() {  # config, name, extra overrides...
     fi
     local resume=()
     [[ -f runs/$name/checkpoints/latest.pth ]] && resume=(--resume)
-    python -m pcvos train --config "$config" name="$name" seed="$seed" "$@" "${resume[@]}"
+    local threads=()
+    [[ -n ${THREADS:-} ]] && threads=(threads="$THREADS")
+    python -m pcvos train --config "$config" name="$name" seed="$seed" "$@" "${threads[@]}" "${resume[@]}"
 }
 
 run_stage configs/lite2_stage1.yaml "${tag}_stage1" model.backbone="$backbone" "${stage1[@]}"

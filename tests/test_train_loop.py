@@ -116,6 +116,29 @@ def test_cli_register_and_overrides(tmp_path, capsys):
         load_config(ROOT / "configs" / "tiny.yaml", ["model.no_such_field=3"])
 
 
+def test_source_keys_are_checked_per_type(tmp_path, capsys):
+    # a misspelt key would otherwise be ignored: "sequence" for "sequences" trains on every sequence
+    out = tmp_path / "run"
+    assert _cli("-o", str(out), "data.sources=[{type: davis, root: /x, sequence: [bear]}]") == 2
+    err = capsys.readouterr().err
+    assert "data.sources.0: unknown key(s) 'sequence' for a davis source" in err and "Traceback" not in err
+    assert not out.exists()
+    cases = [("[{type: youtube, root: /x, every: 2}]", "'every' for a youtube source"),  # davis_frames only
+             ("[{type: davis_franes, root: /x}]", "data.sources.0: unknown source type 'davis_franes'"),
+             ("[{root: /x}]", "unknown source type None"),
+             ("[/x]", "data.sources.0 must be a mapping"),
+             ("{type: davis}", "data.sources must be a list")]
+    for value, message in cases:
+        with pytest.raises(ConfigError) as info:
+            load_config(ROOT / "configs" / "tiny.yaml", ["data.sources=" + value])
+        assert message in str(info.value)
+    # every key a source type reads passes
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        "data.sources=[{type: davis_frames, root: /x, subset: train, year: '2016', sequences: [a], exclude: [b],"
+        " every: 2, max_objects: 1, repeat: 2, composite_prob: 0.5, resize_short: 240}]"])
+    assert cfg["data"]["sources"][0]["every"] == 2
+
+
 def test_cli_wrong_checkpoint_files_are_exit_2_with_no_output(tmp_path, capsys):
     text = tmp_path / "notes.pth"
     text.write_text("not weights")

@@ -5,8 +5,8 @@ file) inherits another file first. Overrides use dotted keys with YAML values
 (``train.iterations=20``, ``data.crop=[64,64]``, ``val.every=0``); list items are addressed by
 index (``data.sources.0.root=/data/davis``). String values may reference other keys as
 ``${paths.davis}``. Unknown keys are errors (typos must not pass silently), except under
-``model`` (checked against :class:`pcvos.PCVOSConfig`), ``paths`` (free-form) and the entries of
-``data.sources``.
+``model`` (checked against :class:`pcvos.PCVOSConfig`) and ``paths`` (free-form); each entry of
+``data.sources`` is checked against the keys its ``type`` reads (:data:`SOURCE_KEYS`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "load_config", "apply_overrides", "resolve_config_path", "dump_config", "ConfigError"]
+__all__ = ["DEFAULTS", "SOURCE_KEYS", "load_config", "apply_overrides", "resolve_config_path", "dump_config", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -97,6 +97,20 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# The keys each data.sources type reads (pcvos.train.trainer.build_dataset): a key outside its set
+# would be ignored, e.g. ``sequence:`` for ``sequences:`` training on every sequence without a word.
+_ANY_SOURCE = ("type", "repeat", "composite_prob", "resize_short")
+SOURCE_KEYS: dict[str, frozenset[str]] = {
+    kind: frozenset(_ANY_SOURCE + keys) for kind, keys in {
+        "davis": ("root", "subset", "year", "sequences", "exclude"),
+        "youtube": ("root", "videos", "exclude"),
+        "synthetic": ("num_videos", "num_frames", "size", "max_objects", "seed"),
+        "static": ("root", "max_objects"),
+        "davis_frames": ("root", "subset", "year", "sequences", "exclude", "every", "max_objects"),
+        "synthetic_static": ("num_images", "size", "seed", "max_objects"),
+    }.items()
+}
+
 _FREE = {("paths",), ("model",)}
 _REF = re.compile(r"\$\{([^}]+)\}")
 
@@ -148,6 +162,21 @@ def _check(cfg: dict, ref: dict, where: tuple = ()) -> None:
             raise ConfigError(f"unknown config key {'.'.join(here)!r}")
         if isinstance(ref[k], dict) and ref[k] and isinstance(v, dict):
             _check(v, ref[k], here)
+
+
+def _check_sources(sources: Any) -> None:
+    if not isinstance(sources, list):
+        raise ConfigError(f"data.sources must be a list of sources, got {type(sources).__name__}")
+    for i, src in enumerate(sources):
+        if not isinstance(src, dict):
+            raise ConfigError(f"data.sources.{i} must be a mapping with a 'type', got {src!r}")
+        kind = src.get("type")
+        if kind not in SOURCE_KEYS:
+            raise ConfigError(f"data.sources.{i}: unknown source type {kind!r} (one of {', '.join(SOURCE_KEYS)})")
+        unknown = sorted(set(src) - SOURCE_KEYS[kind])
+        if unknown:
+            raise ConfigError(f"data.sources.{i}: unknown key(s) {', '.join(map(repr, unknown))} for a {kind} "
+                              f"source (it reads {', '.join(sorted(SOURCE_KEYS[kind]))})")
 
 
 def _set(cfg: dict, dotted: str, value: Any) -> None:
@@ -209,6 +238,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = _merge(cfg, _read_file(resolve_config_path(path)))
     cfg = apply_overrides(cfg, overrides)
     _check(cfg, DEFAULTS)
+    _check_sources(cfg["data"]["sources"])
     cfg = _interpolate(cfg, cfg)
     if cfg["output_dir"] is None:
         cfg["output_dir"] = str(Path("runs") / str(cfg["name"]))
