@@ -30,6 +30,9 @@ data=${4:-train}
 if ! [[ $length =~ ^[1-9][0-9]*$ ]]; then
     echo "backbones_train.sh: LENGTH must be a whole number >= 1, got '$length'" >&2; exit 2
 fi
+if [[ -n ${THREADS:-} ]] && ! [[ $THREADS =~ ^[1-9][0-9]*$ ]]; then
+    echo "backbones_train.sh: THREADS must be a whole number >= 1, got '$THREADS'" >&2; exit 2
+fi
 if [[ $data != train && $data != v1 ]]; then
     echo "backbones_train.sh: DATA must be 'train' or 'v1', got '$data'" >&2; exit 2
 fi

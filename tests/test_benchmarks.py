@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,16 +62,18 @@ def test_backbones_table_means_over_seeds(tmp_path):
     assert res.returncode == 2 and "eval_unfinished_report/heldout.json: not found" in res.stderr
 
 
-@pytest.mark.parametrize("length, data, message", [
-    ("1.5", "train", "LENGTH must be a whole number >= 1, got '1.5'"),
-    ("2", "all", "DATA must be 'train' or 'v1', got 'all'"),
+@pytest.mark.parametrize("length, data, threads, message", [
+    ("1.5", "train", "", "LENGTH must be a whole number >= 1, got '1.5'"),
+    ("2", "all", "", "DATA must be 'train' or 'v1', got 'all'"),
+    ("2", "train", "two", "THREADS must be a whole number >= 1, got 'two'"),
 ])
-def test_backbones_train_rejects_bad_arguments(tmp_path, length, data, message):
+def test_backbones_train_rejects_bad_arguments(tmp_path, length, data, threads, message):
     # checked before anything is trained or written (the script works in the repository's runs/)
     runs = REPO / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()
     res = subprocess.run(["bash", str(REPO / "benchmarks/backbones_train.sh"), "efficientnet-lite0", "0", length, data],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**os.environ, "THREADS": threads})
     assert res.returncode == 2
     assert message in res.stderr
     assert (set(runs.iterdir()) if runs.is_dir() else set()) == before
