@@ -116,6 +116,36 @@ def test_cli_register_and_overrides(tmp_path, capsys):
         load_config(ROOT / "configs" / "tiny.yaml", ["model.no_such_field=3"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.iterations=2k", "train.iterations must be a whole number, got '2k'"),
+    ("threads=abc", "threads must be a whole number, got 'abc'"),
+    ("seed=1.5", "seed must be a whole number, got 1.5"),
+    ("train.iterations=0", "train.iterations must be at least 1, got 0"),
+    ("train.amp=maybe", "train.amp must be true or false, got 'maybe'"),
+    ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+    ("data.crop=384", "data.crop must be a list, got 384"),
+    ("data.crop=[384]", "data.crop must be a list of 2 whole numbers, got [384]"),
+    ("data.crop=[64,0]", "data.crop must be positive"),
+    ("train.lr_steps=[a]", "train.lr_steps must be a list of whole numbers"),
+    ("data.gap_schedule=[[0,5],[0.5]]", "data.gap_schedule.1 must be a list of 2 numbers"),
+    ("train=3", "train must be a mapping, got 3"),
+    ("data=[]", "data must be a mapping, got []"),
+])
+def test_config_values_are_checked(tmp_path, capsys, override, message):
+    # caught when the config is read: these used to end in a traceback from the trainer's int()/tuple()
+    out = tmp_path / "run"
+    assert _cli("-o", str(out), override) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_config_values_are_normalised():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["train.lr=1e-4", "name=2026", "train.grad_clip=1"])
+    assert cfg["train"]["lr"] == 1e-4  # YAML 1.1 reads 1e-4 (no dot) as a string
+    assert cfg["name"] == "2026" and cfg["train"]["grad_clip"] == 1.0
+
+
 def test_source_keys_are_checked_per_type(tmp_path, capsys):
     # a misspelt key would otherwise be ignored: "sequence" for "sequences" trains on every sequence
     out = tmp_path / "run"

@@ -6,7 +6,9 @@ file) inherits another file first. Overrides use dotted keys with YAML values
 index (``data.sources.0.root=/data/davis``). String values may reference other keys as
 ``${paths.davis}``. Unknown keys are errors (typos must not pass silently), except under
 ``model`` (checked against :class:`pcvos.PCVOSConfig`) and ``paths`` (free-form); each entry of
-``data.sources`` is checked against the keys its ``type`` reads (:data:`SOURCE_KEYS`).
+``data.sources`` is checked against the keys its ``type`` reads (:data:`SOURCE_KEYS`). Values
+must be of their default's kind (a whole number, a number, true/false, a string, a list), so a typo
+is a :class:`ConfigError` when the config is read, not a traceback once training has started.
 """
 from __future__ import annotations
 
@@ -112,6 +114,21 @@ SOURCE_KEYS: dict[str, frozenset[str]] = {
 }
 
 _FREE = {("paths",), ("model",)}
+
+# What a value must be, for the keys whose default (None) does not say; every other key must be of
+# its default's kind. Without the check a typo such as train.iterations=2k reached the trainer's
+# int() and ended in a traceback after the run had started.
+_NONE_KINDS: dict[tuple[str, ...], str] = {
+    ("output_dir",): "str", ("threads",): "int", ("resume",): "str", ("init", "imagenet"): "any",
+    ("init", "checkpoint"): "str", ("data", "resize_short"): "int", ("train", "grad_clip"): "float",
+    ("train", "stop_at"): "int", ("val", "root"): "str", ("val", "year"): "any", ("val", "sequences"): "list",
+    ("val", "size"): "int",
+}
+# whole numbers that must be at least 1 (the rest must be at least 0; 0 turns an "every" off)
+_POSITIVE = {("threads",), ("train", "iterations"), ("train", "batch_size"), ("train", "log_every"),
+             ("data", "clip_len"), ("data", "num_clips"), ("data", "static_frames"), ("data", "max_objects"),
+             ("val", "clip_length"), ("val", "top_k"), ("val", "size"), ("data", "resize_short")}
+_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list"}
 _REF = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -179,6 +196,77 @@ def _check_sources(sources: Any) -> None:
                               f"source (it reads {', '.join(sorted(SOURCE_KEYS[kind]))})")
 
 
+def _kind_of(default: Any) -> str:
+    for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list)):
+        if isinstance(default, types):
+            return kind
+    return "any"
+
+
+def _coerce(kind: str, value: Any, key: str) -> Any:
+    """``value`` as ``kind``, or a ConfigError naming ``key``."""
+    if value is None or kind == "any":
+        return value
+    ok: Any = None
+    if kind == "bool" and isinstance(value, bool):
+        ok = value
+    elif kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        ok = value
+    elif kind == "float" and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            ok = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                ok = float(value)
+            except ValueError:
+                pass
+    elif kind == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        ok = str(value)  # name=2026 is a name, not a number
+    elif kind == "list" and isinstance(value, list):
+        ok = value
+    if ok is None:
+        raise ConfigError(f"{key} must be {_WORDS[kind]}, got {value!r}")
+    if kind == "int":
+        least = 1 if tuple(key.split(".")) in _POSITIVE else 0
+        if ok < least:
+            raise ConfigError(f"{key} must be at least {least}, got {ok}")
+    return ok
+
+
+def _check_values(cfg: dict, ref: dict, where: tuple = ()) -> None:
+    for k, default in ref.items():
+        here = where + (k,)
+        if here in _FREE or k not in cfg:
+            continue
+        if isinstance(default, dict) and default:
+            if not isinstance(cfg[k], dict):
+                raise ConfigError(f"{'.'.join(here)} must be a mapping, got {cfg[k]!r}")
+            _check_values(cfg[k], default, here)
+            continue
+        kind = _NONE_KINDS.get(here, "any") if default is None else _kind_of(default)
+        cfg[k] = _coerce(kind, cfg[k], ".".join(here))
+
+
+def _check_lists(cfg: dict) -> None:
+    def numbers(key: str, value: Any, length: int | None, whole: bool) -> None:
+        kinds = "whole numbers" if whole else "numbers"
+        good = all(isinstance(x, int) if whole else isinstance(x, (int, float)) for x in value) \
+            and not any(isinstance(x, bool) for x in value)
+        if not good or (length is not None and len(value) != length):
+            size = f"{length} " if length is not None else ""
+            raise ConfigError(f"{key} must be a list of {size}{kinds}, got {value!r}")
+    d, t = cfg["data"], cfg["train"]
+    numbers("data.crop", d["crop"], 2, True)
+    if min(d["crop"]) < 1:
+        raise ConfigError(f"data.crop must be positive, got {d['crop']!r}")
+    numbers("data.zoom_range", d["zoom_range"], 2, False)
+    numbers("train.lr_steps", t["lr_steps"], None, True)
+    for i, step in enumerate(d["gap_schedule"]):
+        if not isinstance(step, list):
+            raise ConfigError(f"data.gap_schedule.{i} must be [progress, gap], got {step!r}")
+        numbers(f"data.gap_schedule.{i}", step, 2, False)
+
+
 def _set(cfg: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node: Any = cfg
@@ -238,8 +326,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = _merge(cfg, _read_file(resolve_config_path(path)))
     cfg = apply_overrides(cfg, overrides)
     _check(cfg, DEFAULTS)
-    _check_sources(cfg["data"]["sources"])
     cfg = _interpolate(cfg, cfg)
+    _check_values(cfg, DEFAULTS)  # after interpolation: a ${...} reference resolves to its value's type
+    _check_lists(cfg)
+    _check_sources(cfg["data"]["sources"])
     if cfg["output_dir"] is None:
         cfg["output_dir"] = str(Path("runs") / str(cfg["name"]))
     if cfg["data"]["mode"] not in ("per_clip", "frame_wise", "static"):
