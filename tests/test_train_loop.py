@@ -146,6 +146,23 @@ def test_config_values_are_normalised():
     assert cfg["name"] == "2026" and cfg["train"]["grad_clip"] == 1.0
 
 
+def test_overrides_on_both_sides_of_options(tmp_path, capsys):
+    from pcvos.cli import main as pcvos_main
+    from pcvos.train.cli import main as train_main
+    out = str(tmp_path / "run")
+    for entry in (lambda argv: pcvos_main(["train", *argv]), train_main):
+        assert entry(["--config", "tiny", "train.iterations=7", "-o", out, "seed=4", "--print-config"]) == 0
+        printed = capsys.readouterr().out
+        assert "iterations: 7" in printed and "seed: 4" in printed
+    # --resume takes an optional path: an override right after it is an override, resume stays auto
+    assert pcvos_main(["train", "--config", "tiny", "-o", out, "--resume", "seed=5", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed: 5" in printed and "resume: auto" in printed
+    with pytest.raises(SystemExit) as info:  # anything else left over is still an error
+        pcvos_main(["train", "--config", "tiny", "-o", out, "--bogus"])
+    assert info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_source_keys_are_checked_per_type(tmp_path, capsys):
     # a misspelt key would otherwise be ignored: "sequence" for "sequences" trains on every sequence
     out = tmp_path / "run"

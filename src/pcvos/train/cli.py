@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-__all__ = ["register", "add_arguments", "run", "main"]
+__all__ = ["register", "add_arguments", "run", "main", "take_extra"]
 
 _EPILOG = """\
 examples:
@@ -33,8 +34,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def _is_override(token: str) -> bool:
+    return "=" in token and not token.startswith("-")
+
+
+def take_extra(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Move KEY=VALUE tokens argparse left over into ``args.overrides``; return the rest.
+
+    argparse takes a positional list only once, so overrides on both sides of an option
+    (``c=1 -o run d=2``) would otherwise leave ``d=2`` unrecognised."""
+    args.overrides = list(args.overrides or []) + [t for t in extra if _is_override(t)]
+    return [t for t in extra if not _is_override(t)]
+
+
 def run(args: argparse.Namespace) -> int:
     from pcvos.train.config import ConfigError, dump_config, load_config
+    if args.resume and _is_override(args.resume) and not Path(args.resume).exists():
+        # --resume takes an optional path, so it swallowed the override that followed it
+        args.overrides = list(args.overrides or []) + [args.resume]
+        args.resume = "auto"
     overrides = list(args.overrides or [])
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -68,7 +86,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                               description="Static-image pre-training and per-clip video training.",
                               epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, take_extra=take_extra)
     return p
 
 
@@ -76,4 +94,4 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pcvos.train", description="Train PCVOS.", epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    return run(p.parse_args(argv))
+    return run(p.parse_intermixed_args(argv))
