@@ -130,6 +130,11 @@ def test_cli_register_and_overrides(tmp_path, capsys):
     ("data.gap_schedule=[[0,5],[0.5]]", "data.gap_schedule.1 must be a list of 2 numbers"),
     ("train=3", "train must be a mapping, got 3"),
     ("data=[]", "data must be a mapping, got []"),
+    ("device=gpu", "device must be auto, cpu or cuda, got 'gpu'"),
+    ("data.mode=static", "data.sources.0: a synthetic source gives videos; data.mode=static needs"),
+    ("data.sources=[{type:", "override 'data.sources=[{type:': the value is not valid YAML"),
+    ("data.sources.5.root=x", "'data.sources.5.root' does not address a key of the config"),
+    ("data.sources=[]", "data.sources is empty: nothing to train on"),  # found by the run, before it writes
 ])
 def test_config_values_are_checked(tmp_path, capsys, override, message):
     # caught when the config is read: these used to end in a traceback from the trainer's int()/tuple()
@@ -138,6 +143,20 @@ def test_config_values_are_checked(tmp_path, capsys, override, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_exit_2(tmp_path, capsys):
+    assert _cli("-o", str(tmp_path / "run"), "device=cuda") == 2
+    assert "device=cuda but CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_that_is_not_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  iterations: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
 
 
 def test_config_values_are_normalised():
@@ -180,7 +199,7 @@ def test_source_keys_are_checked_per_type(tmp_path, capsys):
             load_config(ROOT / "configs" / "tiny.yaml", ["data.sources=" + value])
         assert message in str(info.value)
     # every key a source type reads passes
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.mode=static",
         "data.sources=[{type: davis_frames, root: /x, subset: train, year: '2016', sequences: [a], exclude: [b],"
         " every: 2, max_objects: 1, repeat: 2, composite_prob: 0.5, resize_short: 240}]"])
     assert cfg["data"]["sources"][0]["every"] == 2

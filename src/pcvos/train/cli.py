@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from pcvos.train.trainer import run_training
     try:
         summary = run_training(cfg)
-    except (CheckpointError, FileNotFoundError) as exc:  # a wrong init/resume file or data path
+    except (CheckpointError, ConfigError, FileNotFoundError) as exc:  # a wrong init/resume file, data path,
+        # or a setting only the run can check (no sources, CUDA asked for but absent, batch vs processes)
         print(f"pcvos train: {exc}", file=sys.stderr)
         return 2
     if summary.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:

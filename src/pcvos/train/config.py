@@ -155,11 +155,18 @@ def _merge(base: dict, over: dict, where: str = "") -> dict:
     return out
 
 
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())  # YAML errors span several lines; the message is one
+
+
 def _read_file(path: Path, seen: tuple = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config inheritance loop at {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping")
     base = data.pop("base", None)
@@ -181,7 +188,10 @@ def _check(cfg: dict, ref: dict, where: tuple = ()) -> None:
             _check(v, ref[k], here)
 
 
-def _check_sources(sources: Any) -> None:
+_STATIC_SOURCES = frozenset({"static", "davis_frames", "synthetic_static"})
+
+
+def _check_sources(sources: Any, mode: str) -> None:
     if not isinstance(sources, list):
         raise ConfigError(f"data.sources must be a list of sources, got {type(sources).__name__}")
     for i, src in enumerate(sources):
@@ -194,6 +204,10 @@ def _check_sources(sources: Any) -> None:
         if unknown:
             raise ConfigError(f"data.sources.{i}: unknown key(s) {', '.join(map(repr, unknown))} for a {kind} "
                               f"source (it reads {', '.join(sorted(SOURCE_KEYS[kind]))})")
+        if (kind in _STATIC_SOURCES) != (mode == "static"):
+            raise ConfigError(f"data.sources.{i}: a {kind} source " + (
+                "gives still images; it needs data.mode=static" if kind in _STATIC_SOURCES
+                else f"gives videos; data.mode=static needs {', '.join(sorted(_STATIC_SOURCES))} sources"))
 
 
 def _kind_of(default: Any) -> str:
@@ -290,7 +304,15 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        _set(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_first_line(exc)}); "
+                              "quote the whole override in the shell") from None
+        try:
+            _set(cfg, key.strip(), value)
+        except (IndexError, ValueError, TypeError):
+            raise ConfigError(f"override {item!r}: {key.strip()!r} does not address a key of the config") from None
     return cfg
 
 
@@ -329,11 +351,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _interpolate(cfg, cfg)
     _check_values(cfg, DEFAULTS)  # after interpolation: a ${...} reference resolves to its value's type
     _check_lists(cfg)
-    _check_sources(cfg["data"]["sources"])
     if cfg["output_dir"] is None:
         cfg["output_dir"] = str(Path("runs") / str(cfg["name"]))
     if cfg["data"]["mode"] not in ("per_clip", "frame_wise", "static"):
         raise ConfigError(f"data.mode must be per_clip, frame_wise or static, got {cfg['data']['mode']!r}")
+    if cfg["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    _check_sources(cfg["data"]["sources"], cfg["data"]["mode"])
     from pcvos.model.network import PCVOSConfig
     try:
         PCVOSConfig.from_dict(cfg["model"])

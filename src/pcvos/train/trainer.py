@@ -34,7 +34,7 @@ from pcvos.data.train_datasets import (ImageFolderSource, MixedDataset, StaticDa
                                        VideoClipDataset, VideoFramesSource, davis_source, youtube_source)
 from pcvos.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from pcvos.model.network import PCVOS, PCVOSConfig
-from pcvos.train.config import dump_config
+from pcvos.train.config import ConfigError, dump_config
 from pcvos.train.init import init_from_checkpoint, init_imagenet
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
@@ -52,7 +52,7 @@ class _Dist:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = torch.cuda.is_available() and device_pref != "cpu"
         if device_pref == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but CUDA is not available")
+            raise ConfigError("device=cuda but CUDA is not available (device=auto uses it when it is)")
         if use_cuda:
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
@@ -144,7 +144,7 @@ def build_dataset(cfg: dict) -> MixedDataset:
     crop = tuple(d["crop"])
     parts = []
     if not d["sources"]:
-        raise ValueError("data.sources is empty: nothing to train on")
+        raise ConfigError("data.sources is empty: nothing to train on")
     for s in d["sources"]:
         s = dict(s)
         kind = s.get("type")
@@ -281,7 +281,7 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     seed = int(cfg["seed"])
     total = int(tc["iterations"])
     if tc["batch_size"] % dd.world:
-        raise ValueError(f"train.batch_size={tc['batch_size']} is not divisible by the {dd.world} processes")
+        raise ConfigError(f"train.batch_size={tc['batch_size']} is not divisible by the {dd.world} processes")
     per_proc = tc["batch_size"] // dd.world
 
     random.seed(seed + dd.rank)
