@@ -155,7 +155,7 @@ def _merge(base: dict, over: dict, where: str = "") -> dict:
     return out
 
 
-def _first_line(exc: Exception) -> str:
+def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())  # YAML errors span several lines; the message is one
 
 
@@ -166,7 +166,7 @@ def _read_file(path: Path, seen: tuple = ()) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping")
     base = data.pop("base", None)
@@ -307,7 +307,7 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_first_line(exc)}); "
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(exc)}); "
                               "quote the whole override in the shell") from None
         try:
             _set(cfg, key.strip(), value)
