@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pcvos
+from pcvos.data.io_utils import atomic_write_text
 from pcvos.model.checkpoint import sha256_of
 
 
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     card = json.loads(args.card.read_text()) if args.card else {}
     card.update({"file": args.out.name, "sha256": sha256_of(args.out), "bytes": args.out.stat().st_size,
                  "config": again.config.to_dict()})
-    args.out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     print(f"{args.out}: {card['bytes'] / 2**20:.1f} MiB, sha256 {card['sha256']}")
     return 0
 

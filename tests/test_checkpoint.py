@@ -154,3 +154,32 @@ def test_bad_checkpoints_are_one_line_in_the_cli(tmp_path, capsys):
                  "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_script_writes_fp16_model_and_card(tmp_path):
+    # scripts/export_model.py is how a model is shipped: fp16 file, card with its SHA-256 and size
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pcvos.model.checkpoint import sha256_of
+    root = Path(__file__).resolve().parents[1]
+    cfg = pcvos.PCVOSConfig(backbone="efficientnet-lite0", key_dim=16, value_dim=32, thin_dim=16,
+                            decoder_widths=(16, 16, 16), refine=False)
+    torch.manual_seed(0)
+    pcvos.save_checkpoint(pcvos.PCVOS(cfg), tmp_path / "final.pth")
+    (tmp_path / "extra.json").write_text(json.dumps({"version": "test", "held_out": ["bear"]}))
+    out = tmp_path / "ship" / "model.pt"
+    out.parent.mkdir()
+    res = subprocess.run([sys.executable, str(root / "scripts/export_model.py"), str(tmp_path / "final.pth"), str(out),
+                          "--card", str(tmp_path / "extra.json"), "--preferred-size", "240"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["sha256"] == sha256_of(out) and card["bytes"] == out.stat().st_size
+    assert card["version"] == "test" and card["config"]["extra"]["preferred_size"] == 240
+    payload = torch.load(out, map_location="cpu", weights_only=True)
+    halves = [v.dtype for v in payload["state_dict"].values() if v.is_floating_point()]
+    assert halves and all(d == torch.float16 for d in halves)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.json", "model.pt"]  # no temp files left
