@@ -34,6 +34,8 @@ RANDOM_JUMPS = 50
 POLL_S = 0.5
 #: Frames given masks (by a propagation up to a second keyframe) for the latency with masks.
 MASKED_FRAMES = 120
+#: Written into --work so that a later run knows the folder is its own scratch space to replace.
+MARKER = ".studio_measure_scratch"
 
 
 def make_video(frames: list[np.ndarray], out: Path, seconds: float, fps: float) -> None:
@@ -94,7 +96,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", type=Path, required=True)
     p.add_argument("--mask", type=Path, required=True, help="mask of frame 0")
-    p.add_argument("--work", type=Path, required=True, help="scratch folder (replaced)")
+    p.add_argument("--work", type=Path, required=True,
+                   help="scratch folder: created, or replaced if an earlier run of this script made it")
     p.add_argument("--make-video-from", type=Path, help="frame folder to loop into --video (and its cut)")
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--fps", type=float, default=24)
@@ -108,9 +111,16 @@ def main() -> None:
     from pcvos.data.frames import FrameFolder
     from pcvos.data.masks import read_mask
 
+    marker = args.work / MARKER
     if args.work.exists():
+        # replace only a scratch folder this script made: --work pointed at anything else by mistake is left alone
+        if any(args.work.iterdir()) and not marker.is_file():
+            print(f"studio_measure.py: --work {args.work} exists and was not made by this script; "
+                  "choose a new folder", file=sys.stderr)
+            sys.exit(2)
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
+    marker.write_text("scratch folder of benchmarks/studio_measure.py; replaced on each run\n")
     cut = args.work / "cut.mp4"
     if args.make_video_from:
         frames = list(FrameFolder(args.make_video_from))

@@ -77,3 +77,15 @@ def test_backbones_train_rejects_bad_arguments(tmp_path, length, data, threads, 
     assert res.returncode == 2
     assert message in res.stderr
     assert (set(runs.iterdir()) if runs.is_dir() else set()) == before
+
+
+def test_studio_measure_leaves_a_folder_it_did_not_make(tmp_path):
+    # --work is replaced on each run, but only when an earlier run of the script made it
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep me")
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks/studio_measure.py"), "--video", str(tmp_path / "v.mp4"),
+                          "--mask", str(tmp_path / "m.png"), "--work", str(work)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "was not made by this script" in res.stderr
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
