@@ -177,6 +177,9 @@ def test_overrides_on_both_sides_of_options(tmp_path, capsys):
     assert pcvos_main(["train", "--config", "tiny", "-o", out, "--resume", "seed=5", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "seed: 5" in printed and "resume: auto" in printed
+    # option values are paths, not YAML: a colon or bracket in them stays part of the name
+    assert pcvos_main(["train", "--config", "tiny", "-o", str(tmp_path / "run: [2]"), "--print-config"]) == 0
+    assert f"output_dir: '{tmp_path / 'run: [2]'}'" in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:  # anything else left over is still an error
         pcvos_main(["train", "--config", "tiny", "-o", out, "--bogus"])
     assert info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

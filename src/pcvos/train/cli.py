@@ -7,6 +7,7 @@ CLI wires it in); ``python -m pcvos.train`` runs it stand-alone. Both work under
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -54,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = list(args.overrides or []) + [args.resume]
         args.resume = "auto"
     overrides = list(args.overrides or [])
+    # paths go in as quoted strings (JSON is YAML): "-o 'run: 2'" must not become a mapping
     if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     if args.resume:
-        overrides.append(f"resume={args.resume}")
+        overrides.append(f"resume={json.dumps(args.resume)}")
     try:
         cfg = load_config(args.config, overrides)
     except (ConfigError, FileNotFoundError) as exc:
