@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "SOURCE_KEYS", "load_config", "apply_overrides", "resolve_config_path", "dump_config", "ConfigError"]
+__all__ = ["DEFAULTS", "SOURCE_KEYS", "STATIC_SOURCES", "check_sources", "load_config", "apply_overrides", "resolve_config_path", "dump_config", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -188,10 +188,12 @@ def _check(cfg: dict, ref: dict, where: tuple = ()) -> None:
             _check(v, ref[k], here)
 
 
-_STATIC_SOURCES = frozenset({"static", "davis_frames", "synthetic_static"})
+#: The source types that give still images (data.mode=static); the others give videos.
+STATIC_SOURCES = frozenset({"static", "davis_frames", "synthetic_static"})
 
 
-def _check_sources(sources: Any, mode: str) -> None:
+def check_sources(sources: Any, mode: str) -> None:
+    """Raise ConfigError unless ``sources`` is a list of known sources, each with its type's keys and fit for ``mode``."""
     if not isinstance(sources, list):
         raise ConfigError(f"data.sources must be a list of sources, got {type(sources).__name__}")
     for i, src in enumerate(sources):
@@ -204,10 +206,10 @@ def _check_sources(sources: Any, mode: str) -> None:
         if unknown:
             raise ConfigError(f"data.sources.{i}: unknown key(s) {', '.join(map(repr, unknown))} for a {kind} "
                               f"source (it reads {', '.join(sorted(SOURCE_KEYS[kind]))})")
-        if (kind in _STATIC_SOURCES) != (mode == "static"):
+        if (kind in STATIC_SOURCES) != (mode == "static"):
             raise ConfigError(f"data.sources.{i}: a {kind} source " + (
-                "gives still images; it needs data.mode=static" if kind in _STATIC_SOURCES
-                else f"gives videos; data.mode=static needs {', '.join(sorted(_STATIC_SOURCES))} sources"))
+                "gives still images; it needs data.mode=static" if kind in STATIC_SOURCES
+                else f"gives videos; data.mode=static needs {', '.join(sorted(STATIC_SOURCES))} sources"))
 
 
 def _kind_of(default: Any) -> str:
@@ -357,7 +359,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"data.mode must be per_clip, frame_wise or static, got {cfg['data']['mode']!r}")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
-    _check_sources(cfg["data"]["sources"], cfg["data"]["mode"])
+    check_sources(cfg["data"]["sources"], cfg["data"]["mode"])
     from pcvos.model.network import PCVOSConfig
     try:
         PCVOSConfig.from_dict(cfg["model"])

@@ -34,7 +34,7 @@ from pcvos.data.train_datasets import (ImageFolderSource, MixedDataset, StaticDa
                                        VideoClipDataset, VideoFramesSource, davis_source, youtube_source)
 from pcvos.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from pcvos.model.network import PCVOS, PCVOSConfig
-from pcvos.train.config import ConfigError, dump_config
+from pcvos.train.config import STATIC_SOURCES, ConfigError, check_sources, dump_config
 from pcvos.train.init import init_from_checkpoint, init_imagenet
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
@@ -145,14 +145,13 @@ def build_dataset(cfg: dict) -> MixedDataset:
     parts = []
     if not d["sources"]:
         raise ConfigError("data.sources is empty: nothing to train on")
+    check_sources(d["sources"], mode)  # types, keys and mode, as load_config checks them (cfg may be built by hand)
     for s in d["sources"]:
         s = dict(s)
         kind = s.get("type")
         repeat = int(s.get("repeat", 1))
         common = dict(min_pixels=d["min_pixels"], composite_prob=s.get("composite_prob", d["composite_prob"]))
-        if kind in ("static", "synthetic_static", "davis_frames"):
-            if mode != "static":
-                raise ValueError(f"source type {kind!r} needs data.mode=static")
+        if kind in STATIC_SOURCES:
             if kind == "static":
                 src = ImageFolderSource(s["root"])
             elif kind == "davis_frames":  # a video set's annotated frames, each a static image
@@ -164,17 +163,13 @@ def build_dataset(cfg: dict) -> MixedDataset:
             ds = StaticDataset(src, crop, d["static_frames"], max_objects=s.get("max_objects", d["max_objects"]),
                                augment=aug, **common)
         else:
-            if mode == "static":
-                raise ValueError(f"source type {kind!r} is a video source; data.mode=static needs static sources")
             if kind == "davis":
                 src = davis_source(s["root"], s.get("subset", "train"), s.get("year"), s.get("sequences"), s.get("exclude"))
             elif kind == "youtube":
                 src = youtube_source(s["root"], s.get("videos"), s.get("exclude"))
-            elif kind == "synthetic":
+            else:  # synthetic
                 src = SyntheticVideos(s.get("num_videos", 8), s.get("num_frames", 24), tuple(s.get("size", crop)),
                                       s.get("max_objects", 2), s.get("seed", 0))
-            else:
-                raise ValueError(f"unknown data source type {kind!r} (davis, youtube, static, davis_frames, synthetic, synthetic_static)")
             ds = VideoClipDataset(src, crop, d["clip_len"], d["num_clips"], mode, d["max_objects"], d["max_skip"],
                                   d["gap_schedule"], reverse_prob=d["reverse_prob"],
                                   augment=_video_augment(d, s), **common)
