@@ -1,13 +1,17 @@
 """Checkpoint layouts, strictness and safety."""
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import pcvos
-from pcvos.model.checkpoint import CheckpointError
+from pcvos.model.checkpoint import CheckpointError, sha256_of
 
 
 def test_released_pcvos_layout_is_recognised(official_weights):
@@ -158,12 +162,6 @@ def test_bad_checkpoints_are_one_line_in_the_cli(tmp_path, capsys):
 
 def test_export_script_writes_fp16_model_and_card(tmp_path):
     # scripts/export_model.py is how a model is shipped: fp16 file, card with its SHA-256 and size
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from pcvos.model.checkpoint import sha256_of
     root = Path(__file__).resolve().parents[1]
     cfg = pcvos.PCVOSConfig(backbone="efficientnet-lite0", key_dim=16, value_dim=32, thin_dim=16,
                             decoder_widths=(16, 16, 16), refine=False)
