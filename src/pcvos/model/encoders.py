@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50
 
 from pcvos.model.blocks import FeatureFusion
 
@@ -22,6 +21,10 @@ class ResNetKeyEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        # imported here: torchvision.models takes about a second to import, and every `pcvos`
+        # command with the shipped EfficientNet model would pay it without using it
+        from torchvision.models import resnet50
+
         net = resnet50(weights=None)
         self.conv1 = net.conv1
         self.bn1 = net.bn1
