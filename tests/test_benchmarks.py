@@ -89,3 +89,14 @@ def test_studio_measure_leaves_a_folder_it_did_not_make(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "was not made by this script" in res.stderr
     assert [p.name for p in work.iterdir()] == ["notes.txt"]
+
+
+def test_cold_start_phases_on_cpu(davis_root):
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks/cuda_cold_start.py"), "--device", "cpu",
+                          "--data", str(davis_root), "--frames", "3", "--sizes", "64", "96"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = [line.split("|")[1].strip() for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["import torch", "first tensor on the device", "import pcvos, load_model, read frames",
+                        "1st segment, 64p", "2nd segment, 64p", "1st segment, 96p", "2nd segment, 96p", "total"]
+    assert res.stdout.startswith("bear, 3 frames, cpu, cuDNN default")
