@@ -9,6 +9,7 @@ memory frame every 5 frames (STCN's schedule), with ICR on single frames if the 
 and no PMM; the other L use ICR + PMM with a memory frame every L frames. Results (masks, metrics.json per L) go under ``--out``; a markdown
 table is printed and written to ``--out/dial.md`` and a JSON to ``--out/dial.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,22 +64,39 @@ def main(argv=None) -> int:
             if L == 1:
                 # per frame, memory every 5 frames (STCN's schedule); ICR on single frames when the
                 # model has it (a model trained with ICR degrades without it)
-                sched = Schedule(clip_length=1, memory_every=5, pmm_segment=None, size=args.size,
-                                 precision=args.precision)
+                sched = Schedule(
+                    clip_length=1, memory_every=5, pmm_segment=None, size=args.size, precision=args.precision
+                )
             else:
                 sched = Schedule(clip_length=L, size=args.size, precision=args.precision)
             out = args.out / f"L{L}"
-            stats = run_davis(model, root, out,
-                              year="2016", subset="val", schedule=sched, ctx=Distributed(), progress=False)
+            stats = run_davis(
+                model, root, out, year="2016", subset="val", schedule=sched, ctx=Distributed(), progress=False
+            )
             m = evaluate_davis(root, out, subset="val", year="2016")
-            rows.append({"L": L, "J&F": m["J&F-Mean"], "J": m["J-Mean"], "F": m["F-Mean"], "fps": stats.fps,
-                         "frames": stats.frames, "seconds": stats.seconds})
+            rows.append(
+                {
+                    "L": L,
+                    "J&F": m["J&F-Mean"],
+                    "J": m["J-Mean"],
+                    "F": m["F-Mean"],
+                    "fps": stats.fps,
+                    "frames": stats.frames,
+                    "seconds": stats.seconds,
+                }
+            )
             print(f"L={L}: J&F {100 * m['J&F-Mean']:.1f}, {stats.fps:.2f} FPS", file=sys.stderr)
-    lines = [f"{len(args.sequences)} sequences ({', '.join(args.sequences)}), processing size "
-             f"{args.size or 'native'}, {args.precision}, {torch.get_num_threads()} threads", "",
-             "| L | J&F | J | F | FPS |", "|---|---|---|---|---|"]
+    lines = [
+        f"{len(args.sequences)} sequences ({', '.join(args.sequences)}), processing size "
+        f"{args.size or 'native'}, {args.precision}, {torch.get_num_threads()} threads",
+        "",
+        "| L | J&F | J | F | FPS |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['L']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {r['fps']:.2f} |")
+        lines.append(
+            f"| {r['L']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {r['fps']:.2f} |"
+        )
     text = "\n".join(lines)
     print(text)
     atomic_write_text(args.out / "dial.md", text + "\n")

@@ -15,6 +15,7 @@ the run's setup plus its first N steps; inference seconds are timed apart. Masks
 ``--out/N<n>/<sequence>``; the table is printed and written to ``--out/adapt.md`` and
 ``--out/adapt.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,15 +63,25 @@ def _time_only(args: argparse.Namespace) -> int:
             frames = seq.frames()
             first = seq.first_mask()
             wall, cpu = time.perf_counter(), time.process_time()
-            run = Adaptation(model, frames, {0: np.where(first == 255, 0, first).astype(np.uint8)}, seed=args.seed,
-                             size=args.size, lr=args.lr, clip_len=args.adapt_clip_len)
+            run = Adaptation(
+                model,
+                frames,
+                {0: np.where(first == 255, 0, first).astype(np.uint8)},
+                seed=args.seed,
+                size=args.size,
+                lr=args.lr,
+                clip_len=args.adapt_clip_len,
+            )
             for _ in range(args.time_steps):
                 run.step()
             run.result()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            print(f"{name} {frames.shape[2]}x{frames.shape[1]}, {len(frames)} frames, size {args.size}, "
-                  f"{args.time_steps} steps, {torch.get_num_threads()} threads: wall {wall:.1f} s, CPU {cpu:.1f} s, "
-                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"{name} {frames.shape[2]}x{frames.shape[1]}, {len(frames)} frames, size {args.size}, "
+                f"{args.time_steps} steps, {torch.get_num_threads()} threads: wall {wall:.1f} s, CPU {cpu:.1f} s, "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
     return 0
 
 
@@ -88,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt"))
-    p.add_argument("--time-steps", type=int, default=None, metavar="N",
-                   help="only time N adaptation steps per sequence (wall and CPU seconds); no scoring")
+    p.add_argument(
+        "--time-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only time N adaptation steps per sequence (wall and CPU seconds); no scoring",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             masks = {0: np.where(first == 255, 0, first).astype(np.uint8)}
             frames_of[name] = len(frames)
             t0 = time.perf_counter()
-            run = Adaptation(model, frames, masks, seed=args.seed, size=args.size, lr=args.lr,
-                             clip_len=args.adapt_clip_len)
+            run = Adaptation(
+                model, frames, masks, seed=args.seed, size=args.size, lr=args.lr, clip_len=args.adapt_clip_len
+            )
             spent = time.perf_counter() - t0
             for n in steps:
                 t0 = time.perf_counter()
@@ -129,31 +146,54 @@ def main(argv: list[str] | None = None) -> int:
                 adapt_s[n][name] = spent if n > 0 else 0.0
                 for i, fname in enumerate(seq.frame_names):
                     save_indexed_png(args.out / f"N{n}" / name / f"{fname}.png", labels[i])
-                print(f"{name} N={n}: adapt {adapt_s[n][name]:.1f} s, inference {infer_s[n][name]:.1f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{name} N={n}: adapt {adapt_s[n][name]:.1f} s, inference {infer_s[n][name]:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         rows = []
         for n in steps:
             m = evaluate_davis(root, args.out / f"N{n}", subset="val", year="2016", workers=1)
             per_seq = _sequence_jf(m["per_object"], sequences)
-            rows.append({"N": n, "J&F": m["J&F-Mean"], "J": m["J-Mean"], "F": m["F-Mean"],
-                         "adapt_s_mean": float(np.mean(list(adapt_s[n].values()))),
-                         "infer_s_mean": float(np.mean(list(infer_s[n].values()))),
-                         "per_sequence": per_seq, "adapt_s": adapt_s[n], "infer_s": infer_s[n]})
-    head = (f"{len(sequences)} sequences ({', '.join(sequences)}); L={args.clip_length}, size {args.size}, "
-            f"lr {args.lr:g}, synthetic clips of {args.adapt_clip_len}, seed {args.seed}, "
-            f"{torch.get_num_threads()} threads; frames per sequence {min(frames_of.values())}-"
-            f"{max(frames_of.values())}")
-    lines = [head, "", "| N | J&F | J | F | adapt s/video | inference s/video | " + " | ".join(sequences) + " |",
-             "|---" * (6 + len(sequences)) + "|"]
+            rows.append(
+                {
+                    "N": n,
+                    "J&F": m["J&F-Mean"],
+                    "J": m["J-Mean"],
+                    "F": m["F-Mean"],
+                    "adapt_s_mean": float(np.mean(list(adapt_s[n].values()))),
+                    "infer_s_mean": float(np.mean(list(infer_s[n].values()))),
+                    "per_sequence": per_seq,
+                    "adapt_s": adapt_s[n],
+                    "infer_s": infer_s[n],
+                }
+            )
+    head = (
+        f"{len(sequences)} sequences ({', '.join(sequences)}); L={args.clip_length}, size {args.size}, "
+        f"lr {args.lr:g}, synthetic clips of {args.adapt_clip_len}, seed {args.seed}, "
+        f"{torch.get_num_threads()} threads; frames per sequence {min(frames_of.values())}-"
+        f"{max(frames_of.values())}"
+    )
+    lines = [
+        head,
+        "",
+        "| N | J&F | J | F | adapt s/video | inference s/video | " + " | ".join(sequences) + " |",
+        "|---" * (6 + len(sequences)) + "|",
+    ]
     for r in rows:
-        lines.append(f"| {r['N']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | "
-                     f"{r['adapt_s_mean']:.1f} | {r['infer_s_mean']:.1f} | "
-                     + " | ".join(f"{100 * r['per_sequence'][s]:.1f}" for s in sequences) + " |")
+        lines.append(
+            f"| {r['N']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | "
+            f"{r['adapt_s_mean']:.1f} | {r['infer_s_mean']:.1f} | "
+            + " | ".join(f"{100 * r['per_sequence'][s]:.1f}" for s in sequences)
+            + " |"
+        )
     text = "\n".join(lines)
     print(text)
     atomic_write_text(args.out / "adapt.md", text + "\n")
     settings = vars(args) | {"davis_root": str(args.davis_root), "out": str(args.out)}
-    atomic_write_text(args.out / "adapt.json", json.dumps({"settings": settings, "rows": rows}, indent=1, default=str))
+    atomic_write_text(
+        args.out / "adapt.json", json.dumps({"settings": settings, "rows": rows}, indent=1, default=str)
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ the median of ``--repeats`` runs. The backbones run in turn within each repeat, 
 on a shared machine hits them alike. Accuracy needs a trained model per backbone; see the model
 card for what was trained.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,14 +41,16 @@ def _frames(n: int, short: int) -> tuple[np.ndarray, np.ndarray]:
         first = Image.open(DATA / "Annotations/480p/bear/00000.png")
         w, h = first.size
         size = (round(w * short / min(w, h)), round(h * short / min(w, h)))
-        frames = [np.array(Image.open(seq / f"{i:05d}.jpg").convert("RGB").resize(size, Image.BILINEAR))
-                  for i in range(n)]
+        frames = [
+            np.array(Image.open(seq / f"{i:05d}.jpg").convert("RGB").resize(size, Image.BILINEAR))
+            for i in range(n)
+        ]
         mask = (np.array(first.resize(size, Image.NEAREST)) > 0).astype(np.uint8)
         return np.stack(frames), mask
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (n, short, short * 16 // 9, 3), dtype=np.uint8)
     mask = np.zeros(frames.shape[1:3], np.uint8)
-    mask[short // 4: short // 2, short // 4: short // 2] = 1
+    mask[short // 4 : short // 2, short // 4 : short // 2] = 1
     return frames, mask
 
 
@@ -78,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             pcvos.segment(model, frames, {0: mask}, clip_length=args.clip_length)
             times[name].append((time.perf_counter() - t0) / args.frames)
     params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in models.items()}
-    lines = [f"{args.frames} frames of bear at shorter side {args.size}, L={args.clip_length}, 1 object, "
-             f"{args.threads} threads, median of {args.repeats}", "",
-             "| backbone | parameters (M) | s/frame | FPS | × Lite0 time |", "|---|---|---|---|---|"]
+    lines = [
+        f"{args.frames} frames of bear at shorter side {args.size}, L={args.clip_length}, 1 object, "
+        f"{args.threads} threads, median of {args.repeats}",
+        "",
+        "| backbone | parameters (M) | s/frame | FPS | × Lite0 time |",
+        "|---|---|---|---|---|",
+    ]
     t_ref = statistics.median(times[BACKBONES[0]])
     rows = []
     for n in BACKBONES:

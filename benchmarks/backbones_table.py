@@ -9,6 +9,7 @@ recipe stretched LENGTH times, which is kept apart from the plain recipe (its ro
 The select split's column is the one a choice may be made on; the report split's columns are the
 numbers to publish.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ def _load(folders: list[Path]) -> dict[tuple[str, str], dict[str, float]]:
         for row in json.loads(results.read_text()):
             m = NAME.match(row["model"])
             if m is None:
-                raise ValueError(f"{results}: model name {row['model']!r} is not bb_<backbone>_s<seed>[_x<length>]")
+                raise ValueError(
+                    f"{results}: model name {row['model']!r} is not bb_<backbone>_s<seed>[_x<length>]"
+                )
             recipe = m["backbone"] + (f" x{m['length']}" if m["length"] else "")
             runs.setdefault((recipe, m["seed"]), {})[f"{split} L{row['L']}"] = 100 * row["J&F"]
     return runs
@@ -49,18 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"backbones_table: error: {exc}", file=sys.stderr)
         return 2
-    columns = sorted({c for r in runs.values() for c in r}, key=lambda c: (not c.startswith("select"), len(c), c))
+    columns = sorted(
+        {c for r in runs.values() for c in r}, key=lambda c: (not c.startswith("select"), len(c), c)
+    )
     lines = ["| recipe | seed | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
 
     def cell(values: list[float]) -> str:
         return f"{statistics.fmean(values):.1f}" if values else ""
 
     for (recipe, seed), r in sorted(runs.items()):
-        lines.append(f"| {recipe} | {seed} | " + " | ".join(cell([r[c]] if c in r else []) for c in columns) + " |")
+        lines.append(
+            f"| {recipe} | {seed} | " + " | ".join(cell([r[c]] if c in r else []) for c in columns) + " |"
+        )
     for recipe in sorted({name for name, _ in runs}):
         seeds = [r for (name, _), r in runs.items() if name == recipe]
-        lines.append(f"| **{recipe}** | mean of {len(seeds)} | " +
-                     " | ".join(cell([r[c] for r in seeds if c in r]) for c in columns) + " |")
+        lines.append(
+            f"| **{recipe}** | mean of {len(seeds)} | "
+            + " | ".join(cell([r[c] for r in seeds if c in r]) for c in columns)
+            + " |"
+        )
     print("\n".join(lines))
     return 0
 

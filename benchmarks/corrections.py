@@ -21,6 +21,7 @@ and, after ``every 10``, a fix between two keyframes 10 apart (a frame midway se
 re-propagated until its neighbours). Results go under ``--out`` (masks, ``corrections.json``,
 ``corrections.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,13 @@ def _scores(gt: np.ndarray, labels: np.ndarray, keyframes: list[int]) -> dict[st
     j = db_eval_iou(gt[scored], labels[scored])
     f = db_eval_boundary(gt[scored], labels[scored])
     free = ~np.isin(scored, keyframes)
-    return {"J": float(j.mean()), "F": float(f.mean()),
-            "J_free": float(j[free].mean()), "F_free": float(f[free].mean()), "free_frames": int(free.sum())}
+    return {
+        "J": float(j.mean()),
+        "F": float(f.mean()),
+        "J_free": float(j[free].mean()),
+        "F_free": float(f[free].mean()),
+        "free_frames": int(free.sum()),
+    }
 
 
 def _subset_root(root: Path, sequences: list[str], tmp: Path) -> Path:
@@ -82,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=240, help="processing shorter side")
     p.add_argument("--clip-length", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence (smoke runs)")
+    p.add_argument(
+        "--max-frames", type=int, default=None, help="first N frames of each sequence (smoke runs)"
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/corrections"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -120,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             for c in range(every, n, every):
                 s.set_mask(c, gt[c])
                 costs.append(_run(s, c, direction="both", until="keyframe"))
-            res[f"every {every}"] = {"session": s, "corrections": len(costs),
-                                     "seconds": [c[0] for c in costs], "frames": [c[1] for c in costs]}
+            res[f"every {every}"] = {
+                "session": s,
+                "corrections": len(costs),
+                "seconds": [c[0] for c in costs],
+                "frames": [c[1] for c in costs],
+            }
         for name in names:
             s = res[name]["session"]
             labels = np.stack([s.labels(i) for i in range(n)])
@@ -141,16 +153,29 @@ def main(argv: list[str] | None = None) -> int:
             del res[name]["session"]
         res["fix"] = {"seconds": fix_secs, "frames": fix_frames}
         per_seq[seq] = res
-        print(f"{seq}: " + ", ".join(f"{k} J&F {50 * (res[k]['J'] + res[k]['F']):.1f}" for k in names)
-              + f"; full run {res['first']['seconds']:.1f} s", file=sys.stderr)
+        print(
+            f"{seq}: "
+            + ", ".join(f"{k} J&F {50 * (res[k]['J'] + res[k]['F']):.1f}" for k in names)
+            + f"; full run {res['first']['seconds']:.1f} s",
+            file=sys.stderr,
+        )
 
     # official scoring of the written masks (all scored frames), to check the per-frame numbers
     official = {name: float("nan") for name in names}
     if args.max_frames is None:  # the annotation folders hold whole sequences
         with tempfile.TemporaryDirectory() as tmp:
             root = _subset_root(args.davis_root, args.sequences, Path(tmp))
-            official = {name: evaluate_davis(root, args.out / name.replace(" ", "_"), subset="val", year="2016",
-                                             workers=1, write_files=False)["J&F-Mean"] for name in names}
+            official = {
+                name: evaluate_davis(
+                    root,
+                    args.out / name.replace(" ", "_"),
+                    subset="val",
+                    year="2016",
+                    workers=1,
+                    write_files=False,
+                )["J&F-Mean"]
+                for name in names
+            }
 
     def mean(key: str, name: str) -> float:
         return statistics.fmean(per_seq[s][name][key] for s in args.sequences)
@@ -159,17 +184,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         jf = 50 * (mean("J", name) + mean("F", name))
         if args.max_frames is None and abs(jf - 100 * official[name]) > 0.05:
-            raise SystemExit(f"{name}: per-frame J&F {jf:.3f} differs from the DAVIS evaluation's {100 * official[name]:.3f}")
-        row = {"scenario": name, "J&F": jf, "J": 100 * mean("J", name), "F": 100 * mean("F", name),
-               "J&F_free": 50 * (mean("J_free", name) + mean("F_free", name)),
-               "keyframes": statistics.fmean(len(per_seq[s][name]["keyframes"]) for s in args.sequences),
-               "official_J&F": 100 * official[name]}
+            raise SystemExit(
+                f"{name}: per-frame J&F {jf:.3f} differs from the DAVIS evaluation's {100 * official[name]:.3f}"
+            )
+        row = {
+            "scenario": name,
+            "J&F": jf,
+            "J": 100 * mean("J", name),
+            "F": 100 * mean("F", name),
+            "J&F_free": 50 * (mean("J_free", name) + mean("F_free", name)),
+            "keyframes": statistics.fmean(len(per_seq[s][name]["keyframes"]) for s in args.sequences),
+            "official_J&F": 100 * official[name],
+        }
         if name.startswith("every"):
             secs = [x for s in args.sequences for x in per_seq[s][name]["seconds"]]
             frames = [x for s in args.sequences for x in per_seq[s][name]["frames"]]
             if secs:  # a sequence shorter than N gets no correction
-                row.update(correction_s=statistics.fmean(secs), correction_frames=statistics.fmean(frames),
-                           total_s=sum(secs))
+                row.update(
+                    correction_s=statistics.fmean(secs),
+                    correction_frames=statistics.fmean(frames),
+                    total_s=sum(secs),
+                )
         else:
             row.update(run_s=mean("seconds", name), run_frames=mean("frames", name))
         rows.append(row)
@@ -177,33 +212,57 @@ def main(argv: list[str] | None = None) -> int:
     full_s = statistics.fmean(per_seq[s]["first"]["seconds"] for s in args.sequences)
     full_frames = statistics.fmean(per_seq[s]["first"]["frames"] for s in args.sequences)
 
-    lines = [f"{len(args.sequences)} sequences ({', '.join(args.sequences)}), pcvos-lite"
-             f"{'' if args.weights is None else ' (' + args.weights + ')'}, L={args.clip_length}, "
-             f"processing size {args.size}, fp32, {torch.get_num_threads()} CPU thread(s)", "",
-             "| masks given | keyframes / seq | J&F | J | F | J&F on non-keyframes |",
-             "|---|---|---|---|---|---|"]
-    label = {"first": "first frame only", "middle": "middle frame only (both ways)",
-             **{f"every {k}": f"+ GT correction every {k} frames" for k in CORRECTION_INTERVALS}}
+    lines = [
+        f"{len(args.sequences)} sequences ({', '.join(args.sequences)}), pcvos-lite"
+        f"{'' if args.weights is None else ' (' + args.weights + ')'}, L={args.clip_length}, "
+        f"processing size {args.size}, fp32, {torch.get_num_threads()} CPU thread(s)",
+        "",
+        "| masks given | keyframes / seq | J&F | J | F | J&F on non-keyframes |",
+        "|---|---|---|---|---|---|",
+    ]
+    label = {
+        "first": "first frame only",
+        "middle": "middle frame only (both ways)",
+        **{f"every {k}": f"+ GT correction every {k} frames" for k in CORRECTION_INTERVALS},
+    }
     for r in rows:
-        lines.append(f"| {label[r['scenario']]} | {r['keyframes']:.1f} | {r['J&F']:.1f} | {r['J']:.1f} | "
-                     f"{r['F']:.1f} | {r['J&F_free']:.1f} |")
-    lines += ["", "| cost (mean per sequence) | seconds | frames updated |", "|---|---|---|",
-              f"| full run (first frame to the end) | {full_s:.2f} | {full_frames:.1f} |"]
+        lines.append(
+            f"| {label[r['scenario']]} | {r['keyframes']:.1f} | {r['J&F']:.1f} | {r['J']:.1f} | "
+            f"{r['F']:.1f} | {r['J&F_free']:.1f} |"
+        )
+    lines += [
+        "",
+        "| cost (mean per sequence) | seconds | frames updated |",
+        "|---|---|---|",
+        f"| full run (first frame to the end) | {full_s:.2f} | {full_frames:.1f} |",
+    ]
     for r in rows:
         if "correction_s" in r:
-            lines.append(f"| one correction, {r['scenario']} (forward part to the end) | {r['correction_s']:.2f} "
-                         f"| {r['correction_frames']:.1f} |")
+            lines.append(
+                f"| one correction, {r['scenario']} (forward part to the end) | {r['correction_s']:.2f} "
+                f"| {r['correction_frames']:.1f} |"
+            )
     if fixes:
-        lines.append(f"| one fix between keyframes {FIX_INTERVAL} apart | "
-                     f"{statistics.fmean(f['seconds'] for f in fixes):.2f} | "
-                     f"{statistics.fmean(f['frames'] for f in fixes):.1f} |")
-    lines += ["", "Per sequence (J&F, all scored frames): " + "; ".join(
-        f"{s} " + " / ".join(f"{50 * (per_seq[s][k]['J'] + per_seq[s][k]['F']):.1f}" for k in names)
-        for s in args.sequences) + f" ({' / '.join(names)})"]
+        lines.append(
+            f"| one fix between keyframes {FIX_INTERVAL} apart | "
+            f"{statistics.fmean(f['seconds'] for f in fixes):.2f} | "
+            f"{statistics.fmean(f['frames'] for f in fixes):.1f} |"
+        )
+    lines += [
+        "",
+        "Per sequence (J&F, all scored frames): "
+        + "; ".join(
+            f"{s} " + " / ".join(f"{50 * (per_seq[s][k]['J'] + per_seq[s][k]['F']):.1f}" for k in names)
+            for s in args.sequences
+        )
+        + f" ({' / '.join(names)})",
+    ]
     text = "\n".join(lines)
     print(text)
     atomic_write_text(args.out / "corrections.md", text + "\n")
-    atomic_write_text(args.out / "corrections.json", json.dumps({"rows": rows, "per_sequence": per_seq}, indent=2))
+    atomic_write_text(
+        args.out / "corrections.json", json.dumps({"rows": rows, "per_sequence": per_seq}, indent=2)
+    )
     return 0
 
 

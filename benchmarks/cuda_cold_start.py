@@ -10,6 +10,7 @@ then `pcvos.segment` twice at each ``--sizes`` value: the first call at a size p
 libraries' per-shape set-up, the second shows the warm cost. Run each setting in its own process
 (that is the point: nothing may be warm). Prints a table; results in benchmarks/speed_cuda.md.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu, for a smoke run")
     p.add_argument("--no-cudnn", action="store_true", help="torch.backends.cudnn.enabled = False")
-    p.add_argument("--data", type=Path, default=DATA, help="DAVIS root (default ../shared/data/davis2016-train)")
+    p.add_argument(
+        "--data", type=Path, default=DATA, help="DAVIS root (default ../shared/data/davis2016-train)"
+    )
     p.add_argument("--sequence", default="bear")
     p.add_argument("--frames", type=int, default=None, help="first N frames (default: all)")
     p.add_argument("--sizes", type=int, nargs="+", default=[240, 480], help="processing sizes, in turn")
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         last = now
 
     import torch
+
     if args.no_cudnn:
         torch.backends.cudnn.enabled = False
     mark("import torch")
@@ -57,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     import pcvos
+
     model = pcvos.load_model(device=args.device)
-    frame_files = sorted((args.data / "JPEGImages/480p" / args.sequence).glob("*.jpg"))[:args.frames]
+    frame_files = sorted((args.data / "JPEGImages/480p" / args.sequence).glob("*.jpg"))[: args.frames]
     if not frame_files:
         print(f"{args.data / 'JPEGImages/480p' / args.sequence}: no frames", file=sys.stderr)
         return 2
@@ -71,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             pcvos.segment(model, frames, masks, clip_length=5, size=size, device=args.device)
             sync()
             mark(f"{turn} segment, {size}p")
-    print(f"{args.sequence}, {len(frames)} frames, {args.device}, cuDNN {'off' if args.no_cudnn else 'default'}\n")
+    print(
+        f"{args.sequence}, {len(frames)} frames, {args.device}, cuDNN {'off' if args.no_cudnn else 'default'}\n"
+    )
     print("| phase | seconds |\n|---|---|")
     for name, seconds in phases:
         print(f"| {name} | {seconds:.2f} |")

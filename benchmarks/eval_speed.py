@@ -12,6 +12,7 @@ the same data and its numbers are compared with ours.
     python benchmarks/eval_speed.py                 # 20 sequences
     python benchmarks/eval_speed.py --sequences 30 --workers 1 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,12 @@ def run_official(path: Path, root: Path, res: Path) -> Tuple[float, Dict[str, fl
     J, F = r["J"], r["F"]
     vals = [
         (np.mean(J["M"]) + np.mean(F["M"])) / 2.0,
-        np.mean(J["M"]), np.mean(J["R"]), np.mean(J["D"]),
-        np.mean(F["M"]), np.mean(F["R"]), np.mean(F["D"]),
+        np.mean(J["M"]),
+        np.mean(J["R"]),
+        np.mean(J["D"]),
+        np.mean(F["M"]),
+        np.mean(F["R"]),
+        np.mean(F["D"]),
     ]
     return dt, dict(zip(GLOBAL_COLUMNS, (float(v) for v in vals)))
 
@@ -98,11 +103,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="davis2016-train folder")
     ap.add_argument("--sequences", type=int, default=20, help="number of sequences (default 20)")
-    ap.add_argument("--workers", type=int, nargs="*", default=None,
-                    help="worker counts to time (default: 1 and all cores)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="worker counts to time (default: 1 and all cores)",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs per setting (best is reported)")
-    ap.add_argument("--official", type=Path, default=None,
-                    help="checkout of davis2017-evaluation to time and compare against")
+    ap.add_argument(
+        "--official",
+        type=Path,
+        default=None,
+        help="checkout of davis2017-evaluation to time and compare against",
+    )
     args = ap.parse_args(argv)
 
     if not (args.data / "Annotations" / "480p").is_dir():
@@ -115,8 +129,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         t0 = time.perf_counter()
         root, res, names, n_frames = build(args.data, tmp, args.sequences)
-        print(f"built {len(names)} sequences / {n_frames} frames of perturbed results "
-              f"in {time.perf_counter() - t0:.1f} s ({cores} cores available)")
+        print(
+            f"built {len(names)} sequences / {n_frames} frames of perturbed results "
+            f"in {time.perf_counter() - t0:.1f} s ({cores} cores available)"
+        )
         rows: List[Tuple[str, int, int, int, float]] = []
         metrics: Dict[str, Any] = {}
         for w in workers:

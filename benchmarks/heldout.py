@@ -11,6 +11,7 @@ model and L, the mean J&F over the split, over the report sequences the first pc
 trained on (``REPORT_UNSEEN_BY_V1``: the only fair ground for comparing with it), FPS, and the
 per-sequence J&F. Results go under ``--out`` (``heldout.md``, ``heldout.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,20 @@ def _sequence_jf(per_object: dict[str, list[float]], sequences: list[str]) -> di
 
 def evaluate(model: pcvos.PCVOS, root: Path, sequences: list[str], out: Path, schedule: Schedule) -> dict:
     """Segment ``sequences`` with ``schedule`` and score them; J&F per sequence plus the means."""
-    stats = run_davis(model, root, out, year="2016", subset="val", schedule=schedule, ctx=Distributed(),
-                      progress=False)
+    stats = run_davis(
+        model, root, out, year="2016", subset="val", schedule=schedule, ctx=Distributed(), progress=False
+    )
     m = evaluate_davis(root, out, subset="val", year="2016", workers=1)
     per_seq = _sequence_jf(m["per_object"], sequences)
     unseen = [per_seq[s] for s in sequences if s in REPORT_UNSEEN_BY_V1]
-    return {"J&F": m["J&F-Mean"], "J": m["J-Mean"], "F": m["F-Mean"], "fps": stats.fps,
-            "unseen_by_v1": sum(unseen) / len(unseen) if unseen else None, "per_sequence": per_seq}
+    return {
+        "J&F": m["J&F-Mean"],
+        "J": m["J-Mean"],
+        "F": m["F-Mean"],
+        "fps": stats.fps,
+        "unseen_by_v1": sum(unseen) / len(unseen) if unseen else None,
+        "per_sequence": per_seq,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,18 +85,32 @@ def main(argv: list[str] | None = None) -> int:
                 r = evaluate(model, root, sequences, args.out / name / f"L{L}", sched)
                 rows.append({"model": name, "weights": weights or "shipped", "L": L, **r})
                 print(f"{name} L={L}: J&F {100 * r['J&F']:.1f}, {r['fps']:.2f} FPS", file=sys.stderr)
-    lines = [f"split {args.split!r}: {len(sequences)} sequences, processing size {args.size}, "
-             f"{torch.get_num_threads()} threads", "",
-             "| model | L | J&F | J | F | J&F on the 5 unseen by v1 | FPS |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"split {args.split!r}: {len(sequences)} sequences, processing size {args.size}, "
+        f"{torch.get_num_threads()} threads",
+        "",
+        "| model | L | J&F | J | F | J&F on the 5 unseen by v1 | FPS |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         unseen = "" if r["unseen_by_v1"] is None else f"{100 * r['unseen_by_v1']:.1f}"
-        lines.append(f"| {r['model']} | {r['L']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | "
-                     f"{100 * r['F']:.1f} | {unseen} | {r['fps']:.2f} |")
-    lines += ["", "Per sequence (J&F):", "", "| model | L | " + " | ".join(sequences) + " |",
-              "|---|---|" + "---|" * len(sequences)]
+        lines.append(
+            f"| {r['model']} | {r['L']} | {100 * r['J&F']:.1f} | {100 * r['J']:.1f} | "
+            f"{100 * r['F']:.1f} | {unseen} | {r['fps']:.2f} |"
+        )
+    lines += [
+        "",
+        "Per sequence (J&F):",
+        "",
+        "| model | L | " + " | ".join(sequences) + " |",
+        "|---|---|" + "---|" * len(sequences),
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['L']} | " +
-                     " | ".join(f"{100 * r['per_sequence'][s]:.1f}" for s in sequences) + " |")
+        lines.append(
+            f"| {r['model']} | {r['L']} | "
+            + " | ".join(f"{100 * r['per_sequence'][s]:.1f}" for s in sequences)
+            + " |"
+        )
     text = "\n".join(lines)
     print(text)
     atomic_write_text(args.out / "heldout.md", text + "\n")

@@ -16,6 +16,7 @@ DAVIS is a DAVIS 2016/2017 root (e.g. ../shared/data/davis2016-train). Each poli
 own process, so RSS is that policy's. ``--max-seconds`` stops a run early (the uncapped one grows
 slower with every memory frame); the report says how far each got.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,11 @@ def run(args: argparse.Namespace) -> None:
     ious: list[float] = []
     start = last = time.perf_counter()
     last_done = 0
-    print(f"{args.policy}: {args.frames} frames of {args.sequence} ping-pong, size {args.size}, "
-          f"L={args.clip_length}, cap {cap}, {args.threads} thread(s)", flush=True)
+    print(
+        f"{args.policy}: {args.frames} frames of {args.sequence} ping-pong, size {args.size}, "
+        f"L={args.clip_length}, cap {cap}, {args.threads} thread(s)",
+        flush=True,
+    )
     for index, labels in seg.process(video()):
         mask = labels > 0
         packed.append(np.packbits(mask))
@@ -104,20 +108,39 @@ def run(args: argparse.Namespace) -> None:
         stopping = time.perf_counter() - start > args.max_seconds
         if done % args.window == 0 or done == args.frames or (stopping and done % args.clip_length == 0):
             now = time.perf_counter()
-            row = {"frames": done, "ms_per_frame": 1000 * (now - last) / (done - last_done), "rss_mib": rss_mib(),
-                   "iou_gt": float(np.mean(ious[max(0, last_done - 1):])), "elapsed_s": now - start}
+            row = {
+                "frames": done,
+                "ms_per_frame": 1000 * (now - last) / (done - last_done),
+                "rss_mib": rss_mib(),
+                "iou_gt": float(np.mean(ious[max(0, last_done - 1) :])),
+                "elapsed_s": now - start,
+            }
             windows.append(row)
             print(json.dumps(row), flush=True)
             last, last_done = now, done
             if stopping:
                 break
     shape = mask.shape
-    atomic_write(out / "labels.npz", lambda tmp: np.savez_compressed(
-        tmp, packed=np.stack(packed), shape=np.array(shape), order=np.array(order[: len(packed)])))
-    summary = {"policy": args.policy, "sequence": args.sequence, "frames_requested": args.frames,
-               "frames_done": len(packed), "size": args.size, "clip_length": args.clip_length,
-               "max_memory_frames": cap, "threads": args.threads, "windows": windows,
-               "mean_iou_gt": float(np.mean(ious)), "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    atomic_write(
+        out / "labels.npz",
+        lambda tmp: np.savez_compressed(
+            tmp, packed=np.stack(packed), shape=np.array(shape), order=np.array(order[: len(packed)])
+        ),
+    )
+    summary = {
+        "policy": args.policy,
+        "sequence": args.sequence,
+        "frames_requested": args.frames,
+        "frames_done": len(packed),
+        "size": args.size,
+        "clip_length": args.clip_length,
+        "max_memory_frames": cap,
+        "threads": args.threads,
+        "windows": windows,
+        "mean_iou_gt": float(np.mean(ious)),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
 
 
@@ -135,8 +158,12 @@ def read_cost(args: argparse.Namespace) -> None:
         gen.manual_seed(1)
         store = stores[eviction] = MemoryStore(args.key_dim, args.value_dim, args.frames + 1, eviction)
         for t in range(args.frames):
-            store.add(t, torch.randn(args.rows, args.key_dim, generator=gen),
-                      torch.randn(args.rows, args.value_dim, generator=gen), annotated=(t == 0))
+            store.add(
+                t,
+                torch.randn(args.rows, args.key_dim, generator=gen),
+                torch.randn(args.rows, args.value_dim, generator=gen),
+                annotated=(t == 0),
+            )
     times: dict[str, list[float]] = {k: [] for k in stores}
     outs = {}
     for _ in range(args.repeats):
@@ -146,9 +173,11 @@ def read_cost(args: argparse.Namespace) -> None:
             times[name].append(time.perf_counter() - start)
     same = torch.equal(outs["oldest"], outs["usage"])
     plain, tracked = (float(np.median(times[k])) * 1000 for k in ("oldest", "usage"))
-    print(f"memory of {args.frames} frames x {args.rows} rows, query {query.shape[0]} rows, {args.threads} "
-          f"thread(s), median of {args.repeats}: read {plain:.1f} ms, with usage {tracked:.1f} ms "
-          f"({100 * (tracked / plain - 1):+.1f}%); read-outs identical: {same}")
+    print(
+        f"memory of {args.frames} frames x {args.rows} rows, query {query.shape[0]} rows, {args.threads} "
+        f"thread(s), median of {args.repeats}: read {plain:.1f} ms, with usage {tracked:.1f} ms "
+        f"({100 * (tracked / plain - 1):+.1f}%); read-outs identical: {same}"
+    )
 
 
 def report(args: argparse.Namespace) -> None:
@@ -166,12 +195,21 @@ def report(args: argparse.Namespace) -> None:
         n = int(np.prod(shape))
         labels[policy] = [np.unpackbits(p, count=n).reshape(shape).astype(bool) for p in z["packed"]]
     first = next(iter(runs.values()))
-    print(f"Looped `{first['sequence']}` (ping-pong), pcvos-lite, size {first['size']}, L={first['clip_length']}, "
-          f"{first['threads']} thread(s), torch {first['torch']}, {first['cpu_count']} CPUs.\n")
+    print(
+        f"Looped `{first['sequence']}` (ping-pong), pcvos-lite, size {first['size']}, L={first['clip_length']}, "
+        f"{first['threads']} thread(s), torch {first['torch']}, {first['cpu_count']} CPUs.\n"
+    )
     # the run keeps every frame's labels (bit-packed) for the report: not pcvos' memory, subtracted
     label_mib = int(np.ceil(np.prod(next(iter(labels.values()))[0].shape) / 8)) / 2**20
-    print("| frames | " + " | ".join(f"{p} ms/frame" for p in runs) + " | " + " | ".join(f"{p} RSS MiB" for p in runs)
-          + " | " + " | ".join(f"{p} IoU GT" for p in runs) + " |")
+    print(
+        "| frames | "
+        + " | ".join(f"{p} ms/frame" for p in runs)
+        + " | "
+        + " | ".join(f"{p} RSS MiB" for p in runs)
+        + " | "
+        + " | ".join(f"{p} IoU GT" for p in runs)
+        + " |"
+    )
     print("|---|" + "---|" * (3 * len(runs)))
     ends = sorted({w["frames"] for r in runs.values() for w in r["windows"]})
     for end in ends:
@@ -186,12 +224,16 @@ def report(args: argparse.Namespace) -> None:
             cells["rss_mib"].append(f"{w['rss_mib'] - w['frames'] * label_mib:.0f}")
             cells["iou_gt"].append(f"{w['iou_gt']:.3f}")
         print(f"| {end} | " + " | ".join(c for k in cells for c in cells[k]) + " |")
-    print(f"\nms/frame and IoU GT are over the window ending at that frame; RSS at its end, less the labels the "
-          f"benchmark keeps for scoring ({1024 * label_mib:.0f} KiB a frame).\n")
+    print(
+        f"\nms/frame and IoU GT are over the window ending at that frame; RSS at its end, less the labels the "
+        f"benchmark keeps for scoring ({1024 * label_mib:.0f} KiB a frame).\n"
+    )
     ref = labels.get("uncapped")
     gt = load_sequence(args.davis_root, first["sequence"])[1] if args.davis_root else None
-    print("| policy | cap | frames done | IoU GT, all its frames | IoU vs uncapped, 1..N | IoU GT, 1..N | "
-          "IoU vs uncapped, capped part | IoU GT, capped part |")
+    print(
+        "| policy | cap | frames done | IoU GT, all its frames | IoU vs uncapped, 1..N | IoU GT, 1..N | "
+        "IoU vs uncapped, capped part | IoU GT, capped part |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     n_ref = len(ref) if ref is not None else max(len(v) for v in labels.values())
     caps = [r["max_memory_frames"] for r in runs.values() if r["max_memory_frames"]]
@@ -202,17 +244,26 @@ def report(args: argparse.Namespace) -> None:
         cells = []
         for lo in (1, bound):
             frames = range(lo, n)
-            vs_ref = np.mean([iou(labels[policy][t], ref[t]) for t in frames]) if ref is not None and n > lo else None
+            vs_ref = (
+                np.mean([iou(labels[policy][t], ref[t]) for t in frames])
+                if ref is not None and n > lo
+                else None
+            )
             vs_gt = None
             if gt is not None and n > lo:
                 order = ping_pong(len(gt), n)
                 vs_gt = np.mean([iou(labels[policy][t], gt[order[t]]) for t in frames])
             cells += ["" if v is None else f"{v:.4f}" for v in (vs_ref, vs_gt)]
-        print(f"| {policy} | {r['max_memory_frames']} | {r['frames_done']} | {r['mean_iou_gt']:.4f} | "
-              + " | ".join(cells) + " |")
-    print(f"\nN = {n_ref}, the frames the uncapped run reached; frame 0 (the given mask) is not scored. "
-          f"The cap binds from frame {bound} on (frame {bound - 1} is memory frame {(bound - 1) // first['clip_length'] + 1}, "
-          f"one every {first['clip_length']}); before it every policy's memory is the uncapped one.")
+        print(
+            f"| {policy} | {r['max_memory_frames']} | {r['frames_done']} | {r['mean_iou_gt']:.4f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    print(
+        f"\nN = {n_ref}, the frames the uncapped run reached; frame 0 (the given mask) is not scored. "
+        f"The cap binds from frame {bound} on (frame {bound - 1} is memory frame {(bound - 1) // first['clip_length'] + 1}, "
+        f"one every {first['clip_length']}); before it every policy's memory is the uncapped one."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,8 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("run", help="segment the looped video with one memory policy")
     r.add_argument("--davis-root", type=Path, required=True)
     r.add_argument("--sequence", default="bear")
-    r.add_argument("--policy", choices=POLICIES, required=True,
-                   help="uncapped memory, a cap dropping the oldest frame, or one dropping the least used")
+    r.add_argument(
+        "--policy",
+        choices=POLICIES,
+        required=True,
+        help="uncapped memory, a cap dropping the oldest frame, or one dropping the least used",
+    )
     r.add_argument("--max-memory-frames", type=int, default=None, help="the cap (default: pcvos' default)")
     r.add_argument("--frames", type=int, default=3000)
     r.add_argument("--size", type=int, default=240)
@@ -249,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if getattr(args, "max_memory_frames", 0) is None:
         from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
+
         args.max_memory_frames = DEFAULT_MAX_MEMORY_FRAMES
     args.func(args)
 

@@ -16,6 +16,7 @@ Without ``--weights`` the released architecture gets the deterministic stand-in 
 tests/data/parity (speed does not depend on the values). Prints a markdown table and writes
 ``--json`` and ``--plot`` (FPS against L, the floor as a line).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def _standin(stcn: bool) -> dict:
     return mod.official_state_dict(stcn=stcn)
 
 
-def load_frames(n: int, size: tuple[int, int] | None, sequence: str,
-                data: Path = DATA) -> tuple[np.ndarray, np.ndarray, str]:
+def load_frames(
+    n: int, size: tuple[int, int] | None, sequence: str, data: Path = DATA
+) -> tuple[np.ndarray, np.ndarray, str]:
     """``n`` frames and the first mask: real DAVIS frames when available, else random pixels."""
     from PIL import Image
 
@@ -63,7 +65,7 @@ def load_frames(n: int, size: tuple[int, int] | None, sequence: str,
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)
     mask = np.zeros((h, w), np.uint8)
-    mask[h // 4: 3 * h // 4, w // 4: w // 2] = 1
+    mask[h // 4 : 3 * h // 4, w // 4 : w // 2] = 1
     return frames, mask, "generated"
 
 
@@ -77,7 +79,7 @@ def split_objects(mask: np.ndarray, k: int) -> np.ndarray:
     for i in range(k):
         sl = mask.copy()
         sl[:, : edges[i]] = 0
-        sl[:, edges[i + 1]:] = 0
+        sl[:, edges[i + 1] :] = 0
         out[sl > 0] = i + 1
     return out
 
@@ -131,8 +133,15 @@ def timed(fn, device: torch.device, repeats: int, warmup=None) -> tuple[float, f
 
 
 @torch.inference_mode()
-def floor_per_frame(model, frames: np.ndarray, objects: int, device: torch.device, repeats: int,
-                    batches: tuple[int, ...] | None = None, precision: str = "fp32") -> dict:
+def floor_per_frame(
+    model,
+    frames: np.ndarray,
+    objects: int,
+    device: torch.device,
+    repeats: int,
+    batches: tuple[int, ...] | None = None,
+    precision: str = "fp32",
+) -> dict:
     """Key encoder + decoder (per object) per frame, each at its fastest batch size, in ``precision``.
 
     Batch sizes tried: 1, 2, 5 on a CPU (larger 480p batches outgrow the caches and only get
@@ -161,14 +170,21 @@ def _floor(model, frames: np.ndarray, objects: int, device: torch.device, repeat
         best_dec[b] = sec / b
     key = min(best_key.values())
     dec = min(best_dec.values())
-    return {"key_encoder_s": key, "decoder_s": dec, "floor_s": key + dec,
-            "key_by_batch": best_key, "decoder_by_batch": best_dec}
+    return {
+        "key_encoder_s": key,
+        "decoder_s": dec,
+        "floor_s": key + dec,
+        "key_by_batch": best_key,
+        "decoder_by_batch": best_dec,
+    }
 
 
 SCHEDULES = {
     "STCN (L=1, mem 5)": dict(stcn=True, clip_length=1, memory_every=5, pmm_segment=None, refine=False),
-    "PCVOS L=5": dict(clip_length=5), "PCVOS L=10": dict(clip_length=10),
-    "PCVOS L=15": dict(clip_length=15), "PCVOS L=25": dict(clip_length=25),
+    "PCVOS L=5": dict(clip_length=5),
+    "PCVOS L=10": dict(clip_length=10),
+    "PCVOS L=15": dict(clip_length=15),
+    "PCVOS L=25": dict(clip_length=25),
 }
 
 
@@ -176,8 +192,11 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads) if args.threads else None
     # as `pcvos segment` / `pcvos infer` run (pcvos.runtime); --allocator default measures without it
     allocator = "kept" if args.allocator == "kept" and keep_freed_memory() else "default"
-    devices = [torch.device(d) for d in args.device] if args.device else (
-        [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
+    devices = (
+        [torch.device(d) for d in args.device]
+        if args.device
+        else ([torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
+    )
     size = None if args.size is None else tuple(args.size)
     frames, mask, source = load_frames(args.frames + 1, size, args.sequence, args.data)
     models = {}
@@ -193,57 +212,104 @@ def run(args: argparse.Namespace) -> dict:
     for device in devices:
         for k in args.objects:
             labels = split_objects(mask, k)
-            fl = floor_per_frame(models[False].to(device), frames, k, device, args.repeats,
-                                 precision=args.precision)
-            rows.append({"device": device.type, "objects": k, "schedule": "floor (key enc + decoder)",
-                         "L": None, "s_per_frame": fl["floor_s"], "fps": 1 / fl["floor_s"], "peak_mb": None,
-                         "detail": fl})
+            fl = floor_per_frame(
+                models[False].to(device), frames, k, device, args.repeats, precision=args.precision
+            )
+            rows.append(
+                {
+                    "device": device.type,
+                    "objects": k,
+                    "schedule": "floor (key enc + decoder)",
+                    "L": None,
+                    "s_per_frame": fl["floor_s"],
+                    "fps": 1 / fl["floor_s"],
+                    "peak_mb": None,
+                    "detail": fl,
+                }
+            )
             for name, sched in schedules.items():
                 sched = dict(sched)
                 model = models[sched.pop("stcn", False)].to(device)
                 if args.weights and not model.has_refiner:
                     sched.update(refine=False, pmm_segment=None)
+
                 def fn(n=len(frames)):
-                    return pcvos.segment(model, frames[:n], {0: labels}, device=device,
-                                         frame_batch=args.frame_batch, precision=args.precision, **sched)
+                    return pcvos.segment(
+                        model,
+                        frames[:n],
+                        {0: labels},
+                        device=device,
+                        frame_batch=args.frame_batch,
+                        precision=args.precision,
+                        **sched,
+                    )
+
                 sec, peak = timed(fn, device, args.repeats, warmup=lambda: fn(min(len(frames), 7)))
                 spf = sec / args.frames
-                rows.append({"device": device.type, "objects": k, "schedule": name, "L": sched["clip_length"],
-                             "s_per_frame": spf, "fps": 1 / spf, "peak_mb": peak,
-                             "x_floor": spf / fl["floor_s"]})
+                rows.append(
+                    {
+                        "device": device.type,
+                        "objects": k,
+                        "schedule": name,
+                        "L": sched["clip_length"],
+                        "s_per_frame": spf,
+                        "fps": 1 / spf,
+                        "peak_mb": peak,
+                        "x_floor": spf / fl["floor_s"],
+                    }
+                )
                 print(f"  {device.type} K={k} {name}: {spf:.3f} s/frame", file=sys.stderr)
-    return {"frames": args.frames, "source": source, "frame_batch": args.frame_batch or "auto",
-            "size": list(frames.shape[1:3]), "repeats": args.repeats, "precision": args.precision,
-            "allocator": allocator,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
+    return {
+        "frames": args.frames,
+        "source": source,
+        "frame_batch": args.frame_batch or "auto",
+        "size": list(frames.shape[1:3]),
+        "repeats": args.repeats,
+        "precision": args.precision,
+        "allocator": allocator,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
 
 
 def table(result: dict) -> str:
-    lines = [f"{result['frames']} frames after the first, {result['source']} at {result['size'][1]}x{result['size'][0]}, "
-             f"median of {result['repeats']}, {result['threads']} threads, frame batch {result['frame_batch']}, "
-             f"{result.get('precision', 'fp32')}, malloc {result.get('allocator', 'default')}, "
-             f"torch {result['torch']}", "",
-             "| device | objects | schedule | s/frame | FPS | × floor | peak MB |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{result['frames']} frames after the first, {result['source']} at {result['size'][1]}x{result['size'][0]}, "
+        f"median of {result['repeats']}, {result['threads']} threads, frame batch {result['frame_batch']}, "
+        f"{result.get('precision', 'fp32')}, malloc {result.get('allocator', 'default')}, "
+        f"torch {result['torch']}",
+        "",
+        "| device | objects | schedule | s/frame | FPS | × floor | peak MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         xf = f"{r['x_floor']:.2f}" if r.get("x_floor") else "1.00"
         peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") else "–"
-        lines.append(f"| {r['device']} | {r['objects']} | {r['schedule']} | {r['s_per_frame']:.3f} | "
-                     f"{r['fps']:.2f} | {xf} | {peak} |")
+        lines.append(
+            f"| {r['device']} | {r['objects']} | {r['schedule']} | {r['s_per_frame']:.3f} | "
+            f"{r['fps']:.2f} | {xf} | {peak} |"
+        )
     return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (dev, k) in sorted({(r["device"], r["objects"]) for r in result["rows"]}):
+    for dev, k in sorted({(r["device"], r["objects"]) for r in result["rows"]}):
         rows = [r for r in result["rows"] if r["device"] == dev and r["objects"] == k]
         pc = [r for r in rows if r["schedule"].startswith("PCVOS")]
-        line, = ax.plot([r["L"] for r in pc], [r["fps"] for r in pc], marker="o", label=f"PCVOS {dev}, {k} obj")
+        (line,) = ax.plot(
+            [r["L"] for r in pc], [r["fps"] for r in pc], marker="o", label=f"PCVOS {dev}, {k} obj"
+        )
         floor = next(r for r in rows if r["schedule"].startswith("floor"))
-        ax.axhline(floor["fps"], color=line.get_color(), linestyle="--", linewidth=1, label=f"floor {dev}, {k} obj")
+        ax.axhline(
+            floor["fps"], color=line.get_color(), linestyle="--", linewidth=1, label=f"floor {dev}, {k} obj"
+        )
         stcn = [r for r in rows if r["schedule"].startswith("STCN")]
         if stcn:
             ax.plot([1], [stcn[0]["fps"]], marker="s", color=line.get_color(), linestyle="none")
@@ -262,21 +328,39 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", nargs="+", help="devices (default: cpu, and cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames (default: 480p as stored)")
+    p.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames (default: 480p as stored)"
+    )
     p.add_argument("--sequence", default="bear")
-    p.add_argument("--data", type=Path, default=DATA,
-                   help="DAVIS root holding JPEGImages/480p and Annotations/480p (default: ../shared/data/davis2016-train)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="DAVIS root holding JPEGImages/480p and Annotations/480p (default: ../shared/data/davis2016-train)",
+    )
     p.add_argument("--schedules", nargs="+", help=f"subset of {list(SCHEDULES)}")
     p.add_argument("--weights", help="a real checkpoint instead of stand-in weights")
-    p.add_argument("--frame-batch", type=int, default=None,
-                   help="frames per encoder/decoder call (default: the engine's automatic choice)")
+    p.add_argument(
+        "--frame-batch",
+        type=int,
+        default=None,
+        help="frames per encoder/decoder call (default: the engine's automatic choice)",
+    )
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/speed.json"))
     p.add_argument("--plot", type=Path, default=Path("benchmarks/results/speed.png"))
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="network precision for the floor and every schedule (fp16: CUDA only)")
-    p.add_argument("--allocator", choices=["kept", "default"], default="kept",
-                   help="kept: freed memory stays in the process, as the pcvos commands set it (default); "
-                        "default: glibc's own behaviour")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="network precision for the floor and every schedule (fp16: CUDA only)",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=["kept", "default"],
+        default="kept",
+        help="kept: freed memory stays in the process, as the pcvos commands set it (default); "
+        "default: glibc's own behaviour",
+    )
     p.add_argument("--tiny", action="store_true", help="smoke run: tiny frames, 2 frames, 1 repeat")
     args = p.parse_args(argv)
     if args.tiny:

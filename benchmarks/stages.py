@@ -11,6 +11,7 @@ for headline numbers.
     python benchmarks/stages.py --threads 2                  # CPU, L = 5 and 25, 1 object
     python benchmarks/stages.py --device cuda --frames 75 --lengths 5 10 25
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,6 +56,7 @@ class StageTimer:
         timer = self
 
         if generator:
+
             def wrapped(*a, **k):
                 timer._sync()
                 t0 = time.perf_counter()
@@ -63,6 +65,7 @@ class StageTimer:
                 timer.totals[name] += time.perf_counter() - t0
                 yield from items
         else:
+
             def wrapped(*a, **k):
                 timer._sync()
                 t0 = time.perf_counter()
@@ -70,6 +73,7 @@ class StageTimer:
                 timer._sync()
                 timer.totals[name] += time.perf_counter() - t0
                 return out
+
         return wrapped
 
     def __enter__(self) -> "StageTimer":
@@ -97,23 +101,31 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--sequence", default="bear")
-    p.add_argument("--data", type=Path, default=DATA, help="DAVIS root (default: ../shared/data/davis2016-train)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames (default: 480p as stored)")
+    p.add_argument(
+        "--data", type=Path, default=DATA, help="DAVIS root (default: ../shared/data/davis2016-train)"
+    )
+    p.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames (default: 480p as stored)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
     device = torch.device(args.device)
-    frames, mask, source = load_frames(args.frames + 1, tuple(args.size) if args.size else None,
-                                       args.sequence, args.data)
+    frames, mask, source = load_frames(
+        args.frames + 1, tuple(args.size) if args.size else None, args.sequence, args.data
+    )
     labels = split_objects(mask, args.objects)
     model = pcvos.load_model(_standin(False)).to(device)
     results: dict[int, dict[str, float]] = {}
     walls: dict[int, float] = {}
     for length in args.lengths:
+
         def run(n=len(frames)):
-            return pcvos.segment(model, frames[:n], {0: labels}, clip_length=length, device=device,
-                                 precision=args.precision)
+            return pcvos.segment(
+                model, frames[:n], {0: labels}, clip_length=length, device=device, precision=args.precision
+            )
+
         run(min(len(frames), length + 2))  # warm-up: kernels for this clip length
         with StageTimer(device) as timer:
             t0 = time.perf_counter()
@@ -122,13 +134,19 @@ def main(argv=None) -> int:
         results[length] = dict(timer.totals)
         print(f"  L={length}: {walls[length] / args.frames:.4f} s/frame", file=sys.stderr)
     names = [n for _, _, n in STAGES[:2]] + ["ICR"] + [n for _, _, n in STAGES[2:]]
-    print(f"{args.frames} frames after the first, {source} at {frames.shape[2]}x{frames.shape[1]}, "
-          f"{args.objects} object(s), {args.precision}, {device}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; seconds per frame (stages synchronised)\n")
+    print(
+        f"{args.frames} frames after the first, {source} at {frames.shape[2]}x{frames.shape[1]}, "
+        f"{args.objects} object(s), {args.precision}, {device}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; seconds per frame (stages synchronised)\n"
+    )
     print("| stage | " + " | ".join(f"L={n}" for n in args.lengths) + " |")
     print("|---|" + "---|" * len(args.lengths))
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{results[n].get(name, 0.0) / args.frames:.4f}" for n in args.lengths) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{results[n].get(name, 0.0) / args.frames:.4f}" for n in args.lengths)
+            + " |"
+        )
     other = {n: walls[n] - sum(results[n].values()) for n in args.lengths}
     print("| other (host) | " + " | ".join(f"{other[n] / args.frames:.4f}" for n in args.lengths) + " |")
     print("| **total** | " + " | ".join(f"**{walls[n] / args.frames:.4f}**" for n in args.lengths) + " |")

@@ -10,6 +10,7 @@ so that a change in machine load hits both alike.
 ``--make-video-from`` loops a frame folder back and forth into ``--seconds`` of video at ``--fps``.
 Needs the studio extra, Playwright and a Chromium (``--chromium``, default /usr/bin/chromium).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,11 @@ def wait_job(url: str) -> dict:
 def start_studio(args: list[str]) -> tuple[subprocess.Popen, str, float]:
     """Start ``pcvos studio``; returns the process, its URL and the seconds until it printed it."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pcvos", "studio", *args, "--port", "0", "--no-browser"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pcvos", "studio", *args, "--port", "0", "--no-browser"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stderr:
         if "http://127.0.0.1:" in line:
             return proc, line.split()[2], t0
@@ -66,8 +70,14 @@ def start_studio(args: list[str]) -> tuple[subprocess.Popen, str, float]:
 
 def api(url: str, method: str = "GET", body: bytes | dict | None = None, ctype: str | None = None):
     data = json.dumps(body).encode() if isinstance(body, dict) else body
-    headers = {"Content-Type": "application/json" if isinstance(body, dict) else (ctype or "application/octet-stream")}
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method, headers=headers)) as resp:
+    headers = {
+        "Content-Type": "application/json"
+        if isinstance(body, dict)
+        else (ctype or "application/octet-stream")
+    }
+    with urllib.request.urlopen(
+        urllib.request.Request(url, data=data, method=method, headers=headers)
+    ) as resp:
         return json.loads(resp.read())
 
 
@@ -88,16 +98,24 @@ def switch_latency(page, frames: list[int]) -> list[float]:
 
 
 def summary(ms: list[float]) -> dict:
-    return {"median_ms": round(statistics.median(ms), 1), "p90_ms": round(sorted(ms)[int(0.9 * len(ms))], 1),
-            "max_ms": round(max(ms), 1), "n": len(ms)}
+    return {
+        "median_ms": round(statistics.median(ms), 1),
+        "p90_ms": round(sorted(ms)[int(0.9 * len(ms))], 1),
+        "max_ms": round(max(ms), 1),
+        "n": len(ms),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", type=Path, required=True)
     p.add_argument("--mask", type=Path, required=True, help="mask of frame 0")
-    p.add_argument("--work", type=Path, required=True,
-                   help="scratch folder: created, or replaced if an earlier run of this script made it")
+    p.add_argument(
+        "--work",
+        type=Path,
+        required=True,
+        help="scratch folder: created, or replaced if an earlier run of this script made it",
+    )
     p.add_argument("--make-video-from", type=Path, help="frame folder to loop into --video (and its cut)")
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--fps", type=float, default=24)
@@ -115,8 +133,11 @@ def main() -> None:
     if args.work.exists():
         # replace only a scratch folder this script made: --work pointed at anything else by mistake is left alone
         if any(args.work.iterdir()) and not marker.is_file():
-            print(f"studio_measure.py: --work {args.work} exists and was not made by this script; "
-                  "choose a new folder", file=sys.stderr)
+            print(
+                f"studio_measure.py: --work {args.work} exists and was not made by this script; "
+                "choose a new folder",
+                file=sys.stderr,
+            )
             sys.exit(2)
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
@@ -127,8 +148,12 @@ def main() -> None:
         if not args.video.exists():  # made once: encoding a minute of 480p takes minutes
             make_video(frames, args.video, args.seconds, args.fps)
         make_video(frames, cut, args.compare_seconds, args.fps)
-    results: dict = {"video": str(args.video), "cut": str(cut), "cpu_count": os.cpu_count(),
-                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    results: dict = {
+        "video": str(args.video),
+        "cut": str(cut),
+        "cpu_count": os.cpu_count(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
     out = args.work / "results.json"
 
     def record(key: str, value) -> None:
@@ -154,17 +179,23 @@ def page_timings(args, browser_factory, labels: np.ndarray, ws: Path, record) ->
         state = api(url + "api/state")
         record("frames", [state["num_frames"], state["width"], state["height"]])
         rng = random.Random(0)
-        record("switch_no_masks_sequential", summary(switch_latency(page, list(range(1, SEQUENTIAL_STEPS + 1)))))
-        record("switch_no_masks_random", summary(switch_latency(
-            page, [rng.randrange(state["num_frames"]) for _ in range(RANDOM_JUMPS)])))
+        record(
+            "switch_no_masks_sequential", summary(switch_latency(page, list(range(1, SEQUENTIAL_STEPS + 1))))
+        )
+        record(
+            "switch_no_masks_random",
+            summary(switch_latency(page, [rng.randrange(state["num_frames"]) for _ in range(RANDOM_JUMPS)])),
+        )
         api(url + "api/objects", "POST", {"name": "bear"})
         api(url + "api/frames/0/labels", "PUT", labels.tobytes())
         api(url + f"api/frames/{MASKED_FRAMES}/labels", "PUT", labels.tobytes())  # a stand-in second keyframe
         api(url + "api/propagate", "POST", {"frame": 0, "direction": "forward", "until": "keyframe"})
         wait_job(url)
         record("switch_masks_sequential", summary(switch_latency(page, list(range(1, SEQUENTIAL_STEPS + 1)))))
-        record("switch_masks_random", summary(switch_latency(
-            page, [rng.randrange(1, MASKED_FRAMES) for _ in range(RANDOM_JUMPS)])))
+        record(
+            "switch_masks_random",
+            summary(switch_latency(page, [rng.randrange(1, MASKED_FRAMES) for _ in range(RANDOM_JUMPS)])),
+        )
         page.screenshot(path=str(args.work / "studio_long_video.png"))
         page.close()
         proc.send_signal(2)
@@ -178,6 +209,7 @@ def page_timings(args, browser_factory, labels: np.ndarray, ws: Path, record) ->
         proc.send_signal(2)
         proc.wait(60)
         browser.close()
+
 
 def speed(args, cut: Path, labels: np.ndarray, record) -> None:
     """The studio's propagation (through its HTTP API, as the page starts it) against pcvos segment."""
@@ -194,8 +226,21 @@ def speed(args, cut: Path, labels: np.ndarray, record) -> None:
         return job
 
     def segment_run(r: int) -> dict:
-        subprocess.run([sys.executable, "-m", "pcvos", "segment", str(cut), "--mask", str(args.mask),
-                        "--out", str(args.work / f"segment{r}"), "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pcvos",
+                "segment",
+                str(cut),
+                "--mask",
+                str(args.mask),
+                "--out",
+                str(args.work / f"segment{r}"),
+                "--quiet",
+            ],
+            check=True,
+        )
         return json.loads((args.work / f"segment{r}" / "summary.json").read_text())
 
     for r in range(args.repeats):
@@ -204,8 +249,15 @@ def speed(args, cut: Path, labels: np.ndarray, record) -> None:
             job, seg = studio_run(r), segment_run(r)
         else:
             seg, job = segment_run(r), studio_run(r)
-        runs.append({"studio_fps": round(job["fps"], 3), "studio_frames": job["done"], "segment_fps": seg["fps"],
-                     "segment_frames": seg["frames"], "ratio": round(job["fps"] / seg["fps"], 3)})
+        runs.append(
+            {
+                "studio_fps": round(job["fps"], 3),
+                "studio_frames": job["done"],
+                "segment_fps": seg["fps"],
+                "segment_frames": seg["frames"],
+                "ratio": round(job["fps"] / seg["fps"], 3),
+            }
+        )
         record("speed_runs", runs)
     record("speed_ratio_median", statistics.median(run["ratio"] for run in runs))
 

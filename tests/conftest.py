@@ -1,4 +1,5 @@
 """Shared fixtures: the parity data (copied from the reference into tests/data) and small models."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,6 +44,7 @@ def parity_fixture():
 @pytest.fixture(scope="session")
 def pcvos_model(official_weights):
     import pcvos
+
     torch.manual_seed(0)
     return pcvos.load_model(official_weights())
 
@@ -50,6 +52,7 @@ def pcvos_model(official_weights):
 @pytest.fixture(scope="session")
 def stcn_model(official_weights):
     import pcvos
+
     return pcvos.load_model(official_weights(stcn=True))
 
 

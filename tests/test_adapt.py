@@ -1,5 +1,6 @@
 """Test-time adaptation (pcvos.adapt / segment(adapt=N)): a fine-tuned copy, deterministic, the
 input model and the shipped weights file untouched, global torch state restored."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,7 @@ def _draw(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     labels = np.zeros((T, H, W), np.uint8)
     yy, xx = np.mgrid[:H, :W]
     for t in range(T):
-        disc = (yy - 20) ** 2 + (xx - 18 - 3 * t) ** 2 < 10 ** 2
+        disc = (yy - 20) ** 2 + (xx - 18 - 3 * t) ** 2 < 10**2
         square = (abs(yy - 34) < 6) & (abs(xx - 48 + 2 * t) < 6)
         frames[t][disc] = (230, 60, 40)
         frames[t][square] = (40, 200, 230)
@@ -66,21 +67,21 @@ def test_adapt_is_a_deterministic_copy(name, request):
     rng_before = torch.get_rng_state()
     with torch.no_grad():
         a = pcvos.adapt(model, frames, masks, 1, seed=3)
-        assert not torch.is_grad_enabled()          # the caller's grad mode is restored
+        assert not torch.is_grad_enabled()  # the caller's grad mode is restored
     b = pcvos.adapt(model, frames, masks, 1, seed=3)
     # the released layouts are 50M-parameter models: the other-seed check runs on the shipped one
     c = pcvos.adapt(model, frames, masks, 1, seed=4) if name == "lite_model" else None
     assert torch.equal(torch.get_rng_state(), rng_before)  # global RNG untouched
     assert a is not model and not a.training
-    assert _same(_state(model), before)                    # the input model is unchanged
+    assert _same(_state(model), before)  # the input model is unchanged
     assert [p.requires_grad for p in model.parameters()] == flags
     assert [p.requires_grad for p in a.parameters()] == flags
     assert all(p.grad is None for p in a.parameters())
     sa = _state(a)
-    assert _same(sa, _state(b))                            # same seed: bitwise the same weights
-    assert not _same(sa, before)                           # it trained
+    assert _same(sa, _state(b))  # same seed: bitwise the same weights
+    assert not _same(sa, before)  # it trained
     if c is not None:
-        assert not _same(sa, _state(c))                    # another seed: other clips
+        assert not _same(sa, _state(c))  # another seed: other clips
 
 
 def test_zero_steps_is_an_unchanged_copy(stcn_model):
@@ -143,7 +144,7 @@ def test_segment_adapt(lite_model):
     assert np.array_equal(a, b)
     assert not np.array_equal(a, plain)
     labels = pcvos.segment(lite_model, frames, masks, adapt=1, clip_length=2)
-    assert set(np.unique(labels)) <= {0, 1, 3}           # the user's ids come back
+    assert set(np.unique(labels)) <= {0, 1, 3}  # the user's ids come back
 
 
 def test_crop_follows_the_processing_size():
@@ -152,11 +153,14 @@ def test_crop_follows_the_processing_size():
     assert default_crop(20, 30) == 16
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=-1), "non-negative"),
-    (dict(steps=1, lr=0.0), "lr > 0"),
-    (dict(steps=1, crop=40), "multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=-1), "non-negative"),
+        (dict(steps=1, lr=0.0), "lr > 0"),
+        (dict(steps=1, crop=40), "multiple of 16"),
+    ],
+)
 def test_bad_arguments(stcn_model, kwargs, message):
     frames, masks = _video()
     steps = kwargs.pop("steps")
@@ -178,8 +182,10 @@ def test_void_is_background(lite_model):
     void = masks[0].copy()
     void[:6, :6] = 255
     cleared = np.where(void == 255, 0, void).astype(np.uint8)
-    assert _same(_state(pcvos.adapt(lite_model, frames, {0: void}, 1)),
-                 _state(pcvos.adapt(lite_model, frames, {0: cleared}, 1)))
+    assert _same(
+        _state(pcvos.adapt(lite_model, frames, {0: void}, 1)),
+        _state(pcvos.adapt(lite_model, frames, {0: cleared}, 1)),
+    )
     with pytest.raises(ValueError, match="no object"):
         pcvos.adapt(lite_model, frames, {0: np.full((H, W), 255, np.uint8)}, 1)
 
@@ -224,8 +230,24 @@ def test_cli_adapt(tmp_path):
 
     for source in (video, folder):
         out = tmp_path / f"out_{source.name}"
-        assert main(["segment", str(source), "--mask", str(mask), "--mask-frame", "2", "--adapt", "1",
-                     "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    str(source),
+                    "--mask",
+                    str(mask),
+                    "--mask-frame",
+                    "2",
+                    "--adapt",
+                    "1",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         assert len(list(out.glob("*.png"))) == T
         summary = json.loads((out / "summary.json").read_text())
         assert summary["settings"]["adapt"] == 1

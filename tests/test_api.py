@@ -1,4 +1,5 @@
 """Public inference API: semantics beyond parity, streaming, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,12 +35,15 @@ def test_labels_are_argmax_of_probs_with_user_ids(pcvos_model, clip):
 @pytest.mark.parametrize("channels", [1, 2, 4])
 def test_registry_labels_equal_argmax_with_ties(channels):
     from pcvos.inference.objects import ObjectRegistry
+
     reg = ObjectRegistry()
     reg.add([9, 4, 200][: channels - 1], 0)
     lut = torch.from_numpy(reg.label_lut())
     gen = torch.Generator().manual_seed(channels)
-    for probs in (torch.rand(channels, 3, 19, 23, generator=gen),
-                  torch.randint(0, 3, (channels, 3, 19, 23), generator=gen).float()):  # many ties
+    for probs in (
+        torch.rand(channels, 3, 19, 23, generator=gen),
+        torch.randint(0, 3, (channels, 3, 19, 23), generator=gen).float(),
+    ):  # many ties
         got = reg.labels(probs)
         assert got.dtype == torch.uint8
         assert torch.equal(got, lut[probs.argmax(0)])
@@ -79,8 +83,11 @@ def test_object_entering_later_and_frames_before_first_mask(pcvos_model, clip):
 
 def test_stcn_and_clip_lengths_run_on_one_model(pcvos_model, clip):
     frames, label = clip
-    for kwargs in (dict(clip_length=1, memory_every=5, pmm_segment=None, refine=False),
-                   dict(clip_length=8, pmm_segment=2), dict(clip_length=4, memory_every=2)):
+    for kwargs in (
+        dict(clip_length=1, memory_every=5, pmm_segment=None, refine=False),
+        dict(clip_length=8, pmm_segment=2),
+        dict(clip_length=4, memory_every=2),
+    ):
         out = pcvos.segment(pcvos_model, frames, {0: label}, **kwargs)
         assert out.shape == (8, *label.shape)
 
@@ -103,19 +110,39 @@ def test_memory_cap_keeps_annotated_frames():
 
 def test_memory_cap_in_segment(pcvos_model, clip):
     frames, label = clip
-    capped = pcvos.segment(pcvos_model, frames, {0: label}, clip_length=1, memory_every=1, refine=False,
-                           pmm_segment=None, max_memory_frames=2, output="probs")
-    full = pcvos.segment(pcvos_model, frames, {0: label}, clip_length=1, memory_every=1, refine=False,
-                         pmm_segment=None, output="probs")
+    capped = pcvos.segment(
+        pcvos_model,
+        frames,
+        {0: label},
+        clip_length=1,
+        memory_every=1,
+        refine=False,
+        pmm_segment=None,
+        max_memory_frames=2,
+        output="probs",
+    )
+    full = pcvos.segment(
+        pcvos_model,
+        frames,
+        {0: label},
+        clip_length=1,
+        memory_every=1,
+        refine=False,
+        pmm_segment=None,
+        output="probs",
+    )
     assert np.abs(capped[:, :3] - full[:, :3]).max() < 1e-6  # identical until the cap bites
     assert np.abs(capped - full).max() > 1e-6
 
 
-@pytest.mark.parametrize("frames, message", [
-    (np.zeros((2, 32, 32), np.uint8), "uint8 array of shape"),
-    (np.zeros((2, 32, 32, 3), np.float32), "uint8 array of shape"),
-    (np.zeros((0, 32, 32, 3), np.uint8), "no frames"),
-])
+@pytest.mark.parametrize(
+    "frames, message",
+    [
+        (np.zeros((2, 32, 32), np.uint8), "uint8 array of shape"),
+        (np.zeros((2, 32, 32, 3), np.float32), "uint8 array of shape"),
+        (np.zeros((0, 32, 32, 3), np.uint8), "no frames"),
+    ],
+)
 def test_bad_frames(pcvos_model, frames, message):
     with pytest.raises(ValueError, match=message):
         pcvos.segment(pcvos_model, frames, {0: np.ones((32, 32), np.uint8)})

@@ -1,4 +1,5 @@
 """Checkpoint layouts, strictness and safety."""
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,9 @@ def test_unknown_layout_is_a_value_error():
 def test_not_a_checkpoint_file(tmp_path, content):
     bad = tmp_path / "weights.pth"
     bad.write_bytes(content)
-    with pytest.raises(ValueError, match=r"weights.pth: not a PyTorch checkpoint \(neither torch.save's zip format"):
+    with pytest.raises(
+        ValueError, match=r"weights.pth: not a PyTorch checkpoint \(neither torch.save's zip format"
+    ):
         pcvos.load_model(bad)
 
 
@@ -121,17 +124,20 @@ def _pcvos_file(path, **payload):
     return path
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({"config": {"value_dim": 60000}, "state_dict": {}}, r"out of bounds \(value_dim=60000"),
-    ({"config": {"decoder_widths": [512, 256]}, "state_dict": {}}, "decoder_widths"),
-    ({"config": {"refine_depth": 10 ** 6}, "state_dict": {}}, "refine_depth"),
-    ({"config": {"key_dim": "64"}, "state_dict": {}}, "key_dim='64'"),
-    ({"config": {"no_such_key": 1}, "state_dict": {}}, "malformed model configuration"),
-    ({"config": [1, 2], "state_dict": {}}, "without a model configuration"),
-    ({"config": {}}, "without a state_dict"),
-    ({"config": {}, "state_dict": {"w": 3}}, "not tensors"),
-    ({"config": {"backbone": "vgg"}, "state_dict": {}}, "cannot build the model"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"config": {"value_dim": 60000}, "state_dict": {}}, r"out of bounds \(value_dim=60000"),
+        ({"config": {"decoder_widths": [512, 256]}, "state_dict": {}}, "decoder_widths"),
+        ({"config": {"refine_depth": 10**6}, "state_dict": {}}, "refine_depth"),
+        ({"config": {"key_dim": "64"}, "state_dict": {}}, "key_dim='64'"),
+        ({"config": {"no_such_key": 1}, "state_dict": {}}, "malformed model configuration"),
+        ({"config": [1, 2], "state_dict": {}}, "without a model configuration"),
+        ({"config": {}}, "without a state_dict"),
+        ({"config": {}, "state_dict": {"w": 3}}, "not tensors"),
+        ({"config": {"backbone": "vgg"}, "state_dict": {}}, "cannot build the model"),
+    ],
+)
 def test_malformed_or_absurd_pcvos_config_is_refused_before_building(tmp_path, payload, message):
     path = _pcvos_file(tmp_path / "bad.pt", **payload)
     with pytest.raises(CheckpointError, match=message):
@@ -143,19 +149,47 @@ def test_bad_checkpoints_are_one_line_in_the_cli(tmp_path, capsys):
     from PIL import Image
 
     from pcvos.cli import main
+
     frames = tmp_path / "frames"
     frames.mkdir()
     Image.new("RGB", (32, 24), (50, 50, 50)).save(frames / "0.png")
     Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 8)).resize((32, 24)).save(tmp_path / "m.png")
-    for name, payload in (("absurd.pt", {"config": {"value_dim": 60000}, "state_dict": {}}),
-                          ("broken.pt", {"config": {"bogus": True}, "state_dict": {}})):
+    for name, payload in (
+        ("absurd.pt", {"config": {"value_dim": 60000}, "state_dict": {}}),
+        ("broken.pt", {"config": {"bogus": True}, "state_dict": {}}),
+    ):
         path = _pcvos_file(tmp_path / name, **payload)
-        code = main(["segment", str(frames), "--mask", str(tmp_path / "m.png"), "--weights", str(path),
-                     "--out", str(tmp_path / "out"), "--quiet"])
+        code = main(
+            [
+                "segment",
+                str(frames),
+                "--mask",
+                str(tmp_path / "m.png"),
+                "--weights",
+                str(path),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and name in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert main(["segment", str(frames), "--mask", str(tmp_path / "m.png"), "--weights", str(tmp_path),
-                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(frames),
+                "--mask",
+                str(tmp_path / "m.png"),
+                "--weights",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "is a folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -163,16 +197,34 @@ def test_bad_checkpoints_are_one_line_in_the_cli(tmp_path, capsys):
 def test_export_script_writes_fp16_model_and_card(tmp_path):
     # scripts/export_model.py is how a model is shipped: fp16 file, card with its SHA-256 and size
     root = Path(__file__).resolve().parents[1]
-    cfg = pcvos.PCVOSConfig(backbone="efficientnet-lite0", key_dim=16, value_dim=32, thin_dim=16,
-                            decoder_widths=(16, 16, 16), refine=False)
+    cfg = pcvos.PCVOSConfig(
+        backbone="efficientnet-lite0",
+        key_dim=16,
+        value_dim=32,
+        thin_dim=16,
+        decoder_widths=(16, 16, 16),
+        refine=False,
+    )
     torch.manual_seed(0)
     pcvos.save_checkpoint(pcvos.PCVOS(cfg), tmp_path / "final.pth")
     (tmp_path / "extra.json").write_text(json.dumps({"version": "test", "held_out": ["bear"]}))
     out = tmp_path / "ship" / "model.pt"
     out.parent.mkdir()
-    res = subprocess.run([sys.executable, str(root / "scripts/export_model.py"), str(tmp_path / "final.pth"), str(out),
-                          "--card", str(tmp_path / "extra.json"), "--preferred-size", "240"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(root / "scripts/export_model.py"),
+            str(tmp_path / "final.pth"),
+            str(out),
+            "--card",
+            str(tmp_path / "extra.json"),
+            "--preferred-size",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == sha256_of(out) and card["bytes"] == out.stat().st_size

@@ -1,4 +1,5 @@
 """`pcvos segment` end to end on a real DAVIS sequence (as an mp4 and as a frame folder), and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,17 @@ def weights(tmp_path_factory, official_weights) -> Path:
 @pytest.fixture(scope="module")
 def sequence(davis_root):
     seq = "bear"
-    frames = [np.array(Image.open(davis_root / f"JPEGImages/480p/{seq}/{i:05d}.jpg").convert("RGB")
-                       .resize(SIZE[::-1], Image.BILINEAR)) for i in range(N)]
-    mask = np.array(Image.open(davis_root / f"Annotations/480p/{seq}/00000.png").resize(SIZE[::-1], Image.NEAREST))
+    frames = [
+        np.array(
+            Image.open(davis_root / f"JPEGImages/480p/{seq}/{i:05d}.jpg")
+            .convert("RGB")
+            .resize(SIZE[::-1], Image.BILINEAR)
+        )
+        for i in range(N)
+    ]
+    mask = np.array(
+        Image.open(davis_root / f"Annotations/480p/{seq}/00000.png").resize(SIZE[::-1], Image.NEAREST)
+    )
     return np.stack(frames), mask
 
 
@@ -55,8 +64,24 @@ def _run(*args) -> int:
 
 def test_mp4_end_to_end(tmp_path, video, mask_png, weights):
     out, ov, alpha = tmp_path / "out", tmp_path / "overlay.mp4", tmp_path / "alpha"
-    assert _run(video, "--mask", mask_png, "--weights", weights, "--out", out, "--overlay", ov,
-                "--alpha", alpha, "--clip-length", 3) == 0
+    assert (
+        _run(
+            video,
+            "--mask",
+            mask_png,
+            "--weights",
+            weights,
+            "--out",
+            out,
+            "--overlay",
+            ov,
+            "--alpha",
+            alpha,
+            "--clip-length",
+            3,
+        )
+        == 0
+    )
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(N)]
     first = Image.open(pngs[0])
@@ -86,8 +111,24 @@ def test_frame_folder_with_natural_order_and_late_object(tmp_path, sequence, wei
     second_png = tmp_path / "second.png"
     Image.fromarray(second * 255).save(second_png)
     out = tmp_path / "out"
-    assert _run(folder, "--mask", binary, "--mask", second_png, "--mask-frame", 3, "--weights", weights,
-                "--out", out, "--size", "native") == 0
+    assert (
+        _run(
+            folder,
+            "--mask",
+            binary,
+            "--mask",
+            second_png,
+            "--mask-frame",
+            3,
+            "--weights",
+            weights,
+            "--out",
+            out,
+            "--size",
+            "native",
+        )
+        == 0
+    )
     names = sorted(p.stem for p in out.glob("*.png"))
     assert sorted(names, key=int) == [str(i) for i in range(1, N + 1)]
     objects = json.loads((out / "summary.json").read_text())["objects"]
@@ -189,7 +230,10 @@ def test_threads_sets_the_cpu_thread_count(tmp_path, video, mask_png, weights, c
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert _run(video, "--mask", mask_png, "--weights", weights, "--out", tmp_path / "out", "--threads", 1) == 0
+        assert (
+            _run(video, "--mask", mask_png, "--weights", weights, "--out", tmp_path / "out", "--threads", 1)
+            == 0
+        )
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

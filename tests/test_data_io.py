@@ -1,4 +1,5 @@
 """pcvos.data low-level I/O: palette, atomic writes, masks, frames and video."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -149,7 +150,7 @@ def test_mask_grayscale_binary_forms(tmp_path):
     np.testing.assert_array_equal(read_mask(_save(tmp_path / "b.png", b)), b)
     c = np.zeros((4, 4), np.uint8)  # empty mask
     np.testing.assert_array_equal(read_mask(_save(tmp_path / "c.png", c)), c)
-    d = (a > 0)  # 1-bit image
+    d = a > 0  # 1-bit image
     Image.fromarray(d).save(tmp_path / "d.png")
     assert Image.open(tmp_path / "d.png").mode == "1"
     np.testing.assert_array_equal(read_mask(tmp_path / "d.png"), a // 255)
@@ -211,7 +212,9 @@ def test_mask_rgba_transparent_is_background(tmp_path):
 def test_mask_errors(tmp_path):
     cmyk = tmp_path / "cmyk.jpg"
     Image.new("CMYK", (4, 4)).save(cmyk)
-    with pytest.raises(ValueError, match=r"cmyk\.jpg: expected an indexed, grayscale or RGB mask, got mode CMYK"):
+    with pytest.raises(
+        ValueError, match=r"cmyk\.jpg: expected an indexed, grayscale or RGB mask, got mode CMYK"
+    ):
         read_mask(cmyk)
     photo = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match=r"photo\.png: RGB mask has \d+ distinct non-black colours"):
@@ -259,7 +262,13 @@ def test_resize_labels_nearest():
 def test_natural_key():
     names = ["10.jpg", "2.jpg", "1.jpg", "img_010.png", "img_9.png", "IMG_11.png", "a.jpg"]
     assert sorted(names, key=natural_key) == [
-        "1.jpg", "2.jpg", "10.jpg", "a.jpg", "img_9.png", "img_010.png", "IMG_11.png",
+        "1.jpg",
+        "2.jpg",
+        "10.jpg",
+        "a.jpg",
+        "img_9.png",
+        "img_010.png",
+        "IMG_11.png",
     ]
     # mixed shapes of names never compare int with str
     assert sorted(["a1b", "a1", "a1b2", "a"], key=natural_key) == ["a", "a1", "a1b", "a1b2"]
@@ -269,7 +278,9 @@ def test_list_frames_and_folder_source(tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
     for i, name in enumerate(["10.png", "2.jpg", "1.JPG"]):
-        Image.fromarray(np.full((6, 8, 3), 20 * i, np.uint8)).save(frames / name, format="PNG" if name.endswith("png") else "JPEG")
+        Image.fromarray(np.full((6, 8, 3), 20 * i, np.uint8)).save(
+            frames / name, format="PNG" if name.endswith("png") else "JPEG"
+        )
     (frames / "notes.txt").write_text("x")
     (frames / ".hidden.jpg").write_bytes(b"")
     assert [p.name for p in list_frames(frames)] == ["1.JPG", "2.jpg", "10.png"]
@@ -449,6 +460,7 @@ def test_non_video_inputs(tmp_path):
 
 def test_strict_reader_allows_an_edit_list_gap_only(tmp_path):
     from pcvos.data.frames import EDIT_LIST_SLACK
+
     path = tmp_path / "clip.mp4"
     _noise_video(path, 8)
     reader = VideoReader(path, strict=True)

@@ -1,6 +1,7 @@
 """Tests of pcvos.eval.davis_eval and pcvos.eval.cli: dataset layouts, mask formats, error
 handling, output files, and an end-to-end check on real DAVIS 2016 sequences against an
 independent straightforward per-frame implementation of the official definitions."""
+
 from __future__ import annotations
 
 import argparse
@@ -116,7 +117,11 @@ def ref_stats(v: List[float]) -> Tuple[float, float, float]:
     v = np.asarray(v, float)
     n = len(v)
     ids = [int(round(1 + k * (n - 1) / 4 + 1e-10)) - 1 for k in range(5)]
-    return float(np.mean(v)), float(np.mean(v > 0.5)), float(np.mean(v[ids[0] : ids[1] + 1]) - np.mean(v[ids[3] : ids[4] + 1]))
+    return (
+        float(np.mean(v)),
+        float(np.mean(v > 0.5)),
+        float(np.mean(v[ids[0] : ids[1] + 1]) - np.mean(v[ids[3] : ids[4] + 1])),
+    )
 
 
 def ref_evaluate(root: Path, out: Path, seqs: List[str], single_object: bool) -> Dict[str, List[float]]:
@@ -365,12 +370,16 @@ def test_cli_success_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "J&F-Mean" in text and "seq_1" in text and "1.000" in text
     assert (out / "global_results-val.csv").is_file()
 
-    args = _parser().parse_args(["eval", "davis", "--davis-root", str(root), "--results", str(out), "--set", "nope"])
+    args = _parser().parse_args(
+        ["eval", "davis", "--davis-root", str(root), "--results", str(out), "--set", "nope"]
+    )
     assert main_eval(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pcvos eval: error:") and "nope.txt" in err and "\n" not in err
 
-    args = _parser().parse_args(["eval", "davis", "--davis-root", str(tmp_path / "missing"), "--results", str(out)])
+    args = _parser().parse_args(
+        ["eval", "davis", "--davis-root", str(tmp_path / "missing"), "--results", str(out)]
+    )
     assert main_eval(args) == 2
     assert "missing" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
 """The model shipped with pcvos: loads, matches its checksum, and segments a real held-out sequence."""
+
 from __future__ import annotations
 
 import subprocess
@@ -39,11 +40,19 @@ def test_segments_a_held_out_sequence(davis_root, precision):
     held_out = default_model_card()["held_out"]
     seq = held_out[0]
     n = 30
-    frames = np.stack([np.array(Image.open(davis_root / f"JPEGImages/480p/{seq}/{i:05d}.jpg").convert("RGB"))
-                       for i in range(n)])
-    gt = np.stack([np.array(Image.open(davis_root / f"Annotations/480p/{seq}/{i:05d}.png")) for i in range(n)])
+    frames = np.stack(
+        [
+            np.array(Image.open(davis_root / f"JPEGImages/480p/{seq}/{i:05d}.jpg").convert("RGB"))
+            for i in range(n)
+        ]
+    )
+    gt = np.stack(
+        [np.array(Image.open(davis_root / f"Annotations/480p/{seq}/{i:05d}.png")) for i in range(n)]
+    )
     gt = (gt == 1).astype(np.uint8)
-    labels = pcvos.segment(pcvos.load_model(), frames, {0: gt[0]}, clip_length=5, size=240, precision=precision)
+    labels = pcvos.segment(
+        pcvos.load_model(), frames, {0: gt[0]}, clip_length=5, size=240, precision=precision
+    )
     j = db_eval_iou(gt[1:-1], labels[1:-1]).mean()
     f = db_eval_boundary(gt[1:-1], labels[1:-1]).mean()
     assert (j + f) / 2 > FLOOR, (j, f)
@@ -53,7 +62,9 @@ def test_segments_a_held_out_sequence(davis_root, precision):
 
 def test_cli_and_shipped_model_do_not_import_torchvision():
     # torchvision.models costs about a second at every `pcvos` start; only the ResNet encoders need it
-    code = ("import sys, pcvos.cli, pcvos; pcvos.load_model(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    code = (
+        "import sys, pcvos.cli, pcvos; pcvos.load_model(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

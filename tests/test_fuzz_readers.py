@@ -5,6 +5,7 @@ file; exit code 2 in the CLI) or a correct result (frames of the right shape and
 traceback, and never a result folder that looks complete (``summary.json``) when the run failed.
 Seeded, so a failure reproduces.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ CLI_CASES = 6  # corrupted videos and masks run through `pcvos segment`
 def _picture(rng: np.random.Generator) -> np.ndarray:
     img = np.full((H, W, 3), 30, np.uint8)
     y, x = rng.integers(0, H - 16), rng.integers(0, W - 16)
-    img[y:y + 16, x:x + 16] = rng.integers(0, 256, 3)
+    img[y : y + 16, x : x + 16] = rng.integers(0, 256, 3)
     return img
 
 
@@ -63,7 +64,7 @@ def corrupt(data: bytes, rng: np.random.Generator) -> bytes:
             b[i] ^= int(rng.integers(1, 256))
     elif kind == 1:
         i = int(rng.integers(0, len(b)))
-        b[i:i + int(rng.integers(4, 256))] = bytes(min(len(b) - i, 256))[: len(b[i:i + 256])]
+        b[i : i + int(rng.integers(4, 256))] = bytes(min(len(b) - i, 256))[: len(b[i : i + 256])]
     elif kind == 2:
         b = b[: int(rng.integers(1, len(b)))]
     elif kind == 3:
@@ -98,7 +99,9 @@ def test_corrupted_images(tmp_path, fmt):
                 outcomes["error"] += 1
                 continue
             # a corrupted header may declare another size: what is read is what the bytes say
-            assert result.dtype == np.uint8 and result.ndim == (3 if reader is read_frame else 2), result.shape
+            assert result.dtype == np.uint8 and result.ndim == (3 if reader is read_frame else 2), (
+                result.shape
+            )
             outcomes["read"] += 1
     assert outcomes["error"] > 0  # the corruption did hit something
 
@@ -123,7 +126,9 @@ def test_corrupted_videos(tmp_path):
 def _cli(args: list, capsys) -> tuple[int, str]:
     code = main(["segment", *map(str, args), "--quiet"])
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err  # errors and warnings: one line each
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, (
+        err
+    )  # errors and warnings: one line each
     return code, err
 
 

@@ -1,4 +1,5 @@
 """Long videos by default: a bounded memory that changes nothing on short videos, and a bounded clip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,9 +25,9 @@ def moving_square() -> tuple[np.ndarray, np.ndarray]:
     for t in range(12):
         f = background.copy()
         y, x = 10 + 2 * t, 8 + 4 * t
-        f[y:y + 24, x:x + 24] = patch
+        f[y : y + 24, x : x + 24] = patch
         lab = np.zeros(f.shape[:2], np.uint8)
-        lab[y:y + 24, x:x + 24] = 1
+        lab[y : y + 24, x : x + 24] = 1
         frames.append(f)
         labels.append(lab)
     return np.stack(frames), np.stack(labels)
@@ -59,8 +60,9 @@ def test_default_equals_unbounded_on_short_videos(pcvos_model, moving_square, mo
     sizes = _record_memory_sizes(monkeypatch)
     default = pcvos.segment(pcvos_model, frames, {0: labels[0]}, output="probs", **PER_FRAME)
     assert max(sizes) == len(frames) - 1  # every frame but the last became memory: nothing dropped
-    unbounded = pcvos.segment(pcvos_model, frames, {0: labels[0]}, output="probs", max_memory_frames=None,
-                              **PER_FRAME)
+    unbounded = pcvos.segment(
+        pcvos_model, frames, {0: labels[0]}, output="probs", max_memory_frames=None, **PER_FRAME
+    )
     assert np.array_equal(default, unbounded)
 
 
@@ -75,8 +77,9 @@ def test_long_video_memory_stays_within_the_cap(pcvos_model, moving_square, monk
     seg.add_mask(6, labels[6])  # an annotated frame mid-video stays too
     capped = np.stack([p for _, p in seg.process(frames)], axis=1)
     assert max(sizes) == cap and len(sizes) == len(frames) - 1
-    full = pcvos.segment(pcvos_model, frames, {0: labels[0], 6: labels[6]}, output="probs",
-                         max_memory_frames=None, **PER_FRAME)
+    full = pcvos.segment(
+        pcvos_model, frames, {0: labels[0], 6: labels[6]}, output="probs", max_memory_frames=None, **PER_FRAME
+    )
     # identical until the cap bites (frame cap + 1 is the first to read a memory with a frame dropped)
     assert np.abs(capped[:, : cap + 1] - full[:, : cap + 1]).max() < 1e-6
     assert np.abs(capped - full).max() > 1e-6
@@ -100,8 +103,19 @@ def test_cli_refuses_a_huge_clip_length(tmp_path, capsys):
     mask[10:30, 20:40] = 1
     Image.fromarray(mask * 255).save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    code = main(["segment", str(folder), "--mask", str(tmp_path / "mask.png"), "--out", str(out),
-                 "--clip-length", "1000", "--quiet"])
+    code = main(
+        [
+            "segment",
+            str(folder),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--out",
+            str(out),
+            "--clip-length",
+            "1000",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and f"at most {MAX_CLIP_LENGTH}" in err and "1000" in err
@@ -122,13 +136,29 @@ def test_long_video_benchmark_runs_and_reports(tmp_path, capsys):
     (root / "Annotations/480p/sq").mkdir(parents=True)
     rng = np.random.default_rng(2)
     for t in range(4):
-        Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(root / f"JPEGImages/480p/sq/{t:05d}.jpg")
+        Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(
+            root / f"JPEGImages/480p/sq/{t:05d}.jpg"
+        )
         m = np.zeros((48, 80), np.uint8)
-        m[10:30, 10 + 5 * t:40 + 5 * t] = 1
+        m[10:30, 10 + 5 * t : 40 + 5 * t] = 1
         Image.fromarray(m).save(root / f"Annotations/480p/sq/{t:05d}.png")
     out = tmp_path / "runs"
-    common = ["--davis-root", str(root), "--sequence", "sq", "--frames", "12", "--window", "6", "--size", "48",
-              "--clip-length", "2", "--out", str(out)]
+    common = [
+        "--davis-root",
+        str(root),
+        "--sequence",
+        "sq",
+        "--frames",
+        "12",
+        "--window",
+        "6",
+        "--size",
+        "48",
+        "--clip-length",
+        "2",
+        "--out",
+        str(out),
+    ]
     bench.main(["run", "--policy", "uncapped", *common])
     bench.main(["run", "--policy", "usage", "--max-memory-frames", "2", *common])
     capsys.readouterr()

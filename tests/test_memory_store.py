@@ -1,4 +1,5 @@
 """The memory store's cap: which frames stay, usage collected by the read without changing it."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,9 @@ def test_usage_collection_leaves_the_read_unchanged(with_temp):
     gen = torch.Generator().manual_seed(0)
     blocks = [MemoryBlock.from_keys(torch.randn(300, 8, generator=gen), torch.randn(300, 5, generator=gen))]
     if with_temp:
-        blocks.append(MemoryBlock.from_keys(torch.randn(40, 8, generator=gen), torch.randn(40, 5, generator=gen)))
+        blocks.append(
+            MemoryBlock.from_keys(torch.randn(40, 8, generator=gen), torch.randn(40, 5, generator=gen))
+        )
     query = torch.randn(70, 8, generator=gen)
     plain = read_memory(query, blocks, top_k=7, budget=300 * 16)  # several query chunks
     usage = [torch.zeros(b.keys.shape[0]) for b in blocks]
@@ -74,7 +77,7 @@ def test_annotated_and_newest_frames_always_stay():
         kept = [f.index for f in store.frames]
         assert len(kept) <= 5 and store.rows == len(kept) * ROWS
         assert 0 in kept and (t < 7 or 7 in kept)
-        assert kept[-min(KEEP_NEWEST, len(kept)):] == list(range(t + 1))[-min(KEEP_NEWEST, len(kept)):]
+        assert kept[-min(KEEP_NEWEST, len(kept)) :] == list(range(t + 1))[-min(KEEP_NEWEST, len(kept)) :]
     # the one free place beyond annotated and newest goes to a frame whose content the reads use
     free = [f.index for f in store.frames if f.index not in (0, 7, 38, 39)]
     assert len(free) == 1 and free[0] % 5 == 3
@@ -92,7 +95,7 @@ def test_cap_of_one_keeps_only_annotated_frames():
 def test_later_objects_group_reads_count_for_their_frames():
     gen = torch.Generator().manual_seed(4)
     store = MemoryStore(key_dim=4, value_dim=1, max_frames=10)
-    store.add(0, _frame(0.0, gen), torch.ones(ROWS, 2), annotated=True)   # two slots from frame 0
+    store.add(0, _frame(0.0, gen), torch.ones(ROWS, 2), annotated=True)  # two slots from frame 0
     store.add(5, _frame(5.0, gen), torch.ones(ROWS, 2), annotated=True)
     out = store.read(_frame(5.0, gen), {0: [0], 5: [1]}, top_k=3)
     assert out.shape == (ROWS, 2, 1)

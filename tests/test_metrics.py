@@ -1,5 +1,6 @@
 """Unit tests of pcvos.eval.metrics: the DAVIS J / F / statistics definitions, edge cases and
 hand-computed values on tiny masks."""
+
 from __future__ import annotations
 
 import math

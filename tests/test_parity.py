@@ -1,4 +1,5 @@
 """The released network and schedules reproduce what the original code computes (fixture.npz)."""
+
 from __future__ import annotations
 
 import copy
@@ -40,23 +41,41 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_pcvos_icr_pmm_matches_original(pcvos_model, parity_fixture, device):
     fx = parity_fixture
-    probs = pcvos.segment(_on(pcvos_model, device), fx["frames"], {0: fx["label"]}, clip_length=6, output="probs",
-                          device=device)
+    probs = pcvos.segment(
+        _on(pcvos_model, device), fx["frames"], {0: fx["label"]}, clip_length=6, output="probs", device=device
+    )
     assert probs.dtype == np.float32
     assert _max_diff(probs, fx["pcvos_L6_icr_pmm"]) <= TOL
 
 
 def test_pcvos_plain_matches_original(pcvos_model, parity_fixture, device):
     fx = parity_fixture
-    probs = pcvos.segment(_on(pcvos_model, device), fx["frames"], {0: fx["label"]}, clip_length=6,
-                          pmm_segment=None, refine=False, output="probs", device=device)
+    probs = pcvos.segment(
+        _on(pcvos_model, device),
+        fx["frames"],
+        {0: fx["label"]},
+        clip_length=6,
+        pmm_segment=None,
+        refine=False,
+        output="probs",
+        device=device,
+    )
     assert _max_diff(probs, fx["pcvos_L6_plain"]) <= TOL
 
 
 def test_stcn_every5_matches_original(stcn_model, parity_fixture, device):
     fx = parity_fixture
-    probs = pcvos.segment(_on(stcn_model, device), fx["frames"], {0: fx["label"]}, clip_length=1,
-                          memory_every=5, pmm_segment=None, refine=False, output="probs", device=device)
+    probs = pcvos.segment(
+        _on(stcn_model, device),
+        fx["frames"],
+        {0: fx["label"]},
+        clip_length=1,
+        memory_every=5,
+        pmm_segment=None,
+        refine=False,
+        output="probs",
+        device=device,
+    )
     assert _max_diff(probs, fx["stcn_every5"]) <= TOL
 
 

@@ -1,5 +1,6 @@
 """Reduced precision (bf16/fp16 autocast): off by default, changes the network's arithmetic only,
 and is refused where it cannot run."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,8 @@ def test_bf16_changes_the_arithmetic_not_the_result(pcvos_model, clip):
     assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
     np.testing.assert_allclose(bf16.sum(0), 1.0, atol=1e-5)
     diff = np.abs(bf16[:, 1:] - fp32[:, 1:])
-    assert diff.max() > 1e-4            # autocast really ran: bf16 has ~3 significant digits
-    assert np.median(diff) < 0.05       # ... and the probabilities still follow the fp32 ones
+    assert diff.max() > 1e-4  # autocast really ran: bf16 has ~3 significant digits
+    assert np.median(diff) < 0.05  # ... and the probabilities still follow the fp32 ones
     assert np.array_equal(bf16[:, 0], fp32[:, 0])  # the given mask's frame is not computed
 
 
@@ -42,10 +43,18 @@ def test_bf16_changes_the_arithmetic_not_the_result(pcvos_model, clip):
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_half_precisions_on_cuda_follow_fp32(pcvos_model, clip, precision):
     import copy
+
     frames, label = clip
     fp32 = pcvos.segment(pcvos_model, frames, {0: label}, clip_length=3, output="probs")
-    half = pcvos.segment(copy.deepcopy(pcvos_model), frames, {0: label}, clip_length=3, output="probs",
-                         precision=precision, device="cuda")
+    half = pcvos.segment(
+        copy.deepcopy(pcvos_model),
+        frames,
+        {0: label},
+        clip_length=3,
+        output="probs",
+        precision=precision,
+        device="cuda",
+    )
     assert half.dtype == np.float32 and np.isfinite(half).all()
     diff = np.abs(half[:, 1:] - fp32[:, 1:])
     assert diff.max() > 1e-4
@@ -79,13 +88,24 @@ def test_cli_precision_flag(tmp_path, pcvos_model, clip, capsys):
     folder = tmp_path / "frames"
     folder.mkdir()
     from PIL import Image
+
     for i, f in enumerate(frames[:4]):
         Image.fromarray(f).save(folder / f"{i:03d}.png")
     mask = save_indexed_png(tmp_path / "m.png", label)
     weights = tmp_path / "w.pt"
     pcvos.save_checkpoint(pcvos_model, weights)
     out = tmp_path / "out"
-    args = ["segment", str(folder), "--mask", str(mask), "--weights", str(weights), "--size", "native", "--quiet"]
+    args = [
+        "segment",
+        str(folder),
+        "--mask",
+        str(mask),
+        "--weights",
+        str(weights),
+        "--size",
+        "native",
+        "--quiet",
+    ]
     assert main([*args, "--out", str(out), "--precision", "bf16"]) == 0
     assert json.loads((out / "summary.json").read_text())["settings"]["precision"] == "bf16"
     assert len(list(out.glob("*.png"))) == 4

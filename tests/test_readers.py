@@ -1,4 +1,5 @@
 """pcvos.data dataset readers: DAVIS 2016/2017 and YouTube-VOS, and the YouTube-VOS submission writer."""
+
 from __future__ import annotations
 
 import io
@@ -57,7 +58,9 @@ def test_davis_real_2016_release_form(davis16, tmp_path):
     (root / "Annotations").symlink_to(davis16 / "Annotations")
     lines = []
     for name, count in (("boat", 3), ("bear", 4)):
-        lines += [f"/JPEGImages/480p/{name}/{i:05d}.jpg /Annotations/480p/{name}/{i:05d}.png" for i in range(count)]
+        lines += [
+            f"/JPEGImages/480p/{name}/{i:05d}.jpg /Annotations/480p/{name}/{i:05d}.png" for i in range(count)
+        ]
     (root / "ImageSets" / "480p" / "val.txt").write_text("\n".join(lines) + "\n")
     ds = DavisDataset(root, year=2016, subset="val")
     assert ds.sequences == ["boat", "bear"]
@@ -127,7 +130,9 @@ def test_davis_errors(tiny_davis, tmp_path):
         DavisDataset(tmp_path / "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="expected a DAVIS root with ImageSets/, JPEGImages/, Annotations/"):
+    with pytest.raises(
+        FileNotFoundError, match="expected a DAVIS root with ImageSets/, JPEGImages/, Annotations/"
+    ):
         DavisDataset(empty)
     with pytest.raises(FileNotFoundError, match=r"ImageSets/2017/train\.txt not found under"):
         DavisDataset(tiny_davis, subset="train")

@@ -1,4 +1,5 @@
 """Intra-clip refinement a few frames at a time equals the whole-clip computation."""
+
 from __future__ import annotations
 
 import itertools
@@ -20,8 +21,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _refiner(key_dim: int = 16, value_dim: int = 32, window: tuple[int, int, int] = (2, 7, 7),
-             seed: int = 0) -> IntraClipRefiner:
+def _refiner(
+    key_dim: int = 16, value_dim: int = 32, window: tuple[int, int, int] = (2, 7, 7), seed: int = 0
+) -> IntraClipRefiner:
     """A refiner with weights large enough that the position bias and the masks change the result."""
     torch.manual_seed(seed)
     m = IntraClipRefiner(key_dim, value_dim, window=window).eval()
@@ -54,8 +56,11 @@ def test_temporal_groups():
     assert temporal_groups(5, 2, 0) == [(0, 2, 0), (2, 4, 0), (4, 6, 0)]
     assert temporal_groups(8, 3, 1) == [(0, 1, 2), (1, 4, 0), (4, 7, 0), (7, 9, 0)]
     assert temporal_groups(7, 3, 1) == [(0, 1, 2), (1, 4, 0), (4, 7, 0)]
-    assert chunk_groups(temporal_groups(9, 2, 1), 4) == [[(0, 1, 1), (1, 3, 0)], [(3, 5, 0), (5, 7, 0)],
-                                                         [(7, 9, 0)]]
+    assert chunk_groups(temporal_groups(9, 2, 1), 4) == [
+        [(0, 1, 1), (1, 3, 0)],
+        [(3, 5, 0), (5, 7, 0)],
+        [(7, 9, 0)],
+    ]
     assert chunk_groups(temporal_groups(4, 2, 0), 1) == [[(0, 2, 0)], [(2, 4, 0)]]
 
 

@@ -1,5 +1,6 @@
 """Issue 15, item 11: one rule for label 255 (void, not an object) in the API and the CLI, and
 ``add_mask`` for a frame already processed raises. Shipped model, generated frames."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ def lite():
 def _frames(n: int) -> np.ndarray:
     out = np.full((n, H, W, 3), 40, np.uint8)
     for i in range(n):
-        out[i, 8:28, 8 + i:28 + i] = (220, 60, 60)
+        out[i, 8:28, 8 + i : 28 + i] = (220, 60, 60)
     return out
 
 
@@ -54,8 +55,22 @@ def test_api_and_cli_agree_on_void(lite, tmp_path):
     for i, f in enumerate(frames):
         Image.fromarray(f).save(folder / f"{i}.png")
     save_indexed_png(tmp_path / "m.png", _mask_with_void())
-    assert main(["segment", str(folder), "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "out"),
-                 "--clip-length", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(folder),
+                "--mask",
+                str(tmp_path / "m.png"),
+                "--out",
+                str(tmp_path / "out"),
+                "--clip-length",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     api = pcvos.segment(lite, frames, {0: _mask_with_void()}, clip_length=3)  # the CLI never upscales
     for i in range(4):
         assert np.array_equal(np.array(Image.open(tmp_path / "out" / f"{i}.png")), api[i])

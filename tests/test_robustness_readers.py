@@ -1,5 +1,6 @@
 """Issue 15, reader items: 16-bit frames (2), complete MKVs that are not truncated (4), decompression
 bombs (7), rotation metadata and EXIF orientation (10). Every input is generated here."""
+
 from __future__ import annotations
 
 import struct
@@ -27,11 +28,13 @@ def _codec() -> str:
 
 def _frame(i: int) -> np.ndarray:
     f = np.full((H, W, 3), 30, np.uint8)
-    f[8:28, 8 + i:28 + i] = (230, 40, 40)  # a red square moving right
+    f[8:28, 8 + i : 28 + i] = (230, 40, 40)  # a red square moving right
     return f
 
 
-def make_video(path: Path, n: int = N, *, vfr: bool = False, audio_seconds: float = 0.0, rotation: int = 0) -> Path:
+def make_video(
+    path: Path, n: int = N, *, vfr: bool = False, audio_seconds: float = 0.0, rotation: int = 0
+) -> Path:
     """A real encoded video: optionally variable frame rate, a longer audio track or display rotation."""
     with av.open(str(path), "w") as c:
         s = c.add_stream(_codec(), rate=10)
@@ -72,6 +75,7 @@ def _strict_count(path: Path) -> tuple[int, list[str]]:
 
 # -- item 2: 16-bit grayscale frames ------------------------------------------------------------------
 
+
 def test_16bit_grayscale_frame_is_scaled_not_white(tmp_path):
     gray16 = np.full((H, W), 4000, np.uint16)
     gray16[10:30, 10:30] = 60000  # the object: bright on a dark background, both above 255
@@ -88,15 +92,27 @@ def test_16bit_frames_segment_like_their_8bit_copy(tmp_path):
     flat.mkdir()
     for i in range(4):
         g = np.full((H, W), 3000, np.uint16)
-        g[10:30, 10 + i:30 + i] = 62000
+        g[10:30, 10 + i : 30 + i] = 62000
         Image.fromarray(g).save(deep / f"{i}.png")
         Image.fromarray(np.rint(g / 257).astype(np.uint8)).save(flat / f"{i}.png")
     mask = np.zeros((H, W), np.uint8)
     mask[10:30, 10:30] = 255
     Image.fromarray(mask).save(tmp_path / "m.png")
     for folder in (deep, flat):
-        assert main(["segment", str(folder), "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / f"out_{folder.name}"),
-                     "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    str(folder),
+                    "--mask",
+                    str(tmp_path / "m.png"),
+                    "--out",
+                    str(tmp_path / f"out_{folder.name}"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     for i in range(4):  # a white 16-bit frame would give other masks than the same frame in 8 bits
         a = np.array(Image.open(tmp_path / "out_frames16" / f"{i}.png"))
         b = np.array(Image.open(tmp_path / "out_frames8" / f"{i}.png"))
@@ -112,6 +128,7 @@ def test_16bit_binary_mask_reads_as_one_object(tmp_path):
 
 
 # -- item 4: complete MKVs are not "truncated" -------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["vfr", "long_audio"])
 def test_complete_mkv_is_not_truncated(tmp_path, kind):
@@ -141,9 +158,11 @@ def test_cut_containers_are_still_truncated(tmp_path, suffix):
         s = c.add_stream(codec, rate=10)
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         for i in range(30):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.random.default_rng(i).integers(0, 255, (H, W, 3),
-                                                                                         dtype=np.uint8),
-                                                         format="rgb24")):
+            for p in s.encode(
+                av.VideoFrame.from_ndarray(
+                    np.random.default_rng(i).integers(0, 255, (H, W, 3), dtype=np.uint8), format="rgb24"
+                )
+            ):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
@@ -158,15 +177,22 @@ def test_cut_containers_are_still_truncated(tmp_path, suffix):
 
 # -- item 7: decompression bombs -----------------------------------------------------------------------
 
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def write_bomb_png(path: Path, side: int = 20000) -> Path:
     """A tiny file whose header declares a side x side 8-bit grayscale image (never decoded here)."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + _chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -196,6 +222,7 @@ def test_decompression_bomb_is_a_clear_error(tmp_path, capsys):
 
 
 # -- item 10: rotation metadata and EXIF orientation ---------------------------------------------------
+
 
 def test_video_rotation_is_applied(tmp_path):
     path = make_video(tmp_path / "phone.mp4", n=4, rotation=90)
@@ -235,7 +262,9 @@ def test_exif_orientation_is_applied_to_frames_and_masks(tmp_path):
     shown[8:28, 20:40] = 255
     Image.fromarray(shown).save(tmp_path / "m.png")
     out = tmp_path / "out"
-    assert main(["segment", str(folder), "--mask", str(tmp_path / "m.png"), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["segment", str(folder), "--mask", str(tmp_path / "m.png"), "--out", str(out), "--quiet"]) == 0
+    )
     assert Image.open(out / "0.png").size == (H, W)
     mask_with_exif = tmp_path / "m_exif.png"
     Image.fromarray(np.rot90(shown, 1).copy()).save(mask_with_exif, exif=exif)  # stored turned, EXIF says so

@@ -1,4 +1,5 @@
 """`pcvos infer davis|youtube` on small real-data folders: outputs, resume, torchrun sharding."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def small_davis(tmp_path_factory, davis_root) -> Path:
             img = Image.open(davis_root / f"JPEGImages/480p/{seq}/{i:05d}.jpg").resize(SIZE, Image.BILINEAR)
             (root / f"JPEGImages/480p/{seq}").mkdir(parents=True, exist_ok=True)
             img.save(root / f"JPEGImages/480p/{seq}/{i:05d}.jpg")
-            m = np.array(Image.open(davis_root / f"Annotations/480p/{seq}/{i:05d}.png").resize(SIZE, Image.NEAREST))
+            m = np.array(
+                Image.open(davis_root / f"Annotations/480p/{seq}/{i:05d}.png").resize(SIZE, Image.NEAREST)
+            )
             save_indexed_png(root / f"Annotations/480p/{seq}/{i:05d}.png", m)
     (root / "ImageSets/2016").mkdir(parents=True)
     (root / "ImageSets/2016/val.txt").write_text("\n".join(SEQS) + "\n")
@@ -48,7 +51,18 @@ STCN = ["--clip-length", "1", "--memory-every", "5", "--pmm-segment", "0"]
 
 def test_infer_davis_then_eval_and_resume(tmp_path, small_davis, weights, capsys):
     out = tmp_path / "res"
-    args = ["infer", "davis", "--davis-root", small_davis, "--weights", weights, "--out", out, "--quiet", *STCN]
+    args = [
+        "infer",
+        "davis",
+        "--davis-root",
+        small_davis,
+        "--weights",
+        weights,
+        "--out",
+        out,
+        "--quiet",
+        *STCN,
+    ]
     assert main([str(a) for a in args] + ["--eval"]) == 0
     text = capsys.readouterr().out
     assert "2 sequences (0 already done), 8 frames" in text and "frames/s" in text
@@ -69,8 +83,20 @@ def test_torchrun_two_processes_match_one(tmp_path, small_davis, weights):
     common = ["infer", "davis", "--davis-root", str(small_davis), "--weights", str(weights), "--quiet", *STCN]
     assert main(common + ["--out", str(one)]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "pcvos", *common, "--out", str(two)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "pcvos",
+        *common,
+        "--out",
+        str(two),
+    ]
     subprocess.run(cmd, check=True, env=env, timeout=600)
     for seq in SEQS:
         for i in range(N):
@@ -95,11 +121,32 @@ def test_infer_youtube_late_objects_and_zip(tmp_path, davis_root, weights):
     late[:30, :40] = 7  # id 7 enters at frame 5
     save_indexed_png(root / f"valid/Annotations/{vid}/00000.png", first)
     save_indexed_png(root / f"valid/Annotations/{vid}/00005.png", late)
-    (root / "valid/meta.json").write_text(json.dumps({"videos": {vid: {"objects": {
-        "3": {"frames": ["00000", "00005"]}, "7": {"frames": ["00005"]}}}}}))
+    (root / "valid/meta.json").write_text(
+        json.dumps(
+            {"videos": {vid: {"objects": {"3": {"frames": ["00000", "00005"]}, "7": {"frames": ["00005"]}}}}}
+        )
+    )
     out = tmp_path / "sub"
-    assert main(["infer", "youtube", "--root", str(root), "--weights", str(weights), "--out", str(out), "--zip",
-                 "--quiet", "--size", "128", *STCN]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "youtube",
+                "--root",
+                str(root),
+                "--weights",
+                str(weights),
+                "--out",
+                str(out),
+                "--zip",
+                "--quiet",
+                "--size",
+                "128",
+                *STCN,
+            ]
+        )
+        == 0
+    )
     written = sorted(p.name for p in (out / "Annotations" / vid).glob("*.png"))
     assert written == ["00000.png", "00005.png"]  # only the scored frames
     at5 = np.array(Image.open(out / "Annotations" / vid / "00005.png"))

@@ -1,4 +1,5 @@
 """pcvos.runtime.keep_freed_memory: freed blocks are reused instead of faulted in again."""
+
 from __future__ import annotations
 
 import subprocess
@@ -22,8 +23,9 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(tuned: bool) -> tuple[bool, int]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, "1" if tuned else "0"], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "1" if tuned else "0"], capture_output=True, text=True, check=True
+    ).stdout.split()
     return out[0] == "True", int(out[1])
 
 
@@ -33,5 +35,5 @@ def test_freed_memory_is_reused():
     if not applied:
         pytest.skip("not glibc")
     _, default = _faults(False)
-    assert default > 5 * 16_000       # each fresh 64 MiB block faults in ~16k pages
+    assert default > 5 * 16_000  # each fresh 64 MiB block faults in ~16k pages
     assert tuned < default / 20

@@ -1,4 +1,5 @@
 """pcvos.Session: keyframes, propagation both ways, corrections, cancel, lazy frames, bad input."""
+
 from __future__ import annotations
 
 import threading
@@ -47,20 +48,22 @@ def test_forward_from_the_first_frame_is_pcvos_segment(lite, video):
 def test_backward_on_the_reversed_video_equals_forward(lite, video, direction):
     frames, masks = video
     start = 0 if direction == "backward" else 5
-    keys = {start: masks[start], 12: masks[12], 17: masks[17]}   # runs pass through keyframes
+    keys = {start: masks[start], 12: masks[12], 17: masks[17]}  # runs pass through keyframes
     fwd = _session(lite, frames)
     rev = _session(lite, frames[::-1].copy())
     for k, m in keys.items():
         fwd.set_mask(k, m)
         rev.set_mask(T - 1 - k, m)
-    fwd_out = list(fwd.propagate(start, direction="forward" if direction == "backward" else "both", until="end"))
+    fwd_out = list(
+        fwd.propagate(start, direction="forward" if direction == "backward" else "both", until="end")
+    )
     rev_out = list(rev.propagate(T - 1 - start, direction=direction, until="end"))
     assert len(fwd_out) == len(rev_out) > 0
     fwd_d = dict(fwd_out)
     rev_d = dict(rev_out)
     assert sorted(fwd_d) == sorted(T - 1 - i for i in rev_d)
     for i, lab in fwd_d.items():
-        assert np.array_equal(lab, rev_d[T - 1 - i]), i   # exactly, not approximately
+        assert np.array_equal(lab, rev_d[T - 1 - i]), i  # exactly, not approximately
     if direction == "backward":  # same processing order, mirrored
         assert [i for i, _ in fwd_out] == [T - 1 - i for i, _ in rev_out]
 
@@ -90,7 +93,7 @@ def test_a_keyframe_holds_exactly_its_map_and_new_objects_may_start_anywhere(lit
     frames, masks = video
     s = _session(lite, frames)
     first = np.where(masks[0] == 1, 1, 0).astype(np.uint8)
-    later = np.where(masks[10] > 0, masks[10] * 3, 0).astype(np.int64)   # ids 3 and 6, int64
+    later = np.where(masks[10] > 0, masks[10] * 3, 0).astype(np.int64)  # ids 3 and 6, int64
     s.set_mask(0, first)
     s.set_mask(10, later)
     assert s.object_ids == [1, 3, 6]
@@ -207,7 +210,7 @@ def test_path_backed_session_holds_only_a_few_frames(lite, video, tmp_path, kind
     ref.set_mask(T - 1, masks[T - 1])
     ref.set_mask(0, masks[0])
     peak = 0
-    for i, lab in s.propagate(T - 1, direction="backward"):   # backward: reads by seeking
+    for i, lab in s.propagate(T - 1, direction="backward"):  # backward: reads by seeking
         peak = max(peak, s._frames.cached)
     for i, lab in ref.propagate(T - 1, direction="backward"):
         assert np.array_equal(s.labels(i), lab), i
@@ -248,9 +251,9 @@ def test_a_changed_keyframe_is_re_encoded(lite, video):
     frames, masks = video
     s = _session(lite, frames)
     s.set_mask(6, masks[6])
-    list(s.propagate(6))                       # encodes keyframe 6's memory
+    list(s.propagate(6))  # encodes keyframe 6's memory
     fixed = np.where(masks[6] == 1, 1, 0).astype(np.uint8)
-    s.set_mask(6, fixed)                       # the user changes it: the old memory must go
+    s.set_mask(6, fixed)  # the user changes it: the old memory must go
     again = dict(s.propagate(6))
     fresh = _session(lite, frames)
     fresh.set_mask(6, fixed)
@@ -276,12 +279,28 @@ def test_set_labels_restores_work_without_making_keyframes(lite, video):
 
 def test_corrections_benchmark_runs(davis_root, tmp_path):
     import importlib.util
+
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "corrections.py"
     spec = importlib.util.spec_from_file_location("corrections_benchmark", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--davis-root", str(davis_root), "--sequences", "bear", "--max-frames", "14",
-                     "--size", "96", "--out", str(tmp_path)]) == 0
+    assert (
+        mod.main(
+            [
+                "--davis-root",
+                str(davis_root),
+                "--sequences",
+                "bear",
+                "--max-frames",
+                "14",
+                "--size",
+                "96",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "corrections.md").read_text()
     assert "GT correction every 10 frames" in table and "one fix between keyframes" not in table  # 14 < 20
     assert len(list((tmp_path / "every_10" / "bear").glob("*.png"))) == 14

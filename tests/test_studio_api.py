@@ -1,5 +1,6 @@
 """pcvos studio's HTTP API against a real uvicorn server on 127.0.0.1 (an ephemeral port), with the
 shipped model on a generated video: every endpoint, bad requests included."""
+
 from __future__ import annotations
 
 import http.client
@@ -30,8 +31,8 @@ from pcvos.studio.server import MAX_UPLOAD_BYTES, ServerThread, create_app  # no
 from pcvos.studio.workspace import Workspace, WorkspaceError  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH, FPS = 48, 120, 160, 24
-SQUARE = 30      # side of the moving square
-SQUARE_Y = 45    # its top row
+SQUARE = 30  # side of the moving square
+SQUARE_Y = 45  # its top row
 JOB_TIMEOUT_S = 120
 
 
@@ -42,7 +43,7 @@ def square_x(t: int) -> int:
 
 def square_mask(t: int) -> np.ndarray:
     m = np.zeros((HEIGHT, WIDTH), bool)
-    m[SQUARE_Y:SQUARE_Y + SQUARE, square_x(t):square_x(t) + SQUARE] = True
+    m[SQUARE_Y : SQUARE_Y + SQUARE, square_x(t) : square_x(t) + SQUARE] = True
     return m
 
 
@@ -84,8 +85,9 @@ class Client:
         parsed = urllib.parse.urlparse(url)
         self.host, self.port = parsed.hostname, parsed.port
 
-    def request(self, method: str, path: str, body: bytes | dict | None = None,
-                headers: dict | None = None) -> tuple[int, dict, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         headers = dict(headers or {})
         if isinstance(body, dict):
@@ -113,8 +115,12 @@ def served(tmp_path, video, model):
 
 
 def put_labels(client: Client, t: int, labels: np.ndarray):
-    return client.json("PUT", f"/api/frames/{t}/labels", labels.astype(np.uint8).tobytes(),
-                       {"Content-Type": "application/octet-stream"})
+    return client.json(
+        "PUT",
+        f"/api/frames/{t}/labels",
+        labels.astype(np.uint8).tobytes(),
+        {"Content-Type": "application/octet-stream"},
+    )
 
 
 def png_bytes(array: np.ndarray, mode: str, palette: bool = False) -> bytes:
@@ -130,7 +136,12 @@ def test_state_page_and_frames(served):
     client, studio = served
     status, state = client.json("GET", "/api/state")
     assert status == 200
-    assert (state["num_frames"], state["width"], state["height"], state["fps"]) == (FRAMES, WIDTH, HEIGHT, FPS)
+    assert (state["num_frames"], state["width"], state["height"], state["fps"]) == (
+        FRAMES,
+        WIDTH,
+        HEIGHT,
+        FPS,
+    )
     assert state["objects"] == [] and state["keyframes"] == [] and state["job"]["state"] == "idle"
     status, headers, page = client.request("GET", "/")
     assert status == 200 and b"studio.js" in page
@@ -183,8 +194,10 @@ def test_put_labels_makes_a_keyframe_on_disk(served):
     assert status == 200 and body["keyframes"] == [3]
     image = Image.open(studio.ws.mask_path(3))
     assert image.mode == "P" and np.array_equal(np.array(image), labels)
-    assert np.array_equal(np.frombuffer(client.request("GET", "/api/frames/3/labels")[2], np.uint8).reshape(HEIGHT, WIDTH),
-                          labels)
+    assert np.array_equal(
+        np.frombuffer(client.request("GET", "/api/frames/3/labels")[2], np.uint8).reshape(HEIGHT, WIDTH),
+        labels,
+    )
     meta = json.loads((studio.ws.root / "workspace.json").read_text())
     assert meta["keyframes"] == [3] and meta["objects"][0]["name"] == "square"
     status, err = put_labels(client, 3, labels[:-1])
@@ -192,10 +205,14 @@ def test_put_labels_makes_a_keyframe_on_disk(served):
     status, err = put_labels(client, 3, labels * 5)
     assert status == 400 and "unknown object" in err["error"]
     big = b"\0" * (HEIGHT * WIDTH + 1)
-    status, _, data = client.request("PUT", "/api/frames/3/labels", big, {"Content-Type": "application/octet-stream"})
+    status, _, data = client.request(
+        "PUT", "/api/frames/3/labels", big, {"Content-Type": "application/octet-stream"}
+    )
     assert status == 413 and "limit" in json.loads(data)["error"]
     assert put_labels(client, FRAMES + 3, labels)[0] == 404
-    assert np.array_equal(np.array(Image.open(studio.ws.mask_path(3))), labels)  # the bad requests changed nothing
+    assert np.array_equal(
+        np.array(Image.open(studio.ws.mask_path(3))), labels
+    )  # the bad requests changed nothing
 
 
 def test_grabcut_finds_the_square(served):
@@ -210,7 +227,10 @@ def test_grabcut_finds_the_square(served):
     assert client.json("POST", "/api/frames/5/grabcut", {"box": [1, 2, 3]})[0] == 400
     assert client.json("POST", "/api/frames/5/grabcut", {"box": [10, 10, 11, 11]})[0] == 400
     assert client.json("POST", "/api/frames/5/grabcut", {"box": "all"})[0] == 400
-    assert client.json("POST", "/api/frames/5/grabcut", b"{not json", {"Content-Type": "application/json"})[0] == 400
+    assert (
+        client.json("POST", "/api/frames/5/grabcut", b"{not json", {"Content-Type": "application/json"})[0]
+        == 400
+    )
 
 
 def test_import_mask(served):
@@ -219,7 +239,9 @@ def test_import_mask(served):
     binary = (square_mask(0) * 255).astype(np.uint8)
     status, headers, data = client.request("POST", "/api/frames/0/import?object=1", png_bytes(binary, "L"))
     assert status == 200
-    assert np.array_equal(np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH), square_mask(0).astype(np.uint8))
+    assert np.array_equal(
+        np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH), square_mask(0).astype(np.uint8)
+    )
     # an indexed PNG keeps its ids; unknown ones become objects; half size is resized (same aspect ratio)
     indexed = np.zeros((HEIGHT // 2, WIDTH // 2), np.uint8)
     indexed[:10, :10] = 7
@@ -263,10 +285,14 @@ def test_propagate_with_live_progress(served):
     assert put_labels(client, 0, square_mask(0).astype(np.uint8))[0] == 200
     events: list[dict] = []
     ready = threading.Event()
-    reader = threading.Thread(target=read_events, args=(client, {"done", "error", "cancelled"}, events, ready))
+    reader = threading.Thread(
+        target=read_events, args=(client, {"done", "error", "cancelled"}, events, ready)
+    )
     reader.start()
     assert ready.wait(10)
-    status, job = client.json("POST", "/api/propagate", {"frame": 0, "direction": "both", "until": "keyframe"})
+    status, job = client.json(
+        "POST", "/api/propagate", {"frame": 0, "direction": "both", "until": "keyframe"}
+    )
     assert status == 202 and job["state"] == "running" and job["total"] == FRAMES - 1
     status, err = client.json("POST", "/api/propagate", {"frame": 0})
     assert status == 409 and "running" in err["error"]
@@ -290,14 +316,22 @@ def test_propagate_bad_requests(served):
     client, _ = served
     client.json("POST", "/api/objects", {})
     put_labels(client, 10, square_mask(10).astype(np.uint8))
-    cases = [({"frame": 11}, 400, "not a keyframe"), ({"frame": 99}, 404, "out of range"),
-             ({"frame": "0"}, 404, "out of range"), ({}, 404, "out of range"),
-             ({"frame": 10, "direction": "sideways"}, 400, "direction"), ({"frame": 10, "until": "never"}, 400, "until"),
-             ({"frame": 10, "objects": [3]}, 404, "unknown object"), ({"frame": 10, "objects": []}, 400, "objects")]
+    cases = [
+        ({"frame": 11}, 400, "not a keyframe"),
+        ({"frame": 99}, 404, "out of range"),
+        ({"frame": "0"}, 404, "out of range"),
+        ({}, 404, "out of range"),
+        ({"frame": 10, "direction": "sideways"}, 400, "direction"),
+        ({"frame": 10, "until": "never"}, 400, "until"),
+        ({"frame": 10, "objects": [3]}, 404, "unknown object"),
+        ({"frame": 10, "objects": []}, 400, "objects"),
+    ]
     for body, code, words in cases:
         status, err = client.json("POST", "/api/propagate", body)
         assert (status, words in err["error"]) == (code, True), (body, status, err)
-    status, _, data = client.request("POST", "/api/propagate", b"[1, 2]", {"Content-Type": "application/json"})
+    status, _, data = client.request(
+        "POST", "/api/propagate", b"[1, 2]", {"Content-Type": "application/json"}
+    )
     assert status == 400
 
 
@@ -338,13 +372,23 @@ def test_export_zip(served):
     assert status == 200 and headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = set(zf.namelist())
-        assert {"overlay.mp4", "masks/00000.png", "masks/00047.png", "objects/001/00000.png", "objects/002/00047.png",
-                "cutouts/001/00000.png"} <= names
+        assert {
+            "overlay.mp4",
+            "masks/00000.png",
+            "masks/00047.png",
+            "objects/001/00000.png",
+            "objects/002/00047.png",
+            "cutouts/001/00000.png",
+        } <= names
         assert len([n for n in names if n.startswith("masks/")]) == FRAMES
         mask0 = Image.open(io.BytesIO(zf.read("masks/00000.png")))
         assert mask0.mode == "P" and np.array_equal(np.array(mask0), labels)
         obj1 = np.array(Image.open(io.BytesIO(zf.read("objects/001/00000.png"))))
-        assert obj1.dtype == np.uint8 and set(np.unique(obj1)) == {0, 255} and np.array_equal(obj1 == 255, labels == 1)
+        assert (
+            obj1.dtype == np.uint8
+            and set(np.unique(obj1)) == {0, 255}
+            and np.array_equal(obj1 == 255, labels == 1)
+        )
         cut = np.array(Image.open(io.BytesIO(zf.read("cutouts/002/00000.png"))))
         assert cut.shape == (HEIGHT, WIDTH, 4) and np.array_equal(cut[..., 3] == 255, labels == 2)
         assert not np.array(Image.open(io.BytesIO(zf.read("masks/00030.png")))).any()  # never segmented
@@ -359,9 +403,17 @@ def test_export_zip(served):
 def test_path_traversal_and_hosts(served):
     client, studio = served
     (studio.ws.root.parent / "secret.txt").write_text("secret")
-    for path in ("/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/export/../../secret.txt",
-                 "/files/%2Fetc%2Fpasswd", "/files//etc/passwd", "/files/..%5Csecret.txt",
-                 "/files/C:%5Cwindows", "/static/../workspace.json", "/static/%2e%2e/workspace.json"):
+    for path in (
+        "/files/../secret.txt",
+        "/files/%2e%2e/secret.txt",
+        "/files/export/../../secret.txt",
+        "/files/%2Fetc%2Fpasswd",
+        "/files//etc/passwd",
+        "/files/..%5Csecret.txt",
+        "/files/C:%5Cwindows",
+        "/static/../workspace.json",
+        "/static/%2e%2e/workspace.json",
+    ):
         status, _, data = client.request("GET", path)
         assert 400 <= status < 500 and b"secret" not in data and b"num_frames" not in data, (path, status)
     assert client.request("GET", "/files/workspace.json")[0] == 403
@@ -394,21 +446,62 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     from pcvos.cli import main
 
     assert main(["studio", "--no-browser"]) == 2
-    assert main(["studio", str(tmp_path / "missing.mp4"), "--no-browser", "--port", "0",
-                 "--workspace", str(tmp_path / "w")]) == 2
+    assert (
+        main(
+            [
+                "studio",
+                str(tmp_path / "missing.mp4"),
+                "--no-browser",
+                "--port",
+                "0",
+                "--workspace",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "missing.mp4" in err and "Traceback" not in err and not (tmp_path / "w").exists()
-    assert main(["studio", str(tmp_path / "missing.mp4"), "--no-browser", "--device", "gpu0",
-                 "--workspace", str(tmp_path / "w")]) == 2
+    assert (
+        main(
+            [
+                "studio",
+                str(tmp_path / "missing.mp4"),
+                "--no-browser",
+                "--device",
+                "gpu0",
+                "--workspace",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "--device gpu0: not a device name" in err and "Traceback" not in err and not (tmp_path / "w").exists()
+    assert (
+        "--device gpu0: not a device name" in err and "Traceback" not in err and not (tmp_path / "w").exists()
+    )
 
 
 def test_cli_serves_the_page(tmp_path, video):
     """``pcvos studio VIDEO --port 0 --no-browser`` prints its URL and serves; Ctrl+C stops it cleanly."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pcvos", "studio", str(video), "--workspace", str(tmp_path / "ws"),
-                             "--port", "0", "--no-browser"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pcvos",
+            "studio",
+            str(video),
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--port",
+            "0",
+            "--no-browser",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         url = None
         deadline = time.monotonic() + 60

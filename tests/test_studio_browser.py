@@ -1,6 +1,7 @@
 """pcvos studio end to end in a real headless Chromium (Debian's ``chromium`` driven by Playwright; no
 browser is downloaded): the mouse draws, the page propagates, steps, corrects, cancels and exports,
 and the assertions read the PNGs the server wrote."""
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,9 @@ from PIL import Image
 
 CHROMIUM = Path(os.environ.get("PCVOS_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.is_file():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install chromium (or set PCVOS_CHROMIUM)", allow_module_level=True)
+    pytest.skip(
+        f"{CHROMIUM} not found: apt-get install chromium (or set PCVOS_CHROMIUM)", allow_module_level=True
+    )
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
 pytest.importorskip("starlette", reason="the studio extra (starlette, uvicorn) is not installed")
 
@@ -100,7 +103,9 @@ def wait_until(predicate, what: str, timeout: float = JOB_TIMEOUT_S) -> None:
 def wait_job(studio: Studio, state: str, after: int) -> dict:
     """Wait for the first job started after job id ``after`` to end (the page posts a click's job
     asynchronously, so the previous job may still be the current one for a moment)."""
-    wait_until(lambda: studio.job()["id"] > after and studio.job()["state"] not in ("running", "idle"), "the job")
+    wait_until(
+        lambda: studio.job()["id"] > after and studio.job()["state"] not in ("running", "idle"), "the job"
+    )
     job = studio.job()
     assert job["state"] == state, job
     return job
@@ -137,7 +142,12 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     page.wait_for_function("window.studio.S.objects.length === 1")
     page.keyboard.press("p")
     x0 = square_x(0)
-    for x, y in [(x0, SQUARE_Y), (x0 + SQUARE, SQUARE_Y), (x0 + SQUARE, SQUARE_Y + SQUARE), (x0, SQUARE_Y + SQUARE)]:
+    for x, y in [
+        (x0, SQUARE_Y),
+        (x0 + SQUARE, SQUARE_Y),
+        (x0 + SQUARE, SQUARE_Y + SQUARE),
+        (x0, SQUARE_Y + SQUARE),
+    ]:
         page.mouse.click(*to_page(page, x, y))
     page.keyboard.press("Enter")
     wait_until(lambda: 0 in ws.keyframes, "frame 0 to become a keyframe")
@@ -162,8 +172,12 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     labels13 = disk_labels(studio, 13)
     on = np.argwhere(labels13 == 1)
     (y_on, x_on), (y_off, x_off) = on[len(on) // 2], np.argwhere(labels13 == 0)[0]
-    overlay_alpha = "(x, y) => document.querySelector('#overlay').getContext('2d').getImageData(x, y, 1, 1).data[3]"
-    assert page.evaluate(f"({overlay_alpha})({x_on}, {y_on})") > 0  # the propagated mask is drawn over the frame
+    overlay_alpha = (
+        "(x, y) => document.querySelector('#overlay').getContext('2d').getImageData(x, y, 1, 1).data[3]"
+    )
+    assert (
+        page.evaluate(f"({overlay_alpha})({x_on}, {y_on})") > 0
+    )  # the propagated mask is drawn over the frame
     assert page.evaluate(f"({overlay_alpha})({x_off}, {y_off})") == 0
     page.keyboard.press("End")
     page.wait_for_function(f"window.studio.S.t === {FRAMES - 1}")
@@ -192,11 +206,11 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     assert np.array_equal(saved(page, studio, mid), erased)
     assert mid in ws.keyframes
     corrected = disk_labels(studio, mid)
-    assert (corrected[blob[1] - 3:blob[1] + 4, blob[0] - 3:blob[0] + 4] == 1).all()  # the brush blob
-    assert not corrected[band_y - 2:band_y + 3, xm:xm + SQUARE].any()               # the erased band
+    assert (corrected[blob[1] - 3 : blob[1] + 4, blob[0] - 3 : blob[0] + 4] == 1).all()  # the brush blob
+    assert not corrected[band_y - 2 : band_y + 3, xm : xm + SQUARE].any()  # the erased band
     far = np.ones_like(corrected, bool)
     far[:40, 120:] = False
-    far[band_y - 12:band_y + 13] = False
+    far[band_y - 12 : band_y + 13] = False
     assert np.array_equal(corrected[far], before[far])  # nothing else changed
 
     # re-propagate from the correction: both ways until the neighbouring keyframes (0 and the end)
@@ -223,8 +237,14 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
     page.select_option("#until", "end")
     before_job = studio.job()["id"]
     page.click("#propagate")
-    wait_until(lambda: studio.job()["id"] > before_job and studio.job()["state"] == "running"
-               and studio.job()["done"] >= 1, "the first propagated frame")
+    wait_until(
+        lambda: (
+            studio.job()["id"] > before_job
+            and studio.job()["state"] == "running"
+            and studio.job()["done"] >= 1
+        ),
+        "the first propagated frame",
+    )
     page.click("#cancel")
     job = wait_job(studio, "cancelled", before_job)
     session.delay_s = 0.0
@@ -256,7 +276,9 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
 
 
 def overlay_alpha(page, x: int, y: int) -> int:
-    return page.evaluate(f"document.querySelector('#overlay').getContext('2d').getImageData({x}, {y}, 1, 1).data[3]")
+    return page.evaluate(
+        f"document.querySelector('#overlay').getContext('2d').getImageData({x}, {y}, 1, 1).data[3]"
+    )
 
 
 def png(array: np.ndarray) -> bytes:
@@ -300,7 +322,9 @@ def test_tools_objects_and_view(studio_page):
     page.keyboard.press("2")
     corner = np.zeros((HEIGHT, WIDTH), np.uint8)
     corner[:20, :20] = 255
-    page.set_input_files("#import", files=[{"name": "corner.png", "mimeType": "image/png", "buffer": png(corner)}])
+    page.set_input_files(
+        "#import", files=[{"name": "corner.png", "mimeType": "image/png", "buffer": png(corner)}]
+    )
     wait_until(lambda: (disk_labels(studio, t)[:20, :20] == 2).all(), "the imported mask to be saved")
     labels = saved(page, studio, t)
     assert iou(labels == 1, square_mask(t)) > 0.8  # the import left object 1 alone
@@ -322,7 +346,9 @@ def test_tools_objects_and_view(studio_page):
     page.dispatch_event("#opacity", "input")
     assert overlay_alpha(page, cx, cy) == 255
     page.check("#outline")
-    assert overlay_alpha(page, cx, cy) == 0 and overlay_alpha(page, 5, 19) == 255  # interior clear, edge drawn
+    assert (
+        overlay_alpha(page, cx, cy) == 0 and overlay_alpha(page, 5, 19) == 255
+    )  # interior clear, edge drawn
     page.uncheck("#outline")
     page.keyboard.press("h")
     assert overlay_alpha(page, cx, cy) == 0 and page.is_checked("#hide")

@@ -1,4 +1,5 @@
 """The augmentations aimed at fast motion and scale change, and DAVIS frames as static images."""
+
 import numpy as np
 import pytest
 
@@ -23,7 +24,9 @@ def _square_video(n: int = 7, size: int = 96) -> tuple[list[np.ndarray], list[np
 def test_default_video_augment_draws_the_same_stream():
     frames, masks = _square_video()
     a = VideoAugment(crop=(64, 64))(np.random.default_rng(3), frames, masks)
-    b = VideoAugment(crop=(64, 64), zoom_range=(1.0, 1.0), motion_blur_prob=0.0)(np.random.default_rng(3), frames, masks)
+    b = VideoAugment(crop=(64, 64), zoom_range=(1.0, 1.0), motion_blur_prob=0.0)(
+        np.random.default_rng(3), frames, masks
+    )
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
 
@@ -31,8 +34,15 @@ def test_default_video_augment_draws_the_same_stream():
 @pytest.mark.parametrize("zoom, grows", [((1.8, 1.8), True), ((0.55, 0.55), False)])
 def test_zoom_changes_object_size_across_the_sample(zoom, grows):
     frames, masks = _square_video()
-    aug = VideoAugment(crop=(96, 96), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0, frame_shear=0,
-                       frame_scale=(1.0, 1.0), zoom_range=zoom)
+    aug = VideoAugment(
+        crop=(96, 96),
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip_prob=0,
+        frame_shear=0,
+        frame_scale=(1.0, 1.0),
+        zoom_range=zoom,
+    )
     _, m = aug(np.random.default_rng(0), frames, masks)
     areas = [(x == 1).sum() for x in m]
     assert (areas[-1] > 1.5 * areas[0]) if grows else (areas[-1] < 0.5 * areas[0])
@@ -43,7 +53,7 @@ def test_motion_blur_smears_along_its_direction_and_keeps_brightness():
     img = np.zeros((41, 41, 3), np.float32)
     img[20, 20] = 255
     horizontal = motion_blur(img, 9, 0.0)
-    assert horizontal[20, 16:25, 0].min() > 0           # spread along the row
+    assert horizontal[20, 16:25, 0].min() > 0  # spread along the row
     assert horizontal[15, 20, 0] == 0 and horizontal[25, 20, 0] == 0  # not across it
     assert horizontal.sum() == pytest.approx(img.sum(), rel=1e-4)
     vertical = motion_blur(img, 9, 90.0)
@@ -52,11 +62,19 @@ def test_motion_blur_smears_along_its_direction_and_keeps_brightness():
 
 def test_blur_leaves_masks_alone():
     frames, masks = _square_video()
-    aug = VideoAugment(crop=(96, 96), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0, frame_shear=0,
-                       frame_scale=(1.0, 1.0), motion_blur_prob=1.0)
+    aug = VideoAugment(
+        crop=(96, 96),
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip_prob=0,
+        frame_shear=0,
+        frame_scale=(1.0, 1.0),
+        motion_blur_prob=1.0,
+    )
     f, m = aug(np.random.default_rng(1), frames, masks)
-    plain = VideoAugment(crop=(96, 96), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0, frame_shear=0,
-                         frame_scale=(1.0, 1.0))(np.random.default_rng(1), frames, masks)
+    plain = VideoAugment(
+        crop=(96, 96), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0, frame_shear=0, frame_scale=(1.0, 1.0)
+    )(np.random.default_rng(1), frames, masks)
     np.testing.assert_array_equal(m, plain[1])
     assert not np.array_equal(f, plain[0])
 

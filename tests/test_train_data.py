@@ -1,4 +1,5 @@
 """Training data: frame sampling rules, curriculum, samples, sources, batch sampler sharding."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,17 +7,27 @@ from PIL import Image
 
 from pcvos.data.augment import StaticAugment, VideoAugment, tps_maps
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos, make_video, write_davis_layout
-from pcvos.data.train_datasets import (DEFAULT_GAP_SCHEDULE, ImageFolderSource, MixedDataset, StaticDataset,
-                                       TrainBatchSampler, VideoClipDataset, davis_source, gap_at,
-                                       read_label_mask, sample_clip_indices, youtube_source)
+from pcvos.data.train_datasets import (
+    DEFAULT_GAP_SCHEDULE,
+    ImageFolderSource,
+    MixedDataset,
+    StaticDataset,
+    TrainBatchSampler,
+    VideoClipDataset,
+    davis_source,
+    gap_at,
+    read_label_mask,
+    sample_clip_indices,
+    youtube_source,
+)
 
 
 def test_gap_curriculum_grows_then_anneals():
     values = [gap_at(p / 100, DEFAULT_GAP_SCHEDULE) for p in range(101)]
     assert values[0] == 5 and max(values) == 15 and values[-1] == 5
     peak = values.index(15)
-    assert all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))      # non-decreasing to the peak
-    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))      # then non-increasing
+    assert all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1]))  # non-decreasing to the peak
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :]))  # then non-increasing
 
 
 @pytest.mark.parametrize("max_gap", [5, 10, 15])
@@ -30,11 +41,11 @@ def test_clip_sampling_respects_gaps(max_gap):
         assert 0 <= idx[0] and idx[-1] < n
         d = np.diff(idx)
         assert (d >= 1).all()
-        gaps = d[0::clip]                    # reference -> clip 1, clip 1 -> clip 2
+        gaps = d[0::clip]  # reference -> clip 1, clip 1 -> clip 2
         inner = np.delete(d, np.arange(0, len(d), clip))
         assert (gaps <= max_gap).all() and (inner <= skip).all()
         seen_gaps.update(gaps.tolist())
-    assert max(seen_gaps) == max_gap          # the whole range is used
+    assert max(seen_gaps) == max_gap  # the whole range is used
 
 
 def test_clip_sampling_short_video():
@@ -48,15 +59,16 @@ def test_clip_sampling_short_video():
 
 def test_video_dataset_samples():
     src = SyntheticVideos(4, 30, (48, 48), 3)
-    ds = VideoClipDataset(src, crop=(32, 32), clip_len=3, max_objects=3, min_pixels=5,
-                          augment=VideoAugment(crop=(32, 32)))
+    ds = VideoClipDataset(
+        src, crop=(32, 32), clip_len=3, max_objects=3, min_pixels=5, augment=VideoAugment(crop=(32, 32))
+    )
     for i in range(4):
         s = ds[(i, 0, i, 0.5)]
         assert s["frames"].shape == (7, 3, 32, 32) and s["masks"].shape == (7, 3, 32, 32)
         assert 0.0 <= s["frames"].min() and s["frames"].max() <= 1.0
         k = s["num_objects"]
         assert 1 <= k <= 3 and s["valid"].sum() == k
-        assert (s["masks"][0, :k].flatten(1).sum(1) >= 5).all()      # every object visible in the reference
+        assert (s["masks"][0, :k].flatten(1).sum(1) >= 5).all()  # every object visible in the reference
         assert s["masks"][:, k:].sum() == 0
         assert torch.equal(s["labels"], (s["masks"] * torch.arange(1, 4).view(1, 3, 1, 1)).sum(1).long())
         d = np.diff(s["frame_indices"].numpy())
@@ -67,8 +79,13 @@ def test_video_dataset_samples():
 
 
 def test_frame_wise_dataset():
-    ds = VideoClipDataset(SyntheticVideos(2, 40, (32, 32), 1), crop=(32, 32), mode="frame_wise",
-                          gap_schedule=[[0, 25]], min_pixels=5)
+    ds = VideoClipDataset(
+        SyntheticVideos(2, 40, (32, 32), 1),
+        crop=(32, 32),
+        mode="frame_wise",
+        gap_schedule=[[0, 25]],
+        min_pixels=5,
+    )
     s = ds[(0, 0, 0, 0.0)]
     assert s["frames"].shape[0] == 3
     d = np.diff(s["frame_indices"].numpy())
@@ -76,8 +93,9 @@ def test_frame_wise_dataset():
 
 
 def test_composite_adds_an_object():
-    ds = VideoClipDataset(SyntheticVideos(4, 20, (48, 48), 1), crop=(48, 48), max_objects=3, min_pixels=5,
-                          composite_prob=1.0)
+    ds = VideoClipDataset(
+        SyntheticVideos(4, 20, (48, 48), 1), crop=(48, 48), max_objects=3, min_pixels=5, composite_prob=1.0
+    )
     counts = [ds[(i, 0, i, 0.0)]["num_objects"] for i in range(8)]
     assert max(counts) == 2 and min(counts) >= 1
 
@@ -86,13 +104,18 @@ def test_static_dataset_and_tps():
     rng = np.random.default_rng(0)
     mx, my = tps_maps(rng, (20, 30), magnitude=0.0)
     gy, gx = np.mgrid[0:20, 0:30]
-    assert np.allclose(mx, gx, atol=1e-3) and np.allclose(my, gy, atol=1e-3)   # zero displacement: identity
-    ds = StaticDataset(SyntheticImages(4, (48, 48)), crop=(32, 32), num_frames=3, min_pixels=5,
-                       augment=StaticAugment(crop=(32, 32), resize_short=None))
+    assert np.allclose(mx, gx, atol=1e-3) and np.allclose(my, gy, atol=1e-3)  # zero displacement: identity
+    ds = StaticDataset(
+        SyntheticImages(4, (48, 48)),
+        crop=(32, 32),
+        num_frames=3,
+        min_pixels=5,
+        augment=StaticAugment(crop=(32, 32), resize_short=None),
+    )
     s = ds[(0, 0, 0, 0.0)]
     assert s["frames"].shape == (3, 3, 32, 32) and s["num_objects"] == 1
     assert s["masks"][0, 0].sum() >= 5
-    assert not torch.equal(s["frames"][0], s["frames"][1])     # independent deformations
+    assert not torch.equal(s["frames"][0], s["frames"][1])  # independent deformations
 
 
 def test_folder_sources(tmp_path):
@@ -118,7 +141,7 @@ def test_folder_sources(tmp_path):
     (st / "images").mkdir(parents=True)
     (st / "masks").mkdir(parents=True)
     Image.fromarray(f[0]).save(st / "images" / "a.jpg")
-    Image.fromarray(((m[0] > 0) * 255).astype(np.uint8)).save(st / "masks" / "a.png")   # 0/255 grayscale
+    Image.fromarray(((m[0] > 0) * 255).astype(np.uint8)).save(st / "masks" / "a.png")  # 0/255 grayscale
     ims = ImageFolderSource(st)
     img, msk = ims.item(0)
     assert img.shape == (32, 32, 3) and set(np.unique(msk)) <= {0, 1}
@@ -131,11 +154,11 @@ def test_batch_sampler_shards_and_resumes():
     single = TrainBatchSampler(n, b * world, total, seed=3)
     for it in range(total):
         keys = shards[0].batch(it) + shards[1].batch(it)
-        assert keys == single.batch(it)                       # same global stream, split across ranks
+        assert keys == single.batch(it)  # same global stream, split across ranks
     positions = [k[2] for it in range(5) for r in range(world) for k in shards[r].batch(it)]
-    assert positions == list(range(5 * world * b))            # no sample position used twice
+    assert positions == list(range(5 * world * b))  # no sample position used twice
     epoch0 = [k[0] for it in range(5) for r in range(world) for k in shards[r].batch(it)][:n]
-    assert sorted(epoch0) == list(range(n))                   # each epoch is a permutation
+    assert sorted(epoch0) == list(range(n))  # each epoch is a permutation
     resumed = TrainBatchSampler(n, b, total, seed=3, rank=1, world_size=world, start_iteration=7)
     assert list(resumed) == [shards[1].batch(it) for it in range(7, total)]
 

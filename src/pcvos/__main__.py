@@ -1,4 +1,5 @@
 """``python -m pcvos`` runs the command line."""
+
 import sys
 
 from pcvos.cli import main

@@ -3,6 +3,7 @@
 Exit codes: 0 success, 2 bad input (one line on stderr naming the file and the fix), 130 Ctrl-C,
 143 SIGTERM (both one line; temporary files removed), 1 anything unexpected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,15 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pcvos.cli_types import (add_precision_argument, add_threads_argument, apply_threads, non_negative_int,
-                              positive_int, processing_size, resolve_size)
+from pcvos.cli_types import (
+    add_precision_argument,
+    add_threads_argument,
+    apply_threads,
+    non_negative_int,
+    positive_int,
+    processing_size,
+    resolve_size,
+)
 from pcvos.inference.adapt import DEFAULT_STEPS as DEFAULT_ADAPT_STEPS
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 
@@ -51,56 +59,111 @@ class _MaskAction(argparse.Action):
 
 def _add_segment(sub) -> None:
     p = sub.add_parser(
-        "segment", help="segment the objects of your own video from mask(s) of one frame",
+        "segment",
+        help="segment the objects of your own video from mask(s) of one frame",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Segment objects through a video given their mask(s), clip by clip.\n\n"
-                    "INPUT is a video file (mp4, mov, avi, webm, mkv, ...) or a folder of frames (natural order:\n"
-                    "2.jpg before 10.jpg). Masks are indexed PNGs (ids = objects), binary masks (0/255 or 0/1:\n"
-                    "one object) or RGB colour masks (each colour one object).",
+        "INPUT is a video file (mp4, mov, avi, webm, mkv, ...) or a folder of frames (natural order:\n"
+        "2.jpg before 10.jpg). Masks are indexed PNGs (ids = objects), binary masks (0/255 or 0/1:\n"
+        "one object) or RGB colour masks (each colour one object).",
         epilog="examples:\n"
-               "  pcvos segment clip.mp4 --mask first.png --out masks/ --overlay overlay.mp4\n"
-               "  pcvos segment frames/ --mask a.png --mask b.png --mask-frame 40 --clip-length 10\n"
-               "  pcvos segment clip.mp4 --mask best.png --mask-frame 120 --backward   # both ways from frame 120\n"
-               "  pcvos segment clip.mp4 --mask m0.png --mask m60.png --mask-frame 60   # keyframes 0 and 60\n")
+        "  pcvos segment clip.mp4 --mask first.png --out masks/ --overlay overlay.mp4\n"
+        "  pcvos segment frames/ --mask a.png --mask b.png --mask-frame 40 --clip-length 10\n"
+        "  pcvos segment clip.mp4 --mask best.png --mask-frame 120 --backward   # both ways from frame 120\n"
+        "  pcvos segment clip.mp4 --mask m0.png --mask m60.png --mask-frame 60   # keyframes 0 and 60\n",
+    )
     p.add_argument("input", metavar="INPUT", help="video file or folder of frames")
-    p.add_argument("--mask", action=_MaskAction, required=True, metavar="MASK.png", dest="masks",
-                   help="mask file (repeatable); it belongs to frame 0 unless --mask-frame follows it")
-    p.add_argument("--mask-frame", action=_MaskAction, metavar="N", dest="masks",
-                   help="frame number (from 0) of the preceding --mask: for objects that enter later, or "
-                        "for a mask of objects already given (a keyframe: they are re-anchored there)")
-    p.add_argument("--weights", metavar="W", help="checkpoint (released PCVOS/STCN or pcvos); "
-                   "default: the model shipped with pcvos, if any")
-    p.add_argument("--clip-length", type=positive_int, default=5, metavar="L",
-                   help="frames processed together; longer is faster, slightly less accurate (default 5)")
-    p.add_argument("--memory-every", type=positive_int, default=None, metavar="M",
-                   help="add a memory frame every M frames (default: the clip length)")
-    p.add_argument("--size", type=processing_size, default="auto", metavar="PX",
-                   help="process at this shorter side, or 'native' (default: the model's preferred size, "
-                        "else 480; never upscales); outputs are always at the input resolution")
-    p.add_argument("--max-memory-frames", type=positive_int, default=DEFAULT_MAX_MEMORY_FRAMES, metavar="N",
-                   help="cap on memory frames for long videos: annotated and the newest frames always kept, "
-                        f"the least used dropped (default {DEFAULT_MAX_MEMORY_FRAMES})")
-    p.add_argument("--out", default="pcvos_masks", metavar="DIR",
-                   help="folder for one indexed PNG per frame and summary.json (default pcvos_masks)")
+    p.add_argument(
+        "--mask",
+        action=_MaskAction,
+        required=True,
+        metavar="MASK.png",
+        dest="masks",
+        help="mask file (repeatable); it belongs to frame 0 unless --mask-frame follows it",
+    )
+    p.add_argument(
+        "--mask-frame",
+        action=_MaskAction,
+        metavar="N",
+        dest="masks",
+        help="frame number (from 0) of the preceding --mask: for objects that enter later, or "
+        "for a mask of objects already given (a keyframe: they are re-anchored there)",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="W",
+        help="checkpoint (released PCVOS/STCN or pcvos); default: the model shipped with pcvos, if any",
+    )
+    p.add_argument(
+        "--clip-length",
+        type=positive_int,
+        default=5,
+        metavar="L",
+        help="frames processed together; longer is faster, slightly less accurate (default 5)",
+    )
+    p.add_argument(
+        "--memory-every",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help="add a memory frame every M frames (default: the clip length)",
+    )
+    p.add_argument(
+        "--size",
+        type=processing_size,
+        default="auto",
+        metavar="PX",
+        help="process at this shorter side, or 'native' (default: the model's preferred size, "
+        "else 480; never upscales); outputs are always at the input resolution",
+    )
+    p.add_argument(
+        "--max-memory-frames",
+        type=positive_int,
+        default=DEFAULT_MAX_MEMORY_FRAMES,
+        metavar="N",
+        help="cap on memory frames for long videos: annotated and the newest frames always kept, "
+        f"the least used dropped (default {DEFAULT_MAX_MEMORY_FRAMES})",
+    )
+    p.add_argument(
+        "--out",
+        default="pcvos_masks",
+        metavar="DIR",
+        help="folder for one indexed PNG per frame and summary.json (default pcvos_masks)",
+    )
     p.add_argument("--overlay", metavar="OUT.mp4", help="also write a video with translucent coloured masks")
     p.add_argument("--alpha", metavar="DIR", help="also write per-object RGBA cut-outs DIR/<id>/<frame>.png")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_precision_argument(p)
     add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out / --overlay")
-    p.add_argument("--backward", action="store_true",
-                   help="also segment the frames before each object's first mask, by propagating it backward "
-                        "from that mask. Off by default: the frames before an object's first mask are left "
-                        "without it, and the video is then read once, in order, with each clip's masks "
-                        "written as it finishes and memory that does not grow with the video; with "
-                        "--backward every frame's labels are held until the end and the frames before the "
-                        "last first mask are read and segmented a second time")
-    p.add_argument("--adapt", type=non_negative_int, nargs="?", const=DEFAULT_ADAPT_STEPS, default=0, metavar="N",
-                   help="test-time adaptation: first fine-tune a copy of the model for N steps on clips "
-                        f"synthesised from the annotated frames (N omitted: {DEFAULT_ADAPT_STEPS}; 0: off). Costs "
-                        "seconds per step; when it pays: README, Test-time adaptation. Put it after INPUT")
-    p.add_argument("--adapt-seed", type=non_negative_int, default=0, metavar="S",
-                   help="seed of the synthesised clips (the same seed gives the same adapted model)")
+    p.add_argument(
+        "--backward",
+        action="store_true",
+        help="also segment the frames before each object's first mask, by propagating it backward "
+        "from that mask. Off by default: the frames before an object's first mask are left "
+        "without it, and the video is then read once, in order, with each clip's masks "
+        "written as it finishes and memory that does not grow with the video; with "
+        "--backward every frame's labels are held until the end and the frames before the "
+        "last first mask are read and segmented a second time",
+    )
+    p.add_argument(
+        "--adapt",
+        type=non_negative_int,
+        nargs="?",
+        const=DEFAULT_ADAPT_STEPS,
+        default=0,
+        metavar="N",
+        help="test-time adaptation: first fine-tune a copy of the model for N steps on clips "
+        f"synthesised from the annotated frames (N omitted: {DEFAULT_ADAPT_STEPS}; 0: off). Costs "
+        "seconds per step; when it pays: README, Test-time adaptation. Put it after INPUT",
+    )
+    p.add_argument(
+        "--adapt-seed",
+        type=non_negative_int,
+        default=0,
+        metavar="S",
+        help="seed of the synthesised clips (the same seed gives the same adapted model)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=_run_segment)
 
@@ -123,14 +186,27 @@ def _run_segment(args: argparse.Namespace) -> int:
     except OSError as exc:  # unreadable file (permissions, I/O error)
         return _fail(f"--weights {args.weights}: cannot read ({exc.strerror or exc})")
     size = resolve_size(args.size, model, otherwise=480)
-    opts = SegmentOptions(clip_length=args.clip_length, memory_every=args.memory_every, size=size,
-                          max_memory_frames=args.max_memory_frames, device=args.device,
-                          precision=args.precision, overwrite=args.overwrite,
-                          overlay=Path(args.overlay) if args.overlay else None,
-                          alpha=Path(args.alpha) if args.alpha else None, quiet=args.quiet,
-                          backward=args.backward, adapt=args.adapt, adapt_seed=args.adapt_seed,
-                          extra={"weights": args.weights or "default", "backward": args.backward,
-                                 "adapt": args.adapt, "adapt_seed": args.adapt_seed})
+    opts = SegmentOptions(
+        clip_length=args.clip_length,
+        memory_every=args.memory_every,
+        size=size,
+        max_memory_frames=args.max_memory_frames,
+        device=args.device,
+        precision=args.precision,
+        overwrite=args.overwrite,
+        overlay=Path(args.overlay) if args.overlay else None,
+        alpha=Path(args.alpha) if args.alpha else None,
+        quiet=args.quiet,
+        backward=args.backward,
+        adapt=args.adapt,
+        adapt_seed=args.adapt_seed,
+        extra={
+            "weights": args.weights or "default",
+            "backward": args.backward,
+            "adapt": args.adapt,
+            "adapt_seed": args.adapt_seed,
+        },
+    )
     bar = None
 
     def progress(done: int, total: int | None) -> None:
@@ -155,8 +231,11 @@ def _run_segment(args: argparse.Namespace) -> int:
             bar.close()
     if not args.quiet:
         objs = ", ".join(f"{o['id']} (frame {o['first_frame']}, {o['kind']})" for o in summary["objects"])
-        print(f"{summary['frames']} frames, objects {objs}: {summary['seconds']:.1f} s, "
-              f"{summary['fps']:.2f} frames/s -> {args.out}", file=sys.stderr)
+        print(
+            f"{summary['frames']} frames, objects {objs}: {summary['seconds']:.1f} s, "
+            f"{summary['fps']:.2f} frames/s -> {args.out}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -169,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pcvos import __version__
 
     parser = argparse.ArgumentParser(
-        prog="pcvos", description="Per-Clip Video Object Segmentation: segment, benchmark, evaluate, train.")
+        prog="pcvos", description="Per-Clip Video Object Segmentation: segment, benchmark, evaluate, train."
+    )
     parser.add_argument("--version", action="version", version=f"pcvos {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_segment(sub)
@@ -194,8 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s"
+    )
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
@@ -206,8 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: outputs already written are complete files
         terminated = isinstance(exc, _Terminated)
-        print(f"pcvos: {'terminated' if terminated else 'interrupted'}; files already written are complete, "
-              "unfinished ones were removed", file=sys.stderr)
+        print(
+            f"pcvos: {'terminated' if terminated else 'interrupted'}; files already written are complete, "
+            "unfinished ones were removed",
+            file=sys.stderr,
+        )
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         if main_thread:

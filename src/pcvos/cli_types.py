@@ -1,4 +1,5 @@
 """Argument types shared by the ``pcvos`` sub-commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ def processing_size(text: str) -> int | str | None:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a pixel count, 'native' or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a pixel count, 'native' or 'auto', got {text!r}"
+        ) from None
     if value < 16:
         raise argparse.ArgumentTypeError("the processing size must be at least 16 pixels")
     return value
@@ -50,16 +53,25 @@ def resolve_size(size: int | str | None, model: Any, otherwise: int | None) -> i
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision`` as every inference command takes it."""
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                        help="network precision: fp32 (default, exact), bf16 (about 2x faster on CPUs with bf16 "
-                             "instructions and on GPUs, slightly less accurate), fp16 (CUDA only)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="network precision: fp32 (default, exact), bf16 (about 2x faster on CPUs with bf16 "
+        "instructions and on GPUs, slightly less accurate), fp16 (CUDA only)",
+    )
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads`` as every inference command takes it (applied with :func:`apply_threads`)."""
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                        help="CPU threads for the network (default: PyTorch's choice, one per core). When other "
-                             "work shares the CPU, fewer threads than cores is often much faster")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the network (default: PyTorch's choice, one per core). When other "
+        "work shares the CPU, fewer threads than cores is often much faster",
+    )
 
 
 def apply_threads(threads: int | None) -> None:

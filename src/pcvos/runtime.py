@@ -6,6 +6,7 @@ the top of the heap to the kernel, so the next clip takes a page fault on every 
 again: at 480p that was 50-100 thousand faults and 0.1-0.25 CPU-seconds of kernel time per frame
 (see benchmarks/speed.py). Keeping freed memory in the process makes it reusable without faults.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -14,6 +14,7 @@ function of its seed (needed for exact resume and for identical data across work
 
 Images are (H, W, 3) uint8 RGB; masks are (H, W) uint8 label maps (0 background, 255 void).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,13 @@ Size = tuple[int, int]  # (height, width)
 
 
 # -- geometry -----------------------------------------------------------------------------------
-def affine_matrix(center: tuple[float, float], angle: float = 0.0, scale: float = 1.0, shear: tuple[float, float] = (0.0, 0.0),
-                  translate: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def affine_matrix(
+    center: tuple[float, float],
+    angle: float = 0.0,
+    scale: float = 1.0,
+    shear: tuple[float, float] = (0.0, 0.0),
+    translate: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
     """3x3 forward map (x, y) -> (x', y'): rotate by ``angle`` degrees, shear (degrees, x then y)
     and scale about ``center``, then translate (pixels)."""
     cx, cy = center
@@ -55,7 +61,9 @@ def affine_matrix(center: tuple[float, float], angle: float = 0.0, scale: float 
     return back @ rot @ sh @ sc @ to0
 
 
-def resized_crop_matrix(box: tuple[float, float, float, float], out_size: Size, flip: bool = False) -> np.ndarray:
+def resized_crop_matrix(
+    box: tuple[float, float, float, float], out_size: Size, flip: bool = False
+) -> np.ndarray:
     """3x3 forward map from source pixels to an ``out_size`` crop of ``box = (x0, y0, w, h)``."""
     x0, y0, bw, bh = box
     oh, ow = out_size
@@ -65,15 +73,21 @@ def resized_crop_matrix(box: tuple[float, float, float, float], out_size: Size, 
     return m
 
 
-def warp_affine(image: np.ndarray, mask: np.ndarray | None, matrix: np.ndarray, out_size: Size,
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+def warp_affine(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    matrix: np.ndarray,
+    out_size: Size,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Warp an image (bilinear) and a label mask (nearest, 0 outside) by a 3x3 forward matrix."""
     oh, ow = out_size
     m = matrix[:2].astype(np.float64)
     img = cv2.warpAffine(image, m, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
     msk = None
     if mask is not None:
-        msk = cv2.warpAffine(mask, m, (ow, oh), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        msk = cv2.warpAffine(
+            mask, m, (ow, oh), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
     return img, msk
 
 
@@ -96,8 +110,12 @@ def _interp_matrix(n: int, m: int) -> np.ndarray:
     return w
 
 
-def tps_maps(rng: np.random.Generator, size: Size, grid: int = 4, magnitude: float = 0.05,
-             ) -> tuple[np.ndarray, np.ndarray]:
+def tps_maps(
+    rng: np.random.Generator,
+    size: Size,
+    grid: int = 4,
+    magnitude: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
     """A random thin-plate-spline warp as ``cv2.remap`` maps (output pixel -> source pixel).
 
     Control points on a ``grid`` x ``grid`` lattice (normalised coordinates, border included) are
@@ -106,7 +124,7 @@ def tps_maps(rng: np.random.Generator, size: Size, grid: int = 4, magnitude: flo
     """
     h, w = size
     g = np.linspace(0, 1, grid)
-    ctrl = np.stack(np.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)          # (n, 2) x, y
+    ctrl = np.stack(np.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)  # (n, 2) x, y
     border = (ctrl == 0) | (ctrl == 1)
     disp = rng.uniform(-magnitude, magnitude, ctrl.shape) * ~border.any(1, keepdims=True)
     src = ctrl + disp
@@ -132,17 +150,22 @@ def tps_maps(rng: np.random.Generator, size: Size, grid: int = 4, magnitude: flo
     return mx * (w - 1), my * (h - 1)
 
 
-def remap(image: np.ndarray, mask: np.ndarray | None, maps: tuple[np.ndarray, np.ndarray]
-          ) -> tuple[np.ndarray, np.ndarray | None]:
+def remap(
+    image: np.ndarray, mask: np.ndarray | None, maps: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None]:
     mx, my = maps
     img = cv2.remap(image, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
     msk = None
     if mask is not None:
-        msk = cv2.remap(mask, mx, my, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        msk = cv2.remap(
+            mask, mx, my, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
     return img, msk
 
 
-def resize_short(image: np.ndarray, mask: np.ndarray | None, short: int) -> tuple[np.ndarray, np.ndarray | None]:
+def resize_short(
+    image: np.ndarray, mask: np.ndarray | None, short: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize so the shorter side is ``short`` (area interpolation when shrinking, nearest for masks)."""
     h, w = image.shape[:2]
     s = short / min(h, w)
@@ -167,14 +190,21 @@ class ColorJitter:
     def sample(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
         def f(x: float) -> float:
             return float(rng.uniform(max(0.0, 1 - x), 1 + x)) if x > 0 else 1.0
-        return f(self.brightness), f(self.contrast), f(self.saturation), (
-            float(rng.uniform(-self.hue, self.hue)) if self.hue > 0 else 0.0)
+
+        return (
+            f(self.brightness),
+            f(self.contrast),
+            f(self.saturation),
+            (float(rng.uniform(-self.hue, self.hue)) if self.hue > 0 else 0.0),
+        )
 
 
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def color_jitter(image: np.ndarray, params: tuple[float, float, float, float], gray: bool = False) -> np.ndarray:
+def color_jitter(
+    image: np.ndarray, params: tuple[float, float, float, float], gray: bool = False
+) -> np.ndarray:
     """Apply (brightness, contrast, saturation, hue) factors to an RGB image (float32 0..255 or uint8)."""
     b, c, s, hshift = params
     img = image.astype(np.float32)
@@ -196,8 +226,14 @@ def color_jitter(image: np.ndarray, params: tuple[float, float, float, float], g
     return np.clip(img, 0, 255)
 
 
-def _sample_box(rng: np.random.Generator, h: int, w: int, out_size: Size, scale: tuple[float, float],
-                ratio: tuple[float, float]) -> tuple[float, float, float, float]:
+def _sample_box(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    out_size: Size,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[float, float, float, float]:
     """A random crop box (x0, y0, bw, bh) of area fraction ``scale`` and aspect ``ratio`` times the output's."""
     oh, ow = out_size
     area = h * w
@@ -232,11 +268,11 @@ class VideoAugment:
     """Consistent augmentation of a sequence of frames (see the module docstring)."""
 
     crop: Size = (384, 384)
-    resize_short: int | None = None          # resize source frames first (e.g. 480 for 720p YouTube-VOS)
+    resize_short: int | None = None  # resize source frames first (e.g. 480 for 720p YouTube-VOS)
     scale: tuple[float, float] = (0.36, 1.0)  # crop area fraction
     ratio: tuple[float, float] = (0.75, 1.333)
     flip_prob: float = 0.5
-    frame_degrees: float = 0.0               # per-frame jitter
+    frame_degrees: float = 0.0  # per-frame jitter
     frame_shear: float = 10.0
     frame_scale: tuple[float, float] = (0.95, 1.05)
     seq_jitter: ColorJitter = field(default_factory=lambda: ColorJitter(0.1, 0.03, 0.03, 0.0))
@@ -245,20 +281,29 @@ class VideoAugment:
     # zoom from 1 at the first frame to z at the last, z drawn log-uniformly from this range: objects
     # that approach or recede (scale change between memory and query); (1, 1) turns it off
     zoom_range: tuple[float, float] = (1.0, 1.0)
-    motion_blur_prob: float = 0.0            # per frame
-    motion_blur_max: int = 9                 # longest blur, pixels of the output crop
+    motion_blur_prob: float = 0.0  # per frame
+    motion_blur_max: int = 9  # longest blur, pixels of the output crop
 
     def sequence_params(self, rng: np.random.Generator, h: int, w: int) -> dict:
         box = _sample_box(rng, h, w, self.crop, self.scale, self.ratio)
-        p = {"box": box, "flip": bool(rng.random() < self.flip_prob), "color": self.seq_jitter.sample(rng),
-             "gray": bool(rng.random() < self.grayscale_prob)}
+        p = {
+            "box": box,
+            "flip": bool(rng.random() < self.flip_prob),
+            "color": self.seq_jitter.sample(rng),
+            "gray": bool(rng.random() < self.grayscale_prob),
+        }
         if tuple(self.zoom_range) != (1.0, 1.0):  # drawn only when on: the default stream is unchanged
             lo, hi = self.zoom_range
             p["zoom"] = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         return p
 
-    def __call__(self, rng: np.random.Generator, frames: list[np.ndarray], masks: list[np.ndarray],
-                 params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self,
+        rng: np.random.Generator,
+        frames: list[np.ndarray],
+        masks: list[np.ndarray],
+        params: dict | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """-> frames (T, h, w, 3) float32 0..255, masks (T, h, w) uint8."""
         if self.resize_short:
             pairs = [resize_short(f, m, self.resize_short) for f, m in zip(frames, masks)]
@@ -272,10 +317,12 @@ class VideoAugment:
         zoom = float(p.get("zoom", 1.0))
         last = max(1, len(frames) - 1)
         for t, (f, m) in enumerate(zip(frames, masks)):
-            jit = affine_matrix(((ow - 1) / 2, (oh - 1) / 2),
-                                angle=rng.uniform(-self.frame_degrees, self.frame_degrees),
-                                scale=rng.uniform(*self.frame_scale) * zoom ** (t / last),
-                                shear=(rng.uniform(-self.frame_shear, self.frame_shear), 0.0))
+            jit = affine_matrix(
+                ((ow - 1) / 2, (oh - 1) / 2),
+                angle=rng.uniform(-self.frame_degrees, self.frame_degrees),
+                scale=rng.uniform(*self.frame_scale) * zoom ** (t / last),
+                shear=(rng.uniform(-self.frame_shear, self.frame_shear), 0.0),
+            )
             img, msk = warp_affine(f, m, jit @ base, self.crop)
             fp = self.frame_jitter.sample(rng)
             col = tuple(a * b if i < 3 else a + b for i, (a, b) in enumerate(zip(p["color"], fp)))
@@ -292,7 +339,7 @@ class StaticAugment:
     """Synthesises ``num_frames`` deformed views of one image (see the module docstring)."""
 
     crop: Size = (384, 384)
-    resize_short: int | None = 384           # the image's shorter side before warping (None: keep)
+    resize_short: int | None = 384  # the image's shorter side before warping (None: keep)
     degrees: float = 20.0
     scale_range: tuple[float, float] = (0.9, 1.1)
     shear: float = 10.0
@@ -306,8 +353,13 @@ class StaticAugment:
     jitter: ColorJitter = field(default_factory=lambda: ColorJitter(0.1, 0.05, 0.05, 0.02))
     grayscale_prob: float = 0.05
 
-    def __call__(self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, num_frames: int = 3,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self,
+        rng: np.random.Generator,
+        image: np.ndarray,
+        mask: np.ndarray,
+        num_frames: int = 3,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """-> frames (T, h, w, 3) float32 0..255, masks (T, h, w) uint8."""
         if self.resize_short:
             image, mask = resize_short(image, mask, self.resize_short)  # type: ignore[assignment]
@@ -318,11 +370,16 @@ class StaticAugment:
         out_f = np.empty((num_frames, oh, ow, 3), np.float32)
         out_m = np.empty((num_frames, oh, ow), np.uint8)
         for t in range(num_frames):
-            aff = affine_matrix(((w - 1) / 2, (h - 1) / 2), angle=rng.uniform(-self.degrees, self.degrees),
-                                scale=rng.uniform(*self.scale_range),
-                                shear=(rng.uniform(-self.shear, self.shear), rng.uniform(-self.shear, self.shear)),
-                                translate=(rng.uniform(-self.translate, self.translate) * w,
-                                           rng.uniform(-self.translate, self.translate) * h))
+            aff = affine_matrix(
+                ((w - 1) / 2, (h - 1) / 2),
+                angle=rng.uniform(-self.degrees, self.degrees),
+                scale=rng.uniform(*self.scale_range),
+                shear=(rng.uniform(-self.shear, self.shear), rng.uniform(-self.shear, self.shear)),
+                translate=(
+                    rng.uniform(-self.translate, self.translate) * w,
+                    rng.uniform(-self.translate, self.translate) * h,
+                ),
+            )
             box = _sample_box(rng, h, w, self.crop, self.crop_scale, self.ratio)
             m = resized_crop_matrix(box, self.crop, flip) @ aff
             img, msk = warp_affine(image, mask, m, self.crop)

@@ -12,6 +12,7 @@ Everything is lazy: building a :class:`DavisDataset` reads only the image-set fi
 ``ds[name]`` only lists the sequence's folders. A root with ``Annotations/`` but no
 ``JPEGImages/`` is fine (for evaluation); reading a frame then raises ``FileNotFoundError``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ class Sequence:
     multi-object masks all read as 0/1.
     """
 
-    def __init__(self, name: str, frame_paths: list[Path], mask_paths: list[Path], *, binary: bool = False) -> None:
+    def __init__(
+        self, name: str, frame_paths: list[Path], mask_paths: list[Path], *, binary: bool = False
+    ) -> None:
         self.name = name
         self.frame_paths = list(frame_paths)
         self.mask_paths = list(mask_paths)
@@ -70,7 +73,9 @@ class Sequence:
         for i in range(1, len(self)):
             frame = self.frame(i)
             if frame.shape != first.shape:
-                raise ValueError(f"{self.frame_paths[i]}: frame shape {frame.shape} differs from {first.shape}")
+                raise ValueError(
+                    f"{self.frame_paths[i]}: frame shape {frame.shape} differs from {first.shape}"
+                )
             out[i] = frame
         return out
 
@@ -226,7 +231,9 @@ class DavisDataset:
         image_dir = self.root / "JPEGImages" / self.resolution / name
         mask_dir = self.root / "Annotations" / self.resolution / name
         frame_paths = list_frames(image_dir) if image_dir.is_dir() else []
-        mask_paths = sorted(mask_dir.glob("*.png"), key=lambda p: natural_key(p.name)) if mask_dir.is_dir() else []
+        mask_paths = (
+            sorted(mask_dir.glob("*.png"), key=lambda p: natural_key(p.name)) if mask_dir.is_dir() else []
+        )
         if not frame_paths and not mask_paths:
             raise FileNotFoundError(
                 f"{name}: neither JPEGImages/{self.resolution}/{name}/ nor "

@@ -3,6 +3,7 @@
 Sizes are ``(height, width)`` everywhere in :mod:`pcvos.data`; frames are ``(H, W, 3)`` uint8 RGB.
 Video decoding and encoding use PyAV (FFmpeg).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -245,7 +246,11 @@ def container_truncated(path: PathLike) -> bool:
                 return _ebml_truncated(f, file_size)
             if magic == b"RIFF":
                 riff = f.read(8)
-                return len(riff) == 8 and riff[4:] == b"AVI " and 8 + int.from_bytes(riff[:4], "little") > file_size
+                return (
+                    len(riff) == 8
+                    and riff[4:] == b"AVI "
+                    and 8 + int.from_bytes(riff[:4], "little") > file_size
+                )
             f.seek(0)
             return _iso_truncated(f, file_size)
     except OSError:
@@ -289,8 +294,11 @@ class VideoReader:
         self.frames_read: int | None = None
         with contextlib.closing(self._open()) as container:
             if not container.streams.video:
-                cut = " (the file is truncated: its container declares more data than it holds)" \
-                    if container_truncated(self.path) else ""
+                cut = (
+                    " (the file is truncated: its container declares more data than it holds)"
+                    if container_truncated(self.path)
+                    else ""
+                )
                 raise ValueError(f"{self.path}: no video stream in this file{cut}")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -354,10 +362,14 @@ class VideoReader:
             raise ValueError(f"{self.path}: the video stream holds no decodable frames")
         message = None
         if self.truncated:
-            message = f"the file ends before the end its container declares, after {index} frames (truncated file?)"
+            message = (
+                f"the file ends before the end its container declares, after {index} frames (truncated file?)"
+            )
         elif self.num_frames_exact and self.num_frames is not None and index < self.num_frames:
-            message = (f"the stream ended after {index} frames but the container declares "
-                       f"{self.num_frames} (truncated file?)")
+            message = (
+                f"the stream ended after {index} frames but the container declares "
+                f"{self.num_frames} (truncated file?)"
+            )
         if message is None:
             return
         big_gap = self.truncated or index < (self.num_frames or 0) - EDIT_LIST_SLACK
@@ -371,7 +383,9 @@ class VideoReader:
         return self.num_frames
 
     def __repr__(self) -> str:
-        return f"VideoReader({str(self.path)!r}, size={self.size}, fps={self.fps}, num_frames={self.num_frames})"
+        return (
+            f"VideoReader({str(self.path)!r}, size={self.size}, fps={self.fps}, num_frames={self.num_frames})"
+        )
 
 
 class FrameFolder:
@@ -400,7 +414,13 @@ class FrameFolder:
             try:
                 with Image.open(path) as image:
                     self._size = displayed_size(image)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            except (
+                UnidentifiedImageError,
+                OSError,
+                SyntaxError,
+                ValueError,
+                Image.DecompressionBombError,
+            ) as err:
                 raise _image_error(path, err) from err
         return self._size
 
@@ -437,7 +457,9 @@ def open_frames(input_path: PathLike, *, strict: bool = False) -> Union[VideoRea
     if path.is_dir():
         return FrameFolder(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        raise ValueError(f"{path}: a single image, not a video; put the frames in a folder and pass the folder")
+        raise ValueError(
+            f"{path}: a single image, not a video; put the frames in a folder and pass the folder"
+        )
     try:
         return VideoReader(path, strict=strict)
     except VideoDecodeError:

@@ -5,6 +5,7 @@ Every writer in :mod:`pcvos.data` writes into a hidden temporary file in the des
 killed process never leaves a half-written file under the final name (at worst a stray
 ``.<name>.*.tmp<ext>`` file is left behind by a hard kill).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,19 @@ from PIL import Image
 
 from pcvos.data.palette import DAVIS_PALETTE
 
-__all__ = ["PathLike", "temp_path_for", "atomic_path", "atomic_write", "atomic_write_text",
-           "save_indexed_png", "encode_indexed_png",
-           "MANIFEST_NAME", "read_manifest", "write_manifest", "check_writable"]
+__all__ = [
+    "PathLike",
+    "temp_path_for",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_text",
+    "save_indexed_png",
+    "encode_indexed_png",
+    "MANIFEST_NAME",
+    "read_manifest",
+    "write_manifest",
+    "check_writable",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -110,7 +121,9 @@ def _as_label_image(labels: np.ndarray, palette: np.ndarray, what: str) -> Image
     return image
 
 
-def encode_indexed_png(labels: np.ndarray, palette: np.ndarray = DAVIS_PALETTE, *, name: str = "labels") -> bytes:
+def encode_indexed_png(
+    labels: np.ndarray, palette: np.ndarray = DAVIS_PALETTE, *, name: str = "labels"
+) -> bytes:
     """Encode a (H, W) label map as indexed-PNG bytes (e.g. for zip archives); ``name`` is for errors."""
     buffer = io.BytesIO()
     _as_label_image(labels, palette, name).save(buffer, format="PNG")
@@ -140,11 +153,18 @@ def read_manifest(folder: PathLike) -> set[str]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return set()
-    if not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT or not isinstance(data.get("files"), list):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != _MANIFEST_FORMAT
+        or not isinstance(data.get("files"), list)
+    ):
         return set()
     # only plain relative names inside the folder: a tampered record cannot point anywhere else
-    return {f for f in data["files"] if isinstance(f, str) and f and not Path(f).is_absolute()
-            and ".." not in Path(f).parts}
+    return {
+        f
+        for f in data["files"]
+        if isinstance(f, str) and f and not Path(f).is_absolute() and ".." not in Path(f).parts
+    }
 
 
 def write_manifest(folder: PathLike, names: set[str] | list[str]) -> Path:

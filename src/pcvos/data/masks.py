@@ -16,6 +16,7 @@ Accepted mask files (``read_mask`` / ``parse_mask(path, mode="auto")``):
 
 Any other image mode (CMYK, YCbCr, float, …) raises ``ValueError``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -147,7 +148,7 @@ def _solid_codes(codes: np.ndarray) -> np.ndarray:
     for dy in range(3):
         for dx in range(3):
             if (dy, dx) != (1, 1):
-                solid &= codes[dy:dy + h - 2, dx:dx + w - 2] == centre
+                solid &= codes[dy : dy + h - 2, dx : dx + w - 2] == centre
     return np.unique(centre[solid])
 
 
@@ -164,10 +165,10 @@ def _blend_distance(colours: np.ndarray, refs: np.ndarray) -> np.ndarray:
     best = np.full(len(colours), np.inf, dtype=np.float32)
     step = max(1, _BLEND_CHUNK // max(1, len(a)))
     for start in range(0, len(colours), step):
-        x = colours[start:start + step, None, :]  # (M, 1, 3)
+        x = colours[start : start + step, None, :]  # (M, 1, 3)
         t = np.clip(((x - a) * ab).sum(-1) / length2, 0, 1)
         d = np.sqrt((((a + t[..., None] * ab) - x) ** 2).sum(-1))
-        best[start:start + step] = d.min(axis=1)
+        best[start : start + step] = d.min(axis=1)
     return best
 
 
@@ -189,9 +190,9 @@ def _merge_edge_colours(codes: np.ndarray, path: PathLike) -> tuple[np.ndarray, 
     nearest_ref = np.empty(len(candidates), dtype=np.int64)
     distance = np.empty(len(candidates), dtype=np.float32)
     for start in range(0, len(candidates), step):
-        d = np.sqrt(((candidates[start:start + step, None, :] - refs[None]) ** 2).sum(-1))  # (M, K)
-        nearest_ref[start:start + step] = d.argmin(axis=1)
-        distance[start:start + step] = d.min(axis=1)
+        d = np.sqrt(((candidates[start : start + step, None, :] - refs[None]) ** 2).sum(-1))  # (M, K)
+        nearest_ref[start : start + step] = d.argmin(axis=1)
+        distance[start : start + step] = d.min(axis=1)
     pairs = len(refs) * (len(refs) - 1) // 2
     far = np.flatnonzero(distance > BLEND_TOLERANCE)
     if pairs and 0 < pairs * len(far) <= _MAX_BLEND_TESTS:
@@ -203,9 +204,11 @@ def _merge_edge_colours(codes: np.ndarray, path: PathLike) -> tuple[np.ndarray, 
     edge_index = np.flatnonzero(edge)[merge]
     target[edge_index] = solid[nearest_ref[merge]]
     pixels = int(counts[edge_index].sum())
-    note = (f"{path}: {len(edge_index)} colours ({pixels} pixels, {pixels / codes.size:.1%} of the mask) have no "
-            "solid area and lie between object colours: read as anti-aliased edges and merged into the nearest "
-            "object colour (save masks without anti-aliasing to avoid this)")
+    note = (
+        f"{path}: {len(edge_index)} colours ({pixels} pixels, {pixels / codes.size:.1%} of the mask) have no "
+        "solid area and lie between object colours: read as anti-aliased edges and merged into the nearest "
+        "object colour (save masks without anti-aliasing to avoid this)"
+    )
     return target[inverse].reshape(codes.shape), note
 
 

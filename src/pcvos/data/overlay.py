@@ -1,4 +1,5 @@
 """Visualisations of label maps: translucent coloured overlays with outlines, RGBA cut-outs."""
+
 from __future__ import annotations
 
 import cv2
@@ -7,8 +8,14 @@ import numpy as np
 from pcvos.data.palette import DAVIS_PALETTE
 
 
-def overlay(frame: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, outline: int = 2,
-            palette: np.ndarray = DAVIS_PALETTE) -> np.ndarray:
+def overlay(
+    frame: np.ndarray,
+    labels: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    outline: int = 2,
+    palette: np.ndarray = DAVIS_PALETTE,
+) -> np.ndarray:
     """Blend each object's palette colour onto ``frame`` (H, W, 3) uint8 and draw its outline."""
     out = frame.copy()
     ids = [int(i) for i in np.unique(labels) if i not in (0, 255)]

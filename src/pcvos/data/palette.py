@@ -5,6 +5,7 @@ Label ``i`` gets the colour built by the usual PASCAL VOC / DAVIS bit-interleavi
 0 → black, 1 → (128, 0, 0), 2 → (0, 128, 0), 3 → (128, 128, 0), 4 → (0, 0, 128), …,
 255 (void) → (224, 224, 192), identical to the palette stored in the DAVIS annotation PNGs.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ fixed depth order. Masks are label maps (0 = background, 1..K = objects, no void
 - :class:`SyntheticImages` is a static image/mask source (one object per image);
 - :func:`write_davis_layout` writes videos as a DAVIS-layout folder (JPEGImages/Annotations/ImageSets).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -32,8 +33,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     img = c0 * (1 - t) + c1 * t
     img = np.broadcast_to(img, (h, w, 3)).astype(np.float32)
-    noise = cv2.resize(rng.normal(0, 25, (max(h // 8, 2), max(w // 8, 2), 3)).astype(np.float32), (w, h),
-                       interpolation=cv2.INTER_LINEAR)
+    noise = cv2.resize(
+        rng.normal(0, 25, (max(h // 8, 2), max(w // 8, 2), 3)).astype(np.float32),
+        (w, h),
+        interpolation=cv2.INTER_LINEAR,
+    )
     return np.clip(img + noise, 0, 255)
 
 
@@ -54,7 +58,9 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def _draw(shape: str, h: int, w: int, cx: float, cy: float, rx: float, ry: float, angle: float) -> np.ndarray:
     m = np.zeros((h, w), np.uint8)
     if shape == "ellipse":
-        cv2.ellipse(m, (int(round(cx)), int(round(cy))), (max(int(rx), 1), max(int(ry), 1)), angle, 0, 360, 1, -1)
+        cv2.ellipse(
+            m, (int(round(cx)), int(round(cy))), (max(int(rx), 1), max(int(ry), 1)), angle, 0, 360, 1, -1
+        )
     else:
         if shape == "rect":
             pts = np.array([[-rx, -ry], [rx, -ry], [rx, ry], [-rx, ry]], np.float32)
@@ -67,8 +73,9 @@ def _draw(shape: str, h: int, w: int, cx: float, cy: float, rx: float, ry: float
     return m.astype(bool)
 
 
-def make_video(seed: int, num_frames: int = 12, size: tuple[int, int] = (64, 64), num_objects: int = 2,
-               index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_video(
+    seed: int, num_frames: int = 12, size: tuple[int, int] = (64, 64), num_objects: int = 2, index: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """One video: frames (T, H, W, 3) uint8 and masks (T, H, W) uint8 labels 0..num_objects."""
     rng = np.random.default_rng([int(seed), int(index)])
     h, w = size
@@ -77,15 +84,18 @@ def make_video(seed: int, num_frames: int = 12, size: tuple[int, int] = (64, 64)
     objs = []
     for k in range(num_objects):
         r = rng.uniform(0.12, 0.25) * min(h, w)
-        objs.append(dict(
-            shape=_SHAPES[rng.integers(len(_SHAPES))],
-            tex=_texture(rng, h, w),
-            c=np.array([rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h]),
-            v=rng.uniform(-1, 1, 2) * min(h, w) * 0.04,
-            r=np.array([r * rng.uniform(0.7, 1.3), r * rng.uniform(0.7, 1.3)]),
-            grow=rng.uniform(-0.01, 0.01),
-            angle=rng.uniform(0, 180), spin=rng.uniform(-6, 6),
-        ))
+        objs.append(
+            dict(
+                shape=_SHAPES[rng.integers(len(_SHAPES))],
+                tex=_texture(rng, h, w),
+                c=np.array([rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h]),
+                v=rng.uniform(-1, 1, 2) * min(h, w) * 0.04,
+                r=np.array([r * rng.uniform(0.7, 1.3), r * rng.uniform(0.7, 1.3)]),
+                grow=rng.uniform(-0.01, 0.01),
+                angle=rng.uniform(0, 180),
+                spin=rng.uniform(-6, 6),
+            )
+        )
     frames = np.zeros((num_frames, h, w, 3), np.uint8)
     masks = np.zeros((num_frames, h, w), np.uint8)
     for t in range(num_frames):
@@ -112,8 +122,14 @@ def make_video(seed: int, num_frames: int = 12, size: tuple[int, int] = (64, 64)
 class SyntheticVideos:
     """An in-memory video source of generated videos (the interface of the training video sources)."""
 
-    def __init__(self, num_videos: int = 8, num_frames: int = 24, size: tuple[int, int] = (64, 64),
-                 max_objects: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_videos: int = 8,
+        num_frames: int = 24,
+        size: tuple[int, int] = (64, 64),
+        max_objects: int = 2,
+        seed: int = 0,
+    ) -> None:
         self.num_videos = int(num_videos)
         self.length = int(num_frames)
         self.size = tuple(int(s) for s in size)
@@ -169,8 +185,16 @@ class SyntheticImages:
         return frames[0], masks[0]
 
 
-def write_davis_layout(root: str | Path, num_videos: int = 4, num_frames: int = 12, size: tuple[int, int] = (64, 64),
-                       max_objects: int = 2, seed: int = 0, subset: str = "train", year: str = "2017") -> list[str]:
+def write_davis_layout(
+    root: str | Path,
+    num_videos: int = 4,
+    num_frames: int = 12,
+    size: tuple[int, int] = (64, 64),
+    max_objects: int = 2,
+    seed: int = 0,
+    subset: str = "train",
+    year: str = "2017",
+) -> list[str]:
     """Write generated videos as ``root/JPEGImages/480p/<seq>/00000.jpg``, ``Annotations/480p/<seq>/00000.png``
     (indexed PNGs) and ``ImageSets/<year>/<subset>.txt``. Returns the sequence names."""
     root = Path(root)

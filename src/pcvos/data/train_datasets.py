@@ -28,6 +28,7 @@ progress)``, so data never depends on worker count or process layout and resumes
 process of a distributed run its own contiguous share of every global batch
 (DistributedSampler-style sharding); its state is the iteration number.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,9 +69,23 @@ _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # (progress fraction, maximum gap): the value of the last entry whose fraction <= progress.
 # Grows 5 -> 15 over the first 40 % of training, anneals back to 5 for the last 10 %.
-DEFAULT_GAP_SCHEDULE: tuple[tuple[float, int], ...] = ((0.0, 5), (0.1, 8), (0.2, 10), (0.3, 12), (0.4, 15), (0.9, 5))
+DEFAULT_GAP_SCHEDULE: tuple[tuple[float, int], ...] = (
+    (0.0, 5),
+    (0.1, 8),
+    (0.2, 10),
+    (0.3, 12),
+    (0.4, 15),
+    (0.9, 5),
+)
 # STCN's max-skip curriculum for the frame-wise ("Trad.") sampler.
-STCN_SKIP_SCHEDULE: tuple[tuple[float, int], ...] = ((0.0, 5), (0.1, 10), (0.2, 15), (0.3, 20), (0.4, 25), (0.9, 5))
+STCN_SKIP_SCHEDULE: tuple[tuple[float, int], ...] = (
+    (0.0, 5),
+    (0.1, 10),
+    (0.2, 15),
+    (0.3, 20),
+    (0.4, 25),
+    (0.9, 5),
+)
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -135,8 +150,9 @@ def _stem_key(p: Path) -> tuple:
 
 def _paired(frame_dir: Path, mask_dir: Path) -> tuple[list[Path], list[Path]]:
     masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"} if mask_dir.is_dir() else {}
-    frames = sorted((p for p in frame_dir.iterdir() if p.suffix.lower() in _IMAGE_EXT and p.stem in masks),
-                    key=_stem_key)
+    frames = sorted(
+        (p for p in frame_dir.iterdir() if p.suffix.lower() in _IMAGE_EXT and p.stem in masks), key=_stem_key
+    )
     return frames, [masks[p.stem] for p in frames]
 
 
@@ -154,9 +170,14 @@ def _read_list(path: Path) -> list[str]:
     return names
 
 
-def davis_source(root: str | os.PathLike, subset: str = "train", year: str | None = None,
-                 sequences: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                 resolution: str = "480p") -> FolderVideoSource:
+def davis_source(
+    root: str | os.PathLike,
+    subset: str = "train",
+    year: str | None = None,
+    sequences: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    resolution: str = "480p",
+) -> FolderVideoSource:
     """DAVIS-layout training videos (every frame with a mask is used)."""
     root = Path(root)
     if sequences is None:
@@ -179,8 +200,9 @@ def davis_source(root: str | os.PathLike, subset: str = "train", year: str | Non
     return FolderVideoSource(videos)
 
 
-def youtube_source(root: str | os.PathLike, videos: Sequence[str] | None = None,
-                   exclude: Sequence[str] | None = None) -> FolderVideoSource:
+def youtube_source(
+    root: str | os.PathLike, videos: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> FolderVideoSource:
     """YouTube-VOS training videos: ``root`` is the dataset root (with ``train/``) or ``train/`` itself."""
     root = Path(root)
     if (root / "train" / "JPEGImages").is_dir():
@@ -216,8 +238,11 @@ class ImageFolderSource:
         for idir, mdir in (("images", "masks"), ("Images", "Masks"), ("im", "gt")):
             if (root / idir).is_dir() and (root / mdir).is_dir():
                 masks = {p.stem: p for p in (root / mdir).rglob("*.png")}
-                pairs = [(p, masks[p.stem]) for p in sorted((root / idir).rglob("*"))
-                         if p.suffix.lower() in _IMAGE_EXT and p.stem in masks]
+                pairs = [
+                    (p, masks[p.stem])
+                    for p in sorted((root / idir).rglob("*"))
+                    if p.suffix.lower() in _IMAGE_EXT and p.stem in masks
+                ]
                 break
         if not pairs:
             for p in sorted(root.rglob("*")):
@@ -274,8 +299,14 @@ def gap_at(progress: float, schedule: Sequence[Sequence[float]] = DEFAULT_GAP_SC
     return value
 
 
-def sample_clip_indices(rng: np.random.Generator, num_frames: int, clip_len: int = 3, num_clips: int = 2,
-                        max_gap: int = 5, max_skip: int = 5) -> list[int]:
+def sample_clip_indices(
+    rng: np.random.Generator,
+    num_frames: int,
+    clip_len: int = 3,
+    num_clips: int = 2,
+    max_gap: int = 5,
+    max_skip: int = 5,
+) -> list[int]:
     """Frame indices of one sample: reference, then ``num_clips`` clips of ``clip_len`` frames.
 
     Steps inside a clip are in 1..``max_skip``; the step from the reference (or a clip's last frame)
@@ -313,8 +344,14 @@ def _as_key(key: Any) -> SampleKey:
     return int(key), 0, int(key), 0.0
 
 
-def _pack(frames: np.ndarray, labels: np.ndarray, ids: list[int], max_objects: int, indices: Sequence[int],
-          name: str) -> dict[str, Any]:
+def _pack(
+    frames: np.ndarray,
+    labels: np.ndarray,
+    ids: list[int],
+    max_objects: int,
+    indices: Sequence[int],
+    name: str,
+) -> dict[str, Any]:
     """Augmented frames (T,h,w,3) float 0..255 + label maps -> the sample dict (objects ``ids`` -> 1..k)."""
     t, h, w = labels.shape
     masks = np.zeros((t, max_objects, h, w), np.float32)
@@ -324,9 +361,11 @@ def _pack(frames: np.ndarray, labels: np.ndarray, ids: list[int], max_objects: i
         masks[:, j] = m
         cls[m] = j + 1
     valid = np.zeros(max_objects, bool)
-    valid[:len(ids)] = True
+    valid[: len(ids)] = True
     return {
-        "frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2) / 255.0, dtype=np.float32)),
+        "frames": torch.from_numpy(
+            np.ascontiguousarray(frames.transpose(0, 3, 1, 2) / 255.0, dtype=np.float32)
+        ),
         "masks": torch.from_numpy(masks),
         "labels": torch.from_numpy(cls),
         "valid": torch.from_numpy(valid),
@@ -341,9 +380,16 @@ def _present(labels0: np.ndarray, min_pixels: int) -> list[int]:
     return [int(i) for i, c in zip(ids, counts) if i not in (0, 255) and c >= min_pixels]
 
 
-def _composite(rng: np.random.Generator, frames: np.ndarray, labels: np.ndarray, ids: list[int],
-               other_f: np.ndarray, other_m: np.ndarray, min_pixels: int, scale: tuple[float, float]
-               ) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
+def _composite(
+    rng: np.random.Generator,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    ids: list[int],
+    other_f: np.ndarray,
+    other_m: np.ndarray,
+    min_pixels: int,
+    scale: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
     """Paste the object ``other_m`` (T,h,w bool) of another sample over this one as a new object.
 
     The pasted sample is shrunk and moved by one random affine transform shared by all frames, so
@@ -351,8 +397,11 @@ def _composite(rng: np.random.Generator, frames: np.ndarray, labels: np.ndarray,
     of the new one in the reference frame.
     """
     t, h, w = labels.shape
-    m = affine_matrix(((w - 1) / 2, (h - 1) / 2), scale=rng.uniform(*scale),
-                      translate=(rng.uniform(-0.3, 0.3) * w, rng.uniform(-0.3, 0.3) * h))
+    m = affine_matrix(
+        ((w - 1) / 2, (h - 1) / 2),
+        scale=rng.uniform(*scale),
+        translate=(rng.uniform(-0.3, 0.3) * w, rng.uniform(-0.3, 0.3) * h),
+    )
     pf = np.empty_like(other_f)
     pm = np.empty((t, h, w), np.uint8)
     for i in range(t):
@@ -377,8 +426,9 @@ class _Base(Dataset):
     composite_prob: float
     composite_scale: tuple[float, float]
 
-    def _draw(self, rng: np.random.Generator, index: int, progress: float, max_objects: int
-              ) -> tuple[np.ndarray, np.ndarray, list[int], list[int], str]:
+    def _draw(
+        self, rng: np.random.Generator, index: int, progress: float, max_objects: int
+    ) -> tuple[np.ndarray, np.ndarray, list[int], list[int], str]:
         raise NotImplementedError
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
@@ -388,7 +438,9 @@ class _Base(Dataset):
         if len(ids) < self.max_objects and self.composite_prob > 0 and rng.random() < self.composite_prob:
             other = int(rng.integers(len(self)))
             of, ol, oids, _, oname = self._draw(rng, other, progress, 1)
-            res = _composite(rng, frames, labels, ids, of, ol == oids[0], self.min_pixels, self.composite_scale)
+            res = _composite(
+                rng, frames, labels, ids, of, ol == oids[0], self.min_pixels, self.composite_scale
+            )
             if res is not None:
                 frames, labels, ids = res
                 name = f"{name}+{oname}"
@@ -398,11 +450,23 @@ class _Base(Dataset):
 class VideoClipDataset(_Base):
     """Per-clip (``mode="per_clip"``) or frame-wise (``mode="frame_wise"``, STCN) video samples."""
 
-    def __init__(self, source: VideoSource, crop: tuple[int, int] = (384, 384), clip_len: int = 3, num_clips: int = 2,
-                 mode: str = "per_clip", max_objects: int = 3, max_skip: int = 5,
-                 gap_schedule: Sequence[Sequence[float]] = DEFAULT_GAP_SCHEDULE, min_pixels: int = 20,
-                 composite_prob: float = 0.0, composite_scale: tuple[float, float] = (0.4, 0.9),
-                 reverse_prob: float = 0.0, augment: VideoAugment | None = None, max_tries: int = 20) -> None:
+    def __init__(
+        self,
+        source: VideoSource,
+        crop: tuple[int, int] = (384, 384),
+        clip_len: int = 3,
+        num_clips: int = 2,
+        mode: str = "per_clip",
+        max_objects: int = 3,
+        max_skip: int = 5,
+        gap_schedule: Sequence[Sequence[float]] = DEFAULT_GAP_SCHEDULE,
+        min_pixels: int = 20,
+        composite_prob: float = 0.0,
+        composite_scale: tuple[float, float] = (0.4, 0.9),
+        reverse_prob: float = 0.0,
+        augment: VideoAugment | None = None,
+        max_tries: int = 20,
+    ) -> None:
         if mode not in ("per_clip", "frame_wise"):
             raise ValueError(f"mode must be 'per_clip' or 'frame_wise', got {mode!r}")
         self.source = source
@@ -447,16 +511,27 @@ class VideoClipDataset(_Base):
             if present:
                 pick = rng.permutation(present)[:max_objects].tolist()
                 return f, m, [int(i) for i in pick], idx, self.source.name(v)
-        raise RuntimeError(f"no object visible in {self.max_tries} tries (last video {self.source.name(v)!r}); "
-                           "check the masks or lower min_pixels")
+        raise RuntimeError(
+            f"no object visible in {self.max_tries} tries (last video {self.source.name(v)!r}); "
+            "check the masks or lower min_pixels"
+        )
 
 
 class StaticDataset(_Base):
     """Static-image samples: ``num_frames`` deformed views of one image and its mask."""
 
-    def __init__(self, source: Any, crop: tuple[int, int] = (384, 384), num_frames: int = 3, max_objects: int = 1,
-                 min_pixels: int = 20, composite_prob: float = 0.0, composite_scale: tuple[float, float] = (0.4, 0.9),
-                 augment: StaticAugment | None = None, max_tries: int = 20) -> None:
+    def __init__(
+        self,
+        source: Any,
+        crop: tuple[int, int] = (384, 384),
+        num_frames: int = 3,
+        max_objects: int = 1,
+        min_pixels: int = 20,
+        composite_prob: float = 0.0,
+        composite_scale: tuple[float, float] = (0.4, 0.9),
+        augment: StaticAugment | None = None,
+        max_tries: int = 20,
+    ) -> None:
         self.source = source
         self.num_frames = int(num_frames)
         self.max_objects = int(max_objects)
@@ -484,7 +559,9 @@ class StaticDataset(_Base):
             if present:
                 pick = rng.permutation(present)[:max_objects].tolist()
                 return f, m, [int(x) for x in pick], list(range(self.num_frames)), self.source.name(i)
-        raise RuntimeError(f"no object visible in {self.max_tries} tries; check the masks or lower min_pixels")
+        raise RuntimeError(
+            f"no object visible in {self.max_tries} tries; check the masks or lower min_pixels"
+        )
 
 
 class MixedDataset(Dataset):
@@ -559,5 +636,11 @@ class TrainBatchSampler(Sampler):
         return max(0, self.total_iterations - self.start_iteration)
 
     def state_dict(self, iteration: int) -> dict[str, Any]:
-        return {"seed": self.seed, "iteration": int(iteration), "dataset_len": self.dataset_len,
-                "batch_size": self.batch_size, "world_size": self.world_size, "shuffle": self.shuffle}
+        return {
+            "seed": self.seed,
+            "iteration": int(iteration),
+            "dataset_len": self.dataset_len,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+        }

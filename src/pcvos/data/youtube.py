@@ -10,6 +10,7 @@ Layout::
 Object ids are not contiguous and objects may first appear after the first frame; the annotation
 PNG of a frame holds the objects that first appear there.
 """
+
 from __future__ import annotations
 
 import json
@@ -126,7 +127,9 @@ class YouTubeVOSDataset:
         self.annotation_dir = split_dir / "Annotations"
         for folder in (self.image_dir, self.annotation_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(f"{folder.relative_to(self.root)}/ not found under {self.root}; {hint}")
+                raise FileNotFoundError(
+                    f"{folder.relative_to(self.root)}/ not found under {self.root}; {hint}"
+                )
         self.all_frames_dir = self.root / f"{split}_all_frames" / "JPEGImages"
         if all_frames and not self.all_frames_dir.is_dir():
             raise FileNotFoundError(
@@ -142,7 +145,9 @@ class YouTubeVOSDataset:
         if self.meta:
             self.videos = list(self.meta)
         else:
-            self.videos = sorted((p.name for p in self.annotation_dir.iterdir() if p.is_dir()), key=natural_key)
+            self.videos = sorted(
+                (p.name for p in self.annotation_dir.iterdir() if p.is_dir()), key=natural_key
+            )
         if not self.videos:
             raise ValueError(f"{split_dir}: no videos found")
 
@@ -207,6 +212,7 @@ def write_youtube_submission(
             yield name, labels
 
     if out.suffix.lower() == ".zip":
+
         def write_zip(tmp: Path) -> None:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
                 for name, labels in entries():

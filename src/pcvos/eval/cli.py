@@ -4,6 +4,7 @@
 ``argparse`` sub-parser collection; the chosen handler is stored as ``args.func`` and returns
 the process exit code (0 on success, 2 on bad input with a one-line message on stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,20 +40,35 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "global_results-<set>.csv, per-sequence_results-<set>.csv and metrics.json into DIR."
         ),
     )
-    p_davis.add_argument("--davis-root", required=True, metavar="ROOT",
-                         help="DAVIS folder with Annotations/480p and ImageSets")
-    p_davis.add_argument("--results", required=True, metavar="DIR",
-                         help="folder with one sub-folder of PNG masks per sequence")
-    p_davis.add_argument("--set", default="val", dest="subset", metavar="SET",
-                         help="sequence list to evaluate (default: val)")
-    p_davis.add_argument("--year", default="auto", choices=["2016", "2017", "auto"],
-                         help="DAVIS edition: 2017 (multi-object), 2016 (single object) or "
-                              "auto (ImageSets/2017 if present, else 2016; default)")
-    p_davis.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                         help="processes to use (default: all cores)")
-    p_davis.add_argument("--exclude-void", action="store_true",
-                         help="ignore void (255) annotation pixels instead of counting them as "
-                              "background (the official toolkit counts them as background)")
+    p_davis.add_argument(
+        "--davis-root", required=True, metavar="ROOT", help="DAVIS folder with Annotations/480p and ImageSets"
+    )
+    p_davis.add_argument(
+        "--results", required=True, metavar="DIR", help="folder with one sub-folder of PNG masks per sequence"
+    )
+    p_davis.add_argument(
+        "--set", default="val", dest="subset", metavar="SET", help="sequence list to evaluate (default: val)"
+    )
+    p_davis.add_argument(
+        "--year",
+        default="auto",
+        choices=["2016", "2017", "auto"],
+        help="DAVIS edition: 2017 (multi-object), 2016 (single object) or "
+        "auto (ImageSets/2017 if present, else 2016; default)",
+    )
+    p_davis.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="processes to use (default: all cores)",
+    )
+    p_davis.add_argument(
+        "--exclude-void",
+        action="store_true",
+        help="ignore void (255) annotation pixels instead of counting them as "
+        "background (the official toolkit counts them as background)",
+    )
     p_davis.set_defaults(func=main_eval, eval_command="davis")
     return p_eval
 

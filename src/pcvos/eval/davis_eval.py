@@ -24,6 +24,7 @@ Outputs in the results folder (written atomically): ``global_results-<subset>.cs
 ``per-sequence_results-<subset>.csv`` in the toolkit's exact format (``%.3f``), and
 ``metrics.json`` at full precision.
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,7 +60,13 @@ __all__ = [
 
 VOID_LABEL = 255
 GLOBAL_COLUMNS: Tuple[str, ...] = (
-    "J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay",
+    "J&F-Mean",
+    "J-Mean",
+    "J-Recall",
+    "J-Decay",
+    "F-Mean",
+    "F-Recall",
+    "F-Decay",
 )
 SEQUENCE_COLUMNS: Tuple[str, ...] = ("Sequence", "J-Mean", "F-Mean")
 _TASKS = ("semi-supervised",)
@@ -81,9 +88,7 @@ def _open_png(path: Path) -> Tuple[np.ndarray, str]:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"cannot read mask PNG {path}: {exc}") from exc
     if mode not in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
-        raise ValueError(
-            f"{path}: mask must be an indexed (P) or 8-bit grayscale PNG, got mode {mode!r}"
-        )
+        raise ValueError(f"{path}: mask must be an indexed (P) or 8-bit grayscale PNG, got mode {mode!r}")
     if arr.ndim != 2:
         raise ValueError(f"{path}: mask must be single-channel, got shape {arr.shape}")
     if arr.dtype == bool:
@@ -230,8 +235,7 @@ def _gt_frames(davis_root: Path, seq: str) -> List[Path]:
     if not seq_dir.is_dir():
         raise FileNotFoundError(f"annotations for sequence {seq!r} not found: {seq_dir}")
     frames = sorted(
-        p for p in seq_dir.iterdir()
-        if p.suffix == ".png" and not p.name.startswith(".") and p.is_file()
+        p for p in seq_dir.iterdir() if p.suffix == ".png" and not p.name.startswith(".") and p.is_file()
     )
     if not frames:
         raise FileNotFoundError(f"no annotation PNGs in {seq_dir}")
@@ -267,9 +271,7 @@ def evaluate_sequence(job: _SeqJob) -> SequenceResult:
             raise ValueError(f"{gp}: annotation shape {ids.shape} differs from the first frame's {shape}")
         rp = res_dir / f"{fid}.png"
         if not rp.is_file():
-            raise FileNotFoundError(
-                f"result frame missing for sequence {job.name!r}, frame {fid}: {rp}"
-            )
+            raise FileNotFoundError(f"result frame missing for sequence {job.name!r}, frame {fid}: {rp}")
         res = read_result(rp)
         if res.shape != shape:
             raise ValueError(

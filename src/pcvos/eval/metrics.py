@@ -21,6 +21,7 @@ The implementation is our own and faster than the toolkit's: IoU is vectorised o
 and boundary maps and dilations are computed only on a window around the masks
 (:func:`crop_box`), which gives exactly the same counts.
 """
+
 from __future__ import annotations
 
 import math
@@ -136,9 +137,7 @@ def db_eval_iou(
     annotation = _as_bool(annotation)
     segmentation = _as_bool(segmentation)
     if annotation.shape != segmentation.shape:
-        raise ValueError(
-            f"annotation {annotation.shape} and segmentation {segmentation.shape} shapes differ"
-        )
+        raise ValueError(f"annotation {annotation.shape} and segmentation {segmentation.shape} shapes differ")
     inter = annotation & segmentation
     union = annotation | segmentation
     if void_pixels is not None:
@@ -257,9 +256,7 @@ def db_eval_boundary(
     annotation = _as_bool(annotation)
     segmentation = _as_bool(segmentation)
     if annotation.shape != segmentation.shape:
-        raise ValueError(
-            f"annotation {annotation.shape} and segmentation {segmentation.shape} shapes differ"
-        )
+        raise ValueError(f"annotation {annotation.shape} and segmentation {segmentation.shape} shapes differ")
     if annotation.ndim not in (2, 3):
         raise ValueError(f"db_eval_boundary supports 2-D or 3-D inputs, got {annotation.ndim}-D")
     if void_pixels is not None:

@@ -12,6 +12,7 @@ The 30 sequences of DAVIS 2016 train are split once, by a seeded draw, into thre
 The draw: ``numpy.random.default_rng(2026).permutation`` of the 25 sequences outside the first
 five, the first 5 joining ``report``, the next 5 forming ``select``.
 """
+
 from __future__ import annotations
 
 REPORT_UNSEEN_BY_V1: tuple[str, ...] = ("bear", "car-turn", "dance-jump", "kite-walk", "tennis")
@@ -19,9 +20,23 @@ REPORT_UNSEEN_BY_V1: tuple[str, ...] = ("bear", "car-turn", "dance-jump", "kite-
 SPLITS: dict[str, tuple[str, ...]] = {
     "report": REPORT_UNSEEN_BY_V1 + ("bus", "hockey", "mallard-fly", "soccerball", "stroller"),
     "select": ("bmx-bumps", "lucia", "motorbike", "paragliding", "swing"),
-    "train": ("boat", "breakdance-flare", "dog-agility", "drift-turn", "elephant", "flamingo", "hike",
-              "horsejump-low", "mallard-water", "motocross-bumps", "rhino", "rollerblade", "scooter-gray",
-              "surf", "train"),
+    "train": (
+        "boat",
+        "breakdance-flare",
+        "dog-agility",
+        "drift-turn",
+        "elephant",
+        "flamingo",
+        "hike",
+        "horsejump-low",
+        "mallard-water",
+        "motocross-bumps",
+        "rhino",
+        "rollerblade",
+        "scooter-gray",
+        "surf",
+        "train",
+    ),
 }
 
 

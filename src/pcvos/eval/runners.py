@@ -5,6 +5,7 @@ interrupted run leaves only whole sequences and a rerun skips them. Under ``torc
 sequences are split across ranks (rank r takes every world-th one); each sequence is segmented
 by exactly one process with the same code, so the results equal a single-process run.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,13 @@ class RunStats:
 
     def merge(self, other: "RunStats") -> "RunStats":
         # processes run side by side: frames add up, wall time is the slowest process's
-        return RunStats(self.sequences + other.sequences, self.skipped + other.skipped, self.frames + other.frames,
-                        max(self.seconds, other.seconds), max(self.peak_memory_mb, other.peak_memory_mb))
+        return RunStats(
+            self.sequences + other.sequences,
+            self.skipped + other.skipped,
+            self.frames + other.frames,
+            max(self.seconds, other.seconds),
+            max(self.peak_memory_mb, other.peak_memory_mb),
+        )
 
 
 @dataclass
@@ -59,8 +65,8 @@ class Schedule:
     top_k: int = 20
     size: int | None = None
     max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES
-    refine: bool | None = None   # None: ICR when the model has it
-    precision: str = "fp32"      # "bf16" / "fp16": autocast the network (see pcvos.segment)
+    refine: bool | None = None  # None: ICR when the model has it
+    precision: str = "fp32"  # "bf16" / "fp16": autocast the network (see pcvos.segment)
 
     def kwargs(self, model: PCVOS) -> dict[str, Any]:
         d = asdict(self)
@@ -90,7 +96,7 @@ class Distributed:
         return torch.device("cpu")
 
     def shard(self, items: list[str]) -> list[str]:
-        return items[self.rank::self.world]
+        return items[self.rank :: self.world]
 
     def gather(self, stats: RunStats) -> RunStats:
         if self.world == 1:
@@ -122,7 +128,9 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _write_sequence(final: Path, names: Iterable[str], labels: np.ndarray, keep: Callable[[int], bool]) -> None:
+def _write_sequence(
+    final: Path, names: Iterable[str], labels: np.ndarray, keep: Callable[[int], bool]
+) -> None:
     partial = final.parent / f".partial-{final.name}"
     shutil.rmtree(partial, ignore_errors=True)
     for i, name in enumerate(names):
@@ -131,9 +139,18 @@ def _write_sequence(final: Path, names: Iterable[str], labels: np.ndarray, keep:
     os.replace(partial, final)
 
 
-def run_davis(model: PCVOS, davis_root: str | Path, out_dir: str | Path, *, year: str = "2017", subset: str = "val",
-              schedule: Schedule | None = None, device: torch.device | None = None, ctx: Distributed | None = None,
-              progress: bool = True) -> RunStats:
+def run_davis(
+    model: PCVOS,
+    davis_root: str | Path,
+    out_dir: str | Path,
+    *,
+    year: str = "2017",
+    subset: str = "val",
+    schedule: Schedule | None = None,
+    device: torch.device | None = None,
+    ctx: Distributed | None = None,
+    progress: bool = True,
+) -> RunStats:
     """Segment every sequence of a DAVIS subset into ``out_dir/<sequence>/<frame>.png``."""
     schedule = schedule or Schedule()
     ctx = ctx or Distributed()
@@ -144,8 +161,13 @@ def run_davis(model: PCVOS, davis_root: str | Path, out_dir: str | Path, *, year
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = RunStats()
     mine = ctx.shard(list(ds.sequences))
-    bar = tqdm(mine, desc=f"davis {subset} [rank {ctx.rank}]" if ctx.world > 1 else f"davis {subset}",
-               unit="seq", disable=not progress, position=ctx.rank)
+    bar = tqdm(
+        mine,
+        desc=f"davis {subset} [rank {ctx.rank}]" if ctx.world > 1 else f"davis {subset}",
+        unit="seq",
+        disable=not progress,
+        position=ctx.rank,
+    )
     for name in bar:
         final = out_dir / name
         if final.is_dir():
@@ -168,10 +190,18 @@ def run_davis(model: PCVOS, davis_root: str | Path, out_dir: str | Path, *, year
     return stats
 
 
-def run_youtube(model: PCVOS, root: str | Path, out_dir: str | Path, *, split: str = "valid",
-                all_frames: bool | None = None, schedule: Schedule | None = None,
-                device: torch.device | None = None, ctx: Distributed | None = None,
-                progress: bool = True) -> RunStats:
+def run_youtube(
+    model: PCVOS,
+    root: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "valid",
+    all_frames: bool | None = None,
+    schedule: Schedule | None = None,
+    device: torch.device | None = None,
+    ctx: Distributed | None = None,
+    progress: bool = True,
+) -> RunStats:
     """Segment YouTube-VOS videos into ``out_dir/Annotations/<video>/<frame>.png`` (scored frames only).
 
     ``all_frames=None`` uses ``ROOT/<split>_all_frames`` when present: propagating through every

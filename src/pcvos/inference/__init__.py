@@ -1,4 +1,5 @@
 """inference: the per-clip engine and its public forms (segment, Segmenter, Session)."""
+
 from pcvos.inference.api import Segmenter, segment
 from pcvos.inference.session import Session
 

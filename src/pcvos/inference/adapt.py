@@ -15,6 +15,7 @@ seeded torch RNG, so torch's global RNG state is left as it was. The learning ra
 so the model after N steps of a longer run is the model ``adapt(..., steps=N)`` returns
 (:class:`Adaptation` exposes that stepwise form to the benchmark).
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,16 @@ from pcvos.model.network import PCVOS
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
 
-__all__ = ["adapt", "Adaptation", "read_keyframes", "default_crop", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_CLIP_LEN",
-           "CROP_FRACTION"]
+__all__ = [
+    "adapt",
+    "Adaptation",
+    "read_keyframes",
+    "default_crop",
+    "DEFAULT_STEPS",
+    "DEFAULT_LR",
+    "DEFAULT_CLIP_LEN",
+    "CROP_FRACTION",
+]
 
 # Steps of `pcvos segment --adapt` without a number: chosen on the protocol's select split
 # (benchmarks/adapt.md).
@@ -84,7 +93,9 @@ def _keyframes(frames: Any, masks: Mapping[int, np.ndarray], size: int | None) -
     """Annotated frames and their masks (user ids -> 1..K) resized to the processing size."""
     if not masks:
         raise ValueError("masks: no mask given")
-    ids = sorted({int(i) for m in masks.values() for i in np.unique(np.asarray(m)) if i not in (0, VOID_LABEL)})
+    ids = sorted(
+        {int(i) for m in masks.values() for i in np.unique(np.asarray(m)) if i not in (0, VOID_LABEL)}
+    )
     if not ids:
         raise ValueError("masks: contain no object (all background)")
     registry = ObjectRegistry()
@@ -98,13 +109,19 @@ def _keyframes(frames: Any, masks: Mapping[int, np.ndarray], size: int | None) -
         img = np.asarray(frame.cpu() if isinstance(frame, torch.Tensor) else frame)
         lab = np.asarray(masks[index].cpu() if isinstance(masks[index], torch.Tensor) else masks[index])
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
-            raise ValueError(f"frame {index}: expected a uint8 RGB array of shape (H, W, 3), got dtype "
-                             f"{img.dtype} and shape {img.shape}")
+            raise ValueError(
+                f"frame {index}: expected a uint8 RGB array of shape (H, W, 3), got dtype "
+                f"{img.dtype} and shape {img.shape}"
+            )
         if lab.shape != img.shape[:2]:
-            raise ValueError(f"mask for frame {index}: shape {lab.shape} differs from the frame's {img.shape[:2]}")
+            raise ValueError(
+                f"mask for frame {index}: shape {lab.shape} differs from the frame's {img.shape[:2]}"
+            )
         h, w = _processing_size(img.shape[0], img.shape[1], size)
         if (h, w) != img.shape[:2]:
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_LINEAR)
+            img = cv2.resize(
+                img, (w, h), interpolation=cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_LINEAR
+            )
             lab = cv2.resize(lab.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
         images.append(np.ascontiguousarray(img))
         labels.append(lut[lab.astype(np.uint8)])
@@ -143,21 +160,40 @@ class Adaptation:
     benchmark uses this form to score the same run after several numbers of steps.
     """
 
-    def __init__(self, model: PCVOS, frames: Any, masks: Mapping[int, np.ndarray], *, seed: int = 0,
-                 size: int | None = None, lr: float = DEFAULT_LR, clip_len: int = DEFAULT_CLIP_LEN,
-                 crop: int | None = None, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        model: PCVOS,
+        frames: Any,
+        masks: Mapping[int, np.ndarray],
+        *,
+        seed: int = 0,
+        size: int | None = None,
+        lr: float = DEFAULT_LR,
+        clip_len: int = DEFAULT_CLIP_LEN,
+        crop: int | None = None,
+        batch_size: int = 1,
+    ) -> None:
         if lr <= 0 or clip_len < 1 or batch_size < 1:
-            raise ValueError(f"adaptation needs lr > 0, clip_len >= 1, batch_size >= 1 "
-                             f"(got {lr}, {clip_len}, {batch_size})")
+            raise ValueError(
+                f"adaptation needs lr > 0, clip_len >= 1, batch_size >= 1 "
+                f"(got {lr}, {clip_len}, {batch_size})"
+            )
         source, num_objects = _keyframes(frames, masks, size)
         h, w = source.images[0].shape[:2]
         side = int(crop) if crop is not None else default_crop(h, w)
         if side < _CROP_MULTIPLE or side % _CROP_MULTIPLE:
             raise ValueError(f"crop must be a positive multiple of {_CROP_MULTIPLE}, got {side}")
-        augment = StaticAugment(crop=(side, side), resize_short=None)  # frames are at the processing size already
-        self.dataset = StaticDataset(source, (side, side), 1 + NUM_CLIPS * clip_len,
-                                     max_objects=min(num_objects, MAX_OBJECTS), min_pixels=MIN_PIXELS,
-                                     augment=augment)
+        augment = StaticAugment(
+            crop=(side, side), resize_short=None
+        )  # frames are at the processing size already
+        self.dataset = StaticDataset(
+            source,
+            (side, side),
+            1 + NUM_CLIPS * clip_len,
+            max_objects=min(num_objects, MAX_OBJECTS),
+            min_pixels=MIN_PIXELS,
+            augment=augment,
+        )
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         # sampler positions depend only on (seed, step): total_iterations only sets "progress",
@@ -177,8 +213,10 @@ class Adaptation:
                 return self.dataset[(index, seed, position + redraw * _REDRAW_OFFSET, progress)]
             except RuntimeError:
                 continue  # no object survived the crops of that draw
-        raise ValueError("test-time adaptation: no object is visible in the synthesised views of the "
-                         "annotated frames (objects too small at this processing size?)")
+        raise ValueError(
+            "test-time adaptation: no object is visible in the synthesised views of the "
+            "annotated frames (objects too small at this processing size?)"
+        )
 
     def _rng_devices(self) -> list[torch.device]:
         return [self.device] if self.device.type == "cuda" else []
@@ -214,9 +252,20 @@ class Adaptation:
         return self.net
 
 
-def adapt(model: PCVOS, frames: Any, masks: Mapping[int, np.ndarray], steps: int, *, seed: int = 0,
-          size: int | None = None, lr: float = DEFAULT_LR, clip_len: int = DEFAULT_CLIP_LEN,
-          crop: int | None = None, batch_size: int = 1, progress: bool = False) -> PCVOS:
+def adapt(
+    model: PCVOS,
+    frames: Any,
+    masks: Mapping[int, np.ndarray],
+    steps: int,
+    *,
+    seed: int = 0,
+    size: int | None = None,
+    lr: float = DEFAULT_LR,
+    clip_len: int = DEFAULT_CLIP_LEN,
+    crop: int | None = None,
+    batch_size: int = 1,
+    progress: bool = False,
+) -> PCVOS:
     """A copy of ``model`` fine-tuned for ``steps`` steps on the video's annotated frames.
 
     ``frames``: the video as a uint8 (T, H, W, 3) array, or any mapping / sequence indexable by
@@ -229,8 +278,9 @@ def adapt(model: PCVOS, frames: Any, masks: Mapping[int, np.ndarray], steps: int
     """
     if int(steps) != steps or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps}")
-    run = Adaptation(model, frames, masks, seed=seed, size=size, lr=lr, clip_len=clip_len, crop=crop,
-                     batch_size=batch_size)
+    run = Adaptation(
+        model, frames, masks, seed=seed, size=size, lr=lr, clip_len=clip_len, crop=crop, batch_size=batch_size
+    )
     with tqdm(total=int(steps), desc="adapting", unit="step", disable=not progress, leave=False) as bar:
         for _ in range(int(steps)):
             losses = run.step()

@@ -1,4 +1,5 @@
 """Public inference API: :class:`Segmenter` (streaming) and :func:`segment` (one call)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,8 +38,10 @@ def _resize_mask(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _check_frame(frame: FrameLike, index: int) -> torch.Tensor:
     t = torch.as_tensor(frame) if not isinstance(frame, torch.Tensor) else frame
     if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[-1] != 3:
-        raise ValueError(f"frame {index}: expected a uint8 RGB array of shape (H, W, 3), "
-                         f"got dtype {t.dtype} and shape {tuple(t.shape)}")
+        raise ValueError(
+            f"frame {index}: expected a uint8 RGB array of shape (H, W, 3), "
+            f"got dtype {t.dtype} and shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -65,16 +68,34 @@ class Segmenter:
     cost (measured in the README); the default ``"fp32"`` reproduces the released model exactly.
     """
 
-    def __init__(self, model: PCVOS, *, clip_length: int = 5, memory_every: int | None = None,
-                 pmm_segment: int | None = 5, refine: bool = True, top_k: int = 20, size: int | None = None,
-                 max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES, output: Output = "labels",
-                 device: str | torch.device | None = None, frame_batch: int | None = None,
-                 precision: Precision = "fp32") -> None:
+    def __init__(
+        self,
+        model: PCVOS,
+        *,
+        clip_length: int = 5,
+        memory_every: int | None = None,
+        pmm_segment: int | None = 5,
+        refine: bool = True,
+        top_k: int = 20,
+        size: int | None = None,
+        max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES,
+        output: Output = "labels",
+        device: str | torch.device | None = None,
+        frame_batch: int | None = None,
+        precision: Precision = "fp32",
+    ) -> None:
         if output not in ("labels", "probs"):
             raise ValueError(f"output must be 'labels' or 'probs', got {output!r}")
-        self.config = InferenceConfig(clip_length=clip_length, memory_every=memory_every, pmm_segment=pmm_segment,
-                                      refine=refine, top_k=top_k, max_memory_frames=max_memory_frames,
-                                      frame_batch=frame_batch, precision=precision)
+        self.config = InferenceConfig(
+            clip_length=clip_length,
+            memory_every=memory_every,
+            pmm_segment=pmm_segment,
+            refine=refine,
+            top_k=top_k,
+            max_memory_frames=max_memory_frames,
+            frame_batch=frame_batch,
+            precision=precision,
+        )
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.config.validate(self.device.type)  # before the model moves: bad settings fail fast
         self.model = model.to(self.device).eval()
@@ -95,7 +116,9 @@ class Segmenter:
         """
         arr = np.asarray(label_map.cpu() if isinstance(label_map, torch.Tensor) else label_map)
         if arr.ndim != 2:
-            raise ValueError(f"mask for frame {frame_index}: expected a (H, W) label map, got shape {arr.shape}")
+            raise ValueError(
+                f"mask for frame {frame_index}: expected a (H, W) label map, got shape {arr.shape}"
+            )
         if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
             raise ValueError(f"mask for frame {frame_index}: expected integer labels, got {arr.dtype}")
         if arr.size and (arr.min() < 0 or arr.max() > 255):
@@ -103,14 +126,18 @@ class Segmenter:
         if frame_index < 0:
             raise ValueError(f"mask frame index must be >= 0, got {frame_index}")
         if frame_index < self._consumed:
-            raise ValueError(f"mask for frame {frame_index}: that frame has already been processed (frames up to "
-                             f"{self._consumed - 1} have been read); give masks before process() reaches their frame")
+            raise ValueError(
+                f"mask for frame {frame_index}: that frame has already been processed (frames up to "
+                f"{self._consumed - 1} have been read); give masks before process() reaches their frame"
+            )
         arr = np.where(arr == VOID_LABEL, 0, arr)  # void is not an object
         if not (arr > 0).any():
             raise ValueError(f"mask for frame {frame_index}: contains no object (all background)")
         if self._shape is not None and arr.shape != self._shape:
-            raise ValueError(f"mask for frame {frame_index}: size {arr.shape[1]}x{arr.shape[0]} differs from "
-                             f"the frames' {self._shape[1]}x{self._shape[0]}")
+            raise ValueError(
+                f"mask for frame {frame_index}: size {arr.shape[1]}x{arr.shape[0]} differs from "
+                f"the frames' {self._shape[1]}x{self._shape[0]}"
+            )
         self._masks[int(frame_index)] = arr.astype(np.uint8)
 
     @property
@@ -127,19 +154,31 @@ class Segmenter:
         # one batch per clip: a GPU gets one host-to-device copy (from pinned memory, so it runs
         # asynchronously) and one launch per step instead of one per frame
         pinned = self.device.type == "cuda" and not frames[0].is_cuda
-        x = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=True) if pinned else None
+        x = (
+            torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, pin_memory=True)
+            if pinned
+            else None
+        )
         x = torch.stack(frames, out=x) if len(frames) > 1 or pinned else frames[0].unsqueeze(0)
         x = x.to(self.device, non_blocking=pinned).permute(0, 3, 1, 2)
         h, w = self._proc
         if (h, w) == tuple(frames[0].shape[:2]):
             x = x.float().div_(255)
         else:  # frame by frame: a clip of large frames in float would be 4x its uint8 size at once
-            x = torch.cat([F.interpolate(f.float().div_(255), size=(h, w), mode="bilinear", align_corners=False,
-                                         antialias=True) for f in x.split(1)])
+            x = torch.cat(
+                [
+                    F.interpolate(
+                        f.float().div_(255), size=(h, w), mode="bilinear", align_corners=False, antialias=True
+                    )
+                    for f in x.split(1)
+                ]
+            )
         x, self._pad = pad_to_multiple(self.model.normalize(x), 16)
         return x
 
-    def _prepare_mask(self, labels: np.ndarray, ids: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    def _prepare_mask(
+        self, labels: np.ndarray, ids: list[int] | None = None
+    ) -> tuple[torch.Tensor, list[int]]:
         """A label map -> one-hot planes (n, Hp, Wp) at the processing size, and their ids.
 
         ``ids`` None: the objects present after resizing; else exactly those planes, in that
@@ -148,7 +187,9 @@ class Segmenter:
         if ids is None:
             ids = [int(i) for i in torch.unique(m).tolist() if i != 0]
             if not ids:
-                raise ValueError("a mask lost all its objects when resized to the processing size; use a larger size")
+                raise ValueError(
+                    "a mask lost all its objects when resized to the processing size; use a larger size"
+                )
         onehot = torch.stack([(m == i) for i in ids]).float()
         return onehot, ids
 
@@ -156,10 +197,14 @@ class Segmenter:
         """(1 + S, L, Hp, Wp) slot-order probabilities -> (1 + S, L, H, W) at the input size."""
         p = unpad(probs, self._pad)
         if tuple(p.shape[-2:]) != self._shape:
-            p = F.interpolate(p.transpose(0, 1), size=self._shape, mode="bilinear", align_corners=False).transpose(0, 1)
+            p = F.interpolate(
+                p.transpose(0, 1), size=self._shape, mode="bilinear", align_corners=False
+            ).transpose(0, 1)
         return p
 
-    def _emit(self, indices: list[int], probs: torch.Tensor, core: InferenceCore) -> Iterator[tuple[int, np.ndarray]]:
+    def _emit(
+        self, indices: list[int], probs: torch.Tensor, core: InferenceCore
+    ) -> Iterator[tuple[int, np.ndarray]]:
         p = self._finish(probs, core)
         if self.output == "labels":
             labels = core.objects.labels(p).cpu().numpy()
@@ -204,11 +249,15 @@ class Segmenter:
                 self._proc = _processing_size(*self._shape, self.size)
                 for i, m in self._masks.items():
                     if m.shape != self._shape:
-                        raise ValueError(f"mask for frame {i}: size {m.shape[1]}x{m.shape[0]} differs from the "
-                                         f"frames' {self._shape[1]}x{self._shape[0]}")
+                        raise ValueError(
+                            f"mask for frame {i}: size {m.shape[1]}x{m.shape[0]} differs from the "
+                            f"frames' {self._shape[1]}x{self._shape[0]}"
+                        )
             elif tuple(f.shape[:2]) != self._shape:
-                raise ValueError(f"frame {t}: size {f.shape[1]}x{f.shape[0]} differs from the first frame's "
-                                 f"{self._shape[1]}x{self._shape[0]}")
+                raise ValueError(
+                    f"frame {t}: size {f.shape[1]}x{f.shape[0]} differs from the first frame's "
+                    f"{self._shape[1]}x{self._shape[0]}"
+                )
             if t < min(self._masks):  # a mask may still arrive for an earlier frame while streaming
                 yield self._background(t)
                 continue
@@ -228,12 +277,25 @@ class Segmenter:
             raise ValueError(f"mask given for frame {min(late)} but the video has only {n} frames")
 
 
-def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int, np.ndarray], *,
-            clip_length: int = 5, memory_every: int | None = None, pmm_segment: int | None = 5,
-            refine: bool = True, top_k: int = 20, output: Output = "labels", size: int | None = None,
-            max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES, device: str | torch.device | None = None,
-            frame_batch: int | None = None, precision: Precision = "fp32", adapt: int = 0,
-            adapt_seed: int = 0) -> np.ndarray:
+def segment(
+    model: PCVOS,
+    frames: np.ndarray | torch.Tensor,
+    masks: Mapping[int, np.ndarray],
+    *,
+    clip_length: int = 5,
+    memory_every: int | None = None,
+    pmm_segment: int | None = 5,
+    refine: bool = True,
+    top_k: int = 20,
+    output: Output = "labels",
+    size: int | None = None,
+    max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES,
+    device: str | torch.device | None = None,
+    frame_batch: int | None = None,
+    precision: Precision = "fp32",
+    adapt: int = 0,
+    adapt_seed: int = 0,
+) -> np.ndarray:
     """Segment a whole video in one call.
 
     ``frames``: uint8 (T, H, W, 3) RGB (numpy or torch); ``masks``: {frame index: (H, W) uint8
@@ -245,16 +307,29 @@ def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int,
     """
     arr = frames if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.ndim != 4 or arr.shape[-1] != 3 or (arr.dtype != np.uint8 and arr.dtype != torch.uint8):
-        raise ValueError(f"frames: expected a uint8 array of shape (T, H, W, 3), got dtype {arr.dtype} "
-                         f"and shape {tuple(arr.shape)}")
+        raise ValueError(
+            f"frames: expected a uint8 array of shape (T, H, W, 3), got dtype {arr.dtype} "
+            f"and shape {tuple(arr.shape)}"
+        )
     t, h, w = int(arr.shape[0]), int(arr.shape[1]), int(arr.shape[2])
     if t == 0:
         raise ValueError("frames: the video has no frames")
     if not masks:
         raise ValueError("masks: no mask given")
-    seg = Segmenter(model, clip_length=clip_length, memory_every=memory_every, pmm_segment=pmm_segment,
-                    refine=refine, top_k=top_k, size=size, max_memory_frames=max_memory_frames, output=output,
-                    device=device, frame_batch=frame_batch, precision=precision)
+    seg = Segmenter(
+        model,
+        clip_length=clip_length,
+        memory_every=memory_every,
+        pmm_segment=pmm_segment,
+        refine=refine,
+        top_k=top_k,
+        size=size,
+        max_memory_frames=max_memory_frames,
+        output=output,
+        device=device,
+        frame_batch=frame_batch,
+        precision=precision,
+    )
     for index, m in masks.items():
         if not 0 <= int(index) < t:
             raise ValueError(f"masks: frame index {index} out of range for a video of {t} frames")
@@ -266,6 +341,7 @@ def segment(model: PCVOS, frames: np.ndarray | torch.Tensor, masks: Mapping[int,
         # after the checks above, so bad input fails before any training; imported here because
         # the adaptation module imports this one
         from pcvos.inference.adapt import adapt as adapt_model
+
         seg.model = adapt_model(seg.model, arr, masks, adapt, seed=adapt_seed, size=size).eval()
     if output == "labels":
         out = np.zeros((t, h, w), np.uint8)

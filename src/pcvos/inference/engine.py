@@ -8,6 +8,7 @@ Direction is only an order: a backward run hands the clips over with decreasing 
 (each clip's frames in that order too) and everything else — the memory schedule, PMM's
 segments, ICR's temporal window — runs unchanged along the processing order.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,7 +51,7 @@ class InferenceConfig:
     top_k: int = 20
     max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES
     memory_eviction: Eviction = "usage"
-    frame_batch: int | None = None   # frames per encoder/decoder call; None: automatic (see below)
+    frame_batch: int | None = None  # frames per encoder/decoder call; None: automatic (see below)
     cpu_pixels_per_call: int = 480 * 864  # automatic CPU micro-batch: frames per call ~ this / (H*W)
     precision: Precision = "fp32"  # "bf16"/"fp16": the network's convolutions and matmuls autocast to it
 
@@ -60,8 +61,10 @@ class InferenceConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if int(self.clip_length) > MAX_CLIP_LENGTH:
-            raise ValueError(f"clip_length must be at most {MAX_CLIP_LENGTH} (a clip's features stay in memory "
-                             f"until it is decoded, so RAM grows with it), got {self.clip_length}")
+            raise ValueError(
+                f"clip_length must be at most {MAX_CLIP_LENGTH} (a clip's features stay in memory "
+                f"until it is decoded, so RAM grows with it), got {self.clip_length}"
+            )
         if self.memory_eviction not in ("usage", "oldest"):
             raise ValueError(f"memory_eviction must be 'usage' or 'oldest', got {self.memory_eviction!r}")
         for name in ("memory_every", "pmm_segment", "max_memory_frames", "frame_batch"):
@@ -83,10 +86,10 @@ class _Candidate:
     """A frame that becomes memory once it is known not to be the last frame."""
 
     index: int
-    image: torch.Tensor   # (1, 3, H, W) normalised, padded
-    key: torch.Tensor     # (HW, C_k)
-    f16: torch.Tensor     # (1, C16, h, w)
-    probs: torch.Tensor   # (S, H, W) object probabilities
+    image: torch.Tensor  # (1, 3, H, W) normalised, padded
+    key: torch.Tensor  # (HW, C_k)
+    f16: torch.Tensor  # (1, C16, h, w)
+    probs: torch.Tensor  # (S, H, W) object probabilities
 
 
 def _flat_keys(key: torch.Tensor) -> torch.Tensor:
@@ -104,10 +107,13 @@ class InferenceCore:
         self._device_type = next(network.parameters()).device.type
         config.validate(self._device_type)
         if config.refine and not network.has_refiner:
-            raise ValueError("this model has no intra-clip refinement (an STCN checkpoint?); use refine=False")
+            raise ValueError(
+                "this model has no intra-clip refinement (an STCN checkpoint?); use refine=False"
+            )
         self.objects = ObjectRegistry()
-        self.memory = MemoryStore(network.config.key_dim, network.config.value_dim, config.max_memory_frames,
-                                  config.memory_eviction)
+        self.memory = MemoryStore(
+            network.config.key_dim, network.config.value_dim, config.max_memory_frames, config.memory_eviction
+        )
         self.last_memory_frame: int | None = None
         self._pending: _Candidate | None = None
 
@@ -129,7 +135,9 @@ class InferenceCore:
             return length
         return max(1, min(length, self.config.cpu_pixels_per_call // pixels))
 
-    def _encode_keys(self, images: torch.Tensor) -> tuple[list[KeyFeatures], torch.Tensor, torch.Tensor | None]:
+    def _encode_keys(
+        self, images: torch.Tensor
+    ) -> tuple[list[KeyFeatures], torch.Tensor, torch.Tensor | None]:
         """Key features in micro-batches, plus the clip's matching and local keys joined.
 
         The large decoder features (f4, f8) stay in their micro-batches: joining them would copy
@@ -137,18 +145,27 @@ class InferenceCore:
         """
         step = self._frame_step(images.shape[0], images.shape[-2] * images.shape[-1], images.device)
         with self._net_precision():
-            parts = [self.net.encode_key(images[i:i + step], with_local=self.config.refine)
-                     for i in range(0, images.shape[0], step)]
+            parts = [
+                self.net.encode_key(images[i : i + step], with_local=self.config.refine)
+                for i in range(0, images.shape[0], step)
+            ]
         key = torch.cat([p.key for p in parts]) if len(parts) > 1 else parts[0].key
         local = None
         if self.config.refine:
             local = torch.cat([p.local for p in parts]) if len(parts) > 1 else parts[0].local
         return parts, key, local
 
-    def _add_memory(self, index: int, image: torch.Tensor, key: torch.Tensor, f16: torch.Tensor,
-                    probs: torch.Tensor, annotated: bool) -> torch.Tensor:
+    def _add_memory(
+        self,
+        index: int,
+        image: torch.Tensor,
+        key: torch.Tensor,
+        f16: torch.Tensor,
+        probs: torch.Tensor,
+        annotated: bool,
+    ) -> torch.Tensor:
         with self._net_precision():
-            values = self.net.encode_value(image, f16, probs)          # (S, C_v, h, w)
+            values = self.net.encode_value(image, f16, probs)  # (S, C_v, h, w)
         values = values.permute(2, 3, 0, 1).reshape(key.shape[0], -1).float()  # (HW, S * C_v)
         self.memory.add(index, key, values, annotated)
         self.last_memory_frame = index
@@ -176,11 +193,11 @@ class InferenceCore:
             temp = None
             if temp_keys:
                 temp = MemoryBlock.from_keys(torch.cat(temp_keys), torch.cat(temp_vals))
-            r = self.memory.read(queries[start * hw:stop * hw], groups, cfg.top_k, temp)  # (n*hw, S, C_v)
+            r = self.memory.read(queries[start * hw : stop * hw], groups, cfg.top_k, temp)  # (n*hw, S, C_v)
             out.append(r)
             if cfg.pmm_segment is not None and stop - start == seg and stop < length:
                 # the segment's last frame joins a temporary memory read by the rest of the clip
-                temp_keys.append(queries[(stop - 1) * hw:stop * hw])
+                temp_keys.append(queries[(stop - 1) * hw : stop * hw])
                 temp_vals.append(r[-hw:].reshape(hw, -1))
         r = torch.cat(out) if len(out) > 1 else out[0]
         s, cv = r.shape[1], r.shape[2]
@@ -193,15 +210,16 @@ class InferenceCore:
         for feats in parts:
             n = feats.key.shape[0]
             with self._net_precision():
-                logits = self.net.decode(readout[:, start:start + n], feats)
+                logits = self.net.decode(readout[:, start : start + n], feats)
             out.append(torch.sigmoid(logits.float()))
             start += n
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     # -- the clip step ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def process_clip(self, indices: list[int], images: torch.Tensor,
-                     mask: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
+    def process_clip(
+        self, indices: list[int], images: torch.Tensor, mask: tuple[torch.Tensor, list[int]] | None = None
+    ) -> torch.Tensor:
         """Segment one clip.
 
         ``indices``: the clip's frame numbers in processing order; ``images`` (L, 3, H, W) normalised and
@@ -218,7 +236,7 @@ class InferenceCore:
             if self.config.refine:
                 with self._net_precision():
                     readout = self.net.refine(local, readout)
-            probs = aggregate(self._decode(readout, parts), dim=0)   # (1 + S, L, H, W)
+            probs = aggregate(self._decode(readout, parts), dim=0)  # (1 + S, L, H, W)
         else:
             probs = images.new_zeros(1, length, *images.shape[-2:])
             probs[0] = 1
@@ -229,15 +247,24 @@ class InferenceCore:
         if mask is not None:
             probs = self._merge_mask(probs, mask, last)
             self._add_memory(last, images[-1:], keys_last, f16_last, probs[1:, -1], annotated=True)
-        elif (self.last_memory_frame is not None
-              and abs(last - self.last_memory_frame) >= self.config.memory_interval):  # either direction
+        elif (
+            self.last_memory_frame is not None
+            and abs(last - self.last_memory_frame) >= self.config.memory_interval
+        ):  # either direction
             # copies, so the clip's tensors are freed while the candidate waits
-            self._pending = _Candidate(last, images[-1:].clone(), keys_last, f16_last.clone(), probs[1:, -1].clone())
+            self._pending = _Candidate(
+                last, images[-1:].clone(), keys_last, f16_last.clone(), probs[1:, -1].clone()
+            )
         return probs
 
     @torch.inference_mode()
-    def add_keyframe(self, index: int, image: torch.Tensor | None, mask: tuple[torch.Tensor | None, list[int]],
-                     encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_keyframe(
+        self,
+        index: int,
+        image: torch.Tensor | None,
+        mask: tuple[torch.Tensor | None, list[int]],
+        encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Put an annotated frame into memory as it is, without predicting it.
 
         ``image`` (1, 3, H, W) normalised and padded; ``mask``: ``(onehot (n, H, W), ids)``, which
@@ -267,7 +294,9 @@ class InferenceCore:
         self._commit_pending()
         self.last_memory_frame = index
 
-    def _merge_mask(self, probs: torch.Tensor, mask: tuple[torch.Tensor, list[int]], index: int) -> torch.Tensor:
+    def _merge_mask(
+        self, probs: torch.Tensor, mask: tuple[torch.Tensor, list[int]], index: int
+    ) -> torch.Tensor:
         """Write the given masks into the last frame: given objects take their mask, others are
         zeroed inside it and keep their prediction elsewhere; then re-aggregate."""
         onehot, ids = mask

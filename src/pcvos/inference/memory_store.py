@@ -1,4 +1,5 @@
 """The permanent memory of one video: keys shared by all objects, values per object slot."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ class MemoryStore:
     as XMem/Cutie rank long-term memory), ``"oldest"`` the oldest frame.
     """
 
-    def __init__(self, key_dim: int, value_dim: int, max_frames: int | None = None,
-                 eviction: Eviction = "usage") -> None:
+    def __init__(
+        self, key_dim: int, value_dim: int, max_frames: int | None = None, eviction: Eviction = "usage"
+    ) -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError("max_memory_frames must be at least 1")
         if eviction not in ("usage", "oldest"):
@@ -98,17 +100,19 @@ class MemoryStore:
         self._keys, self._sq, self._vals, self._usage = keys, sq, vals, usage
         self._slots = max(slots, self._slots)
 
-    def add(self, frame_index: int, keys: torch.Tensor, values: torch.Tensor, annotated: bool = False) -> None:
+    def add(
+        self, frame_index: int, keys: torch.Tensor, values: torch.Tensor, annotated: bool = False
+    ) -> None:
         """Add one frame: ``keys`` (HW, C_k), ``values`` (HW, S * C_v) for its first S slots."""
         rows = keys.shape[0]
         slots = values.shape[1] // self.value_dim
         self._grow(self._rows + rows, slots, keys, rows)
         r0 = self._rows
-        self._keys[r0:r0 + rows] = keys
-        self._sq[r0:r0 + rows] = keys.pow(2).sum(-1)
-        self._vals[r0:r0 + rows, : values.shape[1]] = values
-        self._vals[r0:r0 + rows, values.shape[1]:] = 0
-        self._usage[r0:r0 + rows] = 0
+        self._keys[r0 : r0 + rows] = keys
+        self._sq[r0 : r0 + rows] = keys.pow(2).sum(-1)
+        self._vals[r0 : r0 + rows, : values.shape[1]] = values
+        self._vals[r0 : r0 + rows, values.shape[1] :] = 0
+        self._usage[r0 : r0 + rows] = 0
         self._rows += rows
         self.frames.append(_FrameEntry(frame_index, rows, annotated, self._reads))
         if self.max_frames is not None and len(self.frames) > self.max_frames:
@@ -129,7 +133,7 @@ class MemoryStore:
             elif reads == 0:
                 scores.append(float("inf"))
             else:
-                scores.append(float(rows.sum()) / (1.0 - USAGE_DECAY ** reads))
+                scores.append(float(rows.sum()) / (1.0 - USAGE_DECAY**reads))
         return scores
 
     def _victim(self) -> int | None:
@@ -137,7 +141,9 @@ class MemoryStore:
         cap leaves room for them beside the annotated frames (so the cap always holds)."""
         annotated = sum(e.annotated for e in self.frames)
         keep_newest = max(0, min(KEEP_NEWEST, self.max_frames - annotated))
-        candidates = [pos for pos, e in enumerate(self.frames[: len(self.frames) - keep_newest]) if not e.annotated]
+        candidates = [
+            pos for pos, e in enumerate(self.frames[: len(self.frames) - keep_newest]) if not e.annotated
+        ]
         if not candidates:
             return None
         if self.eviction == "oldest":
@@ -151,7 +157,7 @@ class MemoryStore:
         b, n = a + entry.rows, self._rows
         # shift the rows after the dropped frame down (in place, small next to compute)
         for buf in (self._keys, self._sq, self._vals, self._usage):
-            buf[a:n - entry.rows] = buf[b:n].clone()
+            buf[a : n - entry.rows] = buf[b:n].clone()
         self._rows -= entry.rows
         del self.frames[pos]
 
@@ -166,10 +172,13 @@ class MemoryStore:
 
     def block(self, offset: int = 0) -> MemoryBlock:
         n = self._rows
-        return MemoryBlock(self._keys[offset:n], self._sq[offset:n], self._vals[offset:n, : self._slots * self.value_dim])
+        return MemoryBlock(
+            self._keys[offset:n], self._sq[offset:n], self._vals[offset:n, : self._slots * self.value_dim]
+        )
 
-    def read(self, query: torch.Tensor, groups: dict[int, list[int]], top_k: int,
-             temp: MemoryBlock | None = None) -> torch.Tensor:
+    def read(
+        self, query: torch.Tensor, groups: dict[int, list[int]], top_k: int, temp: MemoryBlock | None = None
+    ) -> torch.Tensor:
         """Read for every object slot: ``query`` (M, C_k) -> (M, slots, C_v).
 
         ``groups`` maps each first frame to its slots (see ``ObjectRegistry.groups``); each group

@@ -3,6 +3,7 @@
 Slots are handed out in order of first appearance, so objects can enter at any frame and ids
 need not be contiguous; outputs are reported by ascending id.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ class ObjectRegistry:
     """Maps user object ids (1..255) to consecutive tensor slots."""
 
     def __init__(self) -> None:
-        self._ids: list[int] = []          # slot -> id
+        self._ids: list[int] = []  # slot -> id
         self._first_frame: list[int] = []  # slot -> frame where it was given
 
     def __len__(self) -> int:

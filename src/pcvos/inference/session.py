@@ -7,6 +7,7 @@ neighbouring keyframes or to the video's ends, reading all keyframes (both sides
 plus its own per-clip memory, as MiVOS does. Correcting a frame is ``set_mask`` then
 ``propagate`` from it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,8 +97,10 @@ class _FolderFrames(_FrameCache):
             path = self.folder.frame_paths[i]
             frame = read_frame(path)
             if frame.shape[:2] != self.size:
-                raise ValueError(f"{path}: frame size {frame.shape[0]}x{frame.shape[1]} differs from the first "
-                                 f"frame's {self.size[0]}x{self.size[1]}")
+                raise ValueError(
+                    f"{path}: frame size {frame.shape[0]}x{frame.shape[1]} differs from the first "
+                    f"frame's {self.size[0]}x{self.size[1]}"
+                )
             out[i] = frame
         return out
 
@@ -163,8 +166,10 @@ class _ArrayFrames:
     def __init__(self, frames: np.ndarray | torch.Tensor) -> None:
         arr = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"frames: expected a uint8 array of shape (T, H, W, 3), got dtype {arr.dtype} "
-                             f"and shape {tuple(arr.shape)}")
+            raise ValueError(
+                f"frames: expected a uint8 array of shape (T, H, W, 3), got dtype {arr.dtype} "
+                f"and shape {tuple(arr.shape)}"
+            )
         if arr.shape[0] == 0:
             raise ValueError("frames: the video has no frames")
         self._arr = arr
@@ -178,8 +183,9 @@ class _ArrayFrames:
         return self._arr[index]
 
 
-def _open_source(frames: np.ndarray | torch.Tensor | str | os.PathLike,
-                 cache_frames: int) -> _ArrayFrames | _FrameCache:
+def _open_source(
+    frames: np.ndarray | torch.Tensor | str | os.PathLike, cache_frames: int
+) -> _ArrayFrames | _FrameCache:
     if isinstance(frames, (str, os.PathLike)):
         source = open_frames(frames)  # checks the path: missing, not a video, no frames
         if isinstance(source, FrameFolder):
@@ -217,28 +223,51 @@ class Session:
     Labels are kept for every segmented frame at the input size (uint8, H*W bytes a frame).
     """
 
-    def __init__(self, model: PCVOS, frames: np.ndarray | torch.Tensor | str | os.PathLike, *,
-                 clip_length: int = 5, size: int | None = None, device: str | torch.device | None = None,
-                 precision: Precision = "fp32", memory_every: int | None = None, pmm_segment: int | None = 5,
-                 refine: bool = True, top_k: int = 20,
-                 max_memory_frames: int | None = InferenceConfig.max_memory_frames,
-                 frame_batch: int | None = None, cache_frames: int = DEFAULT_CACHE_FRAMES) -> None:
+    def __init__(
+        self,
+        model: PCVOS,
+        frames: np.ndarray | torch.Tensor | str | os.PathLike,
+        *,
+        clip_length: int = 5,
+        size: int | None = None,
+        device: str | torch.device | None = None,
+        precision: Precision = "fp32",
+        memory_every: int | None = None,
+        pmm_segment: int | None = 5,
+        refine: bool = True,
+        top_k: int = 20,
+        max_memory_frames: int | None = InferenceConfig.max_memory_frames,
+        frame_batch: int | None = None,
+        cache_frames: int = DEFAULT_CACHE_FRAMES,
+    ) -> None:
         # the Segmenter validates the settings, places the model and owns the frame and mask
         # preprocessing, so a session computes exactly what pcvos.segment does
-        self._seg = Segmenter(model, clip_length=clip_length, memory_every=memory_every, pmm_segment=pmm_segment,
-                              refine=refine, top_k=top_k, size=size, max_memory_frames=max_memory_frames,
-                              device=device, frame_batch=frame_batch, precision=precision)
+        self._seg = Segmenter(
+            model,
+            clip_length=clip_length,
+            memory_every=memory_every,
+            pmm_segment=pmm_segment,
+            refine=refine,
+            top_k=top_k,
+            size=size,
+            max_memory_frames=max_memory_frames,
+            device=device,
+            frame_batch=frame_batch,
+            precision=precision,
+        )
         self._frames = _open_source(frames, cache_frames)
         self._seg._shape = self._frames.size
         self._seg._proc = _processing_size(*self._frames.size, size)
         self._keyframes: dict[int, np.ndarray] = {}
         self._labels: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()        # guards _keyframes, _labels, _cancels
-        self._run_lock = threading.Lock()    # one run at a time
+        self._lock = threading.Lock()  # guards _keyframes, _labels, _cancels
+        self._run_lock = threading.Lock()  # one run at a time
         self._cancels: set[threading.Event] = set()
         # keyframe memory (keys, values) by (frame, object ids), with the mask it was encoded
         # from: a run reads every keyframe, so corrections would otherwise re-encode them all
-        self._encoded: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._encoded: dict[
+            tuple[int, tuple[int, ...]], tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]
+        ] = {}
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -280,7 +309,9 @@ class Session:
         if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
             raise ValueError(f"{what} index must be an integer, got {t!r}")
         if not 0 <= int(t) < self.num_frames:
-            raise ValueError(f"{what} {t} out of range: the video has {self.num_frames} frames (0..{self.num_frames - 1})")
+            raise ValueError(
+                f"{what} {t} out of range: the video has {self.num_frames} frames (0..{self.num_frames - 1})"
+            )
         return int(t)
 
     # -- masks ------------------------------------------------------------------------------------
@@ -291,8 +322,10 @@ class Session:
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
             raise ValueError(f"{what} for frame {t}: expected integer labels, got dtype {arr.dtype}")
         if arr.shape != self.size:
-            raise ValueError(f"{what} for frame {t}: size {arr.shape[1]}x{arr.shape[0]} differs from the video's "
-                             f"{self.size[1]}x{self.size[0]}")
+            raise ValueError(
+                f"{what} for frame {t}: size {arr.shape[1]}x{arr.shape[0]} differs from the video's "
+                f"{self.size[1]}x{self.size[0]}"
+            )
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise ValueError(f"{what} for frame {t}: labels must lie in 0..255")
         return arr.astype(np.uint8)  # always a copy: the caller may go on editing its array
@@ -373,8 +406,14 @@ class Session:
             keys = set(self._keyframes)
         return [i for s in steps for i in self._frames_of(t, s, until, keys, self.num_frames)]
 
-    def propagate(self, t: int, *, direction: Direction = "both", until: Until = "keyframe",
-                  objects: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def propagate(
+        self,
+        t: int,
+        *,
+        direction: Direction = "both",
+        until: Until = "keyframe",
+        objects: Sequence[int] | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Propagate from keyframe ``t``; returns an iterator of ``(index, labels)`` in processing order.
 
         Consuming it does the work, clip by clip; each yielded frame is already stored (see
@@ -421,8 +460,16 @@ class Session:
             for event in self._cancels:
                 event.set()
 
-    def _run(self, t: int, steps: list[int], until: str, ids: list[int], subset: bool,
-             keyframes: dict[int, np.ndarray], cancel: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
+    def _run(
+        self,
+        t: int,
+        steps: list[int],
+        until: str,
+        ids: list[int],
+        subset: bool,
+        keyframes: dict[int, np.ndarray],
+        cancel: threading.Event,
+    ) -> Iterator[tuple[int, np.ndarray]]:
         if not self._run_lock.acquire(blocking=False):
             with self._lock:
                 self._cancels.discard(cancel)
@@ -443,8 +490,16 @@ class Session:
         return _check_frame(torch.from_numpy(np.ascontiguousarray(self._frames[i])), i)
 
     @torch.inference_mode()
-    def _run_direction(self, t: int, step: int, until: str, ids: list[int], subset: bool,
-                       keyframes: dict[int, np.ndarray], cancel: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
+    def _run_direction(
+        self,
+        t: int,
+        step: int,
+        until: str,
+        ids: list[int],
+        subset: bool,
+        keyframes: dict[int, np.ndarray],
+        cancel: threading.Event,
+    ) -> Iterator[tuple[int, np.ndarray]]:
         seg = self._seg
         core = InferenceCore(seg.model, seg.config)
         # every keyframe, farthest first and the start last (the memory schedule counts from it);
@@ -457,7 +512,9 @@ class Session:
             if hit is not None and hit[0] is keyframes[k]:
                 core.add_keyframe(k, None, (None, ids), encoded=hit[1])
                 continue
-            encoded = core.add_keyframe(k, seg._prepare([self._frame(k)]), seg._prepare_mask(keyframes[k], ids))
+            encoded = core.add_keyframe(
+                k, seg._prepare([self._frame(k)]), seg._prepare_mask(keyframes[k], ids)
+            )
             with self._lock:
                 if self._keyframes.get(k) is keyframes[k]:  # not replaced while this run encoded it
                     self._encoded[cache_key] = (keyframes[k], encoded)
@@ -489,8 +546,9 @@ class Session:
         if clip:
             yield from flush()
 
-    def _store(self, clip: list[int], labels: np.ndarray, ids: list[int],
-               subset: bool) -> Iterator[tuple[int, np.ndarray]]:
+    def _store(
+        self, clip: list[int], labels: np.ndarray, ids: list[int], subset: bool
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Write a clip's labels in one step under the lock, then yield them."""
         done = []
         with self._lock:

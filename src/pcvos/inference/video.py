@@ -2,6 +2,7 @@
 
 This is the job behind ``pcvos segment``; it is usable from Python too (:func:`segment_video`).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,15 @@ from PIL import Image
 
 from pcvos.cli_types import resolve_device
 from pcvos.data.frames import VIDEO_EXTENSIONS, FrameFolder, VideoWriter, open_frames
-from pcvos.data.io_utils import (MANIFEST_NAME, atomic_write, atomic_write_text, check_writable, read_manifest,
-                                 save_indexed_png, write_manifest)
+from pcvos.data.io_utils import (
+    MANIFEST_NAME,
+    atomic_write,
+    atomic_write_text,
+    check_writable,
+    read_manifest,
+    save_indexed_png,
+    write_manifest,
+)
 from pcvos.data.masks import parse_mask, read_color_mask, resize_labels
 from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
@@ -72,7 +80,7 @@ class SegmentOptions:
     alpha: Path | None = None
     quiet: bool = False
     backward: bool = False  # fill the frames before each object's first mask by backward propagation
-    adapt: int = 0          # test-time adaptation steps on the annotated frames (pcvos.adapt); 0: off
+    adapt: int = 0  # test-time adaptation steps on the annotated frames (pcvos.adapt); 0: off
     adapt_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,14 +98,19 @@ def _check_survives(path: Path, labels: np.ndarray, processing: tuple[int, int])
     lost = sorted(set(np.unique(labels).tolist()) - set(np.unique(small).tolist()) - {0})
     if lost:
         pixels = int(np.isin(labels, lost).sum())
-        raise InputError(f"{path}: object {', '.join(map(str, lost))} ({pixels} pixels) vanishes at the processing "
-                         f"size {processing[1]}x{processing[0]}; draw it larger, or pass a larger --size "
-                         "(or --size native)")
+        raise InputError(
+            f"{path}: object {', '.join(map(str, lost))} ({pixels} pixels) vanishes at the processing "
+            f"size {processing[1]}x{processing[0]}; draw it larger, or pass a larger --size "
+            "(or --size native)"
+        )
 
 
-def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: int | None,
-               processing_size: tuple[int, int] | None = None
-               ) -> tuple[dict[int, np.ndarray], list[dict[str, Any]]]:
+def load_masks(
+    specs: list[MaskSpec],
+    frame_size: tuple[int, int],
+    num_frames: int | None,
+    processing_size: tuple[int, int] | None = None,
+) -> tuple[dict[int, np.ndarray], list[dict[str, Any]]]:
     """Read mask files into {frame: label map at ``frame_size``} and describe the objects found.
 
     Indexed masks keep their ids (the same id in two files is the same object); each binary mask
@@ -121,8 +134,10 @@ def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: i
         if spec.frame < 0:
             raise InputError(f"{path}: --mask-frame {spec.frame} is negative; frames are numbered from 0")
         if num_frames is not None and spec.frame >= num_frames:
-            raise InputError(f"{path}: --mask-frame {spec.frame} is beyond the video "
-                             f"({num_frames} frames, numbered from 0)")
+            raise InputError(
+                f"{path}: --mask-frame {spec.frame} is beyond the video "
+                f"({num_frames} frames, numbered from 0)"
+            )
         try:
             if _is_colour(path):
                 labels, colours = read_color_mask(path, colours)
@@ -139,19 +154,26 @@ def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: i
         labels = np.where(labels == 255, 0, labels).astype(np.uint8)  # void is not an object
         ids = [int(i) for i in np.unique(labels) if i != 0]
         if not ids:
-            raise InputError(f"{path}: the mask holds no object (every pixel is background); "
-                             "paint the object(s) with non-zero values")
+            raise InputError(
+                f"{path}: the mask holds no object (every pixel is background); "
+                "paint the object(s) with non-zero values"
+            )
         if kind == "colour mask" and len(ids) > MAX_COLOUR_MASK_OBJECTS:
-            raise InputError(f"{path}: colour mask with {len(ids)} distinct colours, more than the "
-                             f"{MAX_COLOUR_MASK_OBJECTS} objects a colour mask may hold (a photo or a soft mask?); "
-                             "paint each object one flat colour, or save an indexed PNG")
+            raise InputError(
+                f"{path}: colour mask with {len(ids)} distinct colours, more than the "
+                f"{MAX_COLOUR_MASK_OBJECTS} objects a colour mask may hold (a photo or a soft mask?); "
+                "paint each object one flat colour, or save an indexed PNG"
+            )
         if labels.shape != (h, w):
             mh, mw = labels.shape
             if abs(mh * w - mw * h) > max(h, w):  # aspect ratios differ by more than a pixel
-                raise InputError(f"{path}: mask is {mw}x{mh} but the frames are {w}x{h} (a different "
-                                 "aspect ratio); save the mask at the video's size")
-            warnings.warn(f"{path}: mask is {mw}x{mh}, frames are {w}x{h}; resized with nearest neighbour",
-                          stacklevel=2)
+                raise InputError(
+                    f"{path}: mask is {mw}x{mh} but the frames are {w}x{h} (a different "
+                    "aspect ratio); save the mask at the video's size"
+                )
+            warnings.warn(
+                f"{path}: mask is {mw}x{mh}, frames are {w}x{h}; resized with nearest neighbour", stacklevel=2
+            )
             labels = resize_labels(labels, (h, w))
         if processing_size is not None:
             _check_survives(path, labels, processing_size)
@@ -172,8 +194,10 @@ def load_masks(specs: list[MaskSpec], frame_size: tuple[int, int], num_frames: i
                 objects.append({"id": dst, "first_frame": spec.frame, "mask": str(path), "kind": kind})
                 used.add(dst)
         if len(used) > MAX_OBJECTS:
-            raise InputError(f"{path}: more than {MAX_OBJECTS} objects in the masks; the indexed PNG "
-                             "output format holds at most 254")
+            raise InputError(
+                f"{path}: more than {MAX_OBJECTS} objects in the masks; the indexed PNG "
+                "output format holds at most 254"
+            )
         if spec.frame in masks:  # several files for one frame: later files paint over earlier ones
             prev = masks[spec.frame]
             out = np.where(out > 0, out, prev)
@@ -202,10 +226,10 @@ class _OutputFolder:
     """One output folder: what earlier runs of pcvos wrote there and what this run will write."""
 
     path: Path
-    what: str                   # the option that names it, for messages
-    planned: set[str]           # names this run writes (all of them when the frame count is known)
+    what: str  # the option that names it, for messages
+    planned: set[str]  # names this run writes (all of them when the frame count is known)
     pattern: re.Pattern | None  # names this run may write when the frame count is not known
-    nested: bool = False        # files sit one sub-folder down (cut-outs: <id>/<frame>.png)
+    nested: bool = False  # files sit one sub-folder down (cut-outs: <id>/<frame>.png)
     owned: set[str] = field(default_factory=set)  # earlier runs' files (from the manifest) still there
 
     def claims(self, name: str) -> bool:
@@ -224,16 +248,22 @@ class _OutputFolder:
             except ValueError:
                 continue
             if name in self.owned or self.claims(name):
-                raise InputError(f"{path}: is an input but also a file this run would replace in {self.what} "
-                                 f"{self.path}; copy it elsewhere or choose another {self.what}")
+                raise InputError(
+                    f"{path}: is an input but also a file this run would replace in {self.what} "
+                    f"{self.path}; copy it elsewhere or choose another {self.what}"
+                )
         foreign = sorted(n for n in existing - self.owned if self.claims(n))
         if foreign:
             more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-            raise InputError(f"{self.path / foreign[0]}: exists and pcvos has no record of writing it{more}; "
-                             f"pcvos replaces only its own results: move it away or choose another {self.what}")
+            raise InputError(
+                f"{self.path / foreign[0]}: exists and pcvos has no record of writing it{more}; "
+                f"pcvos replaces only its own results: move it away or choose another {self.what}"
+            )
         if self.owned and not overwrite:
-            raise InputError(f"{self.path}: already holds results; pass --overwrite to replace them "
-                             f"or choose another {self.what}")
+            raise InputError(
+                f"{self.path}: already holds results; pass --overwrite to replace them "
+                f"or choose another {self.what}"
+            )
 
     def start(self) -> None:
         """Create the folder, record this run's files, then remove the earlier run's (summary first)."""
@@ -255,8 +285,9 @@ class _OutputFolder:
 
 def _check_overlay(path: Path, overwrite: bool, inputs: list[Path]) -> None:
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise InputError(f"{path}: the overlay is a video; give it one of the extensions "
-                         f"{', '.join(VIDEO_EXTENSIONS)}")
+        raise InputError(
+            f"{path}: the overlay is a video; give it one of the extensions {', '.join(VIDEO_EXTENSIONS)}"
+        )
     if path.is_dir():
         raise InputError(f"{path}: is a folder; --overlay takes a video file name")
     if any(path.resolve() == p.resolve() for p in inputs):
@@ -281,15 +312,25 @@ def _frame_names(source: Any) -> list[str] | None:
     for path in source.frame_paths:
         other = seen.setdefault(path.stem, path)
         if other is not path:
-            raise InputError(f"{other} and {path.name}: two frames with the same name {path.stem!r} would write the "
-                             f"same mask {path.stem}.png; rename or remove one")
+            raise InputError(
+                f"{other} and {path.name}: two frames with the same name {path.stem!r} would write the "
+                f"same mask {path.stem}.png; rename or remove one"
+            )
     return [p.stem for p in source.frame_paths]
 
 
-def _with_backward_fill(seg: Segmenter, model: PCVOS, source: Any, input_path: Path,
-                        mask_maps: dict[int, np.ndarray], objects: list[dict[str, Any]],
-                        opt: SegmentOptions, size: int | None, device: torch.device,
-                        pending: dict[int, np.ndarray] | None) -> Iterator[tuple[int, np.ndarray]]:
+def _with_backward_fill(
+    seg: Segmenter,
+    model: PCVOS,
+    source: Any,
+    input_path: Path,
+    mask_maps: dict[int, np.ndarray],
+    objects: list[dict[str, Any]],
+    opt: SegmentOptions,
+    size: int | None,
+    device: torch.device,
+    pending: dict[int, np.ndarray] | None,
+) -> Iterator[tuple[int, np.ndarray]]:
     """``seg.process`` with the frames before each object's first mask filled backward.
 
     The forward pass is the plain one. Then the objects first given at a frame f > 0 are
@@ -306,10 +347,19 @@ def _with_backward_fill(seg: Segmenter, model: PCVOS, source: Any, input_path: P
     for o in objects:
         first.setdefault(int(o["first_frame"]), []).append(int(o["id"]))
     for f in sorted(k for k in first if k > 0):
-        session = Session(model, input_path, clip_length=opt.clip_length, memory_every=opt.memory_every,
-                          pmm_segment=seg.config.pmm_segment, refine=seg.config.refine, top_k=opt.top_k,
-                          size=size, max_memory_frames=opt.max_memory_frames, device=device,
-                          precision=opt.precision)
+        session = Session(
+            model,
+            input_path,
+            clip_length=opt.clip_length,
+            memory_every=opt.memory_every,
+            pmm_segment=seg.config.pmm_segment,
+            refine=seg.config.refine,
+            top_k=opt.top_k,
+            size=size,
+            max_memory_frames=opt.max_memory_frames,
+            device=device,
+            precision=opt.precision,
+        )
         for k in mask_maps:
             if k >= f:
                 session.set_mask(k, results[k])
@@ -327,9 +377,14 @@ def _with_backward_fill(seg: Segmenter, model: PCVOS, source: Any, input_path: P
         yield index, results.pop(index)
 
 
-def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], out_dir: str | Path,
-                  options: SegmentOptions | None = None,
-                  progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+def segment_video(
+    model: PCVOS,
+    input_path: str | Path,
+    masks: list[MaskSpec],
+    out_dir: str | Path,
+    options: SegmentOptions | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> dict[str, Any]:
     """Segment ``input_path`` (a video file or a folder of frames) and write the results.
 
     Writes one indexed PNG per frame into ``out_dir`` (each atomically, as soon as its clip is
@@ -357,7 +412,9 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         num_frames = None
     if num_frames == 0:
         raise InputError(f"{input_path}: no frames")
-    exact = num_frames if getattr(source, "num_frames_exact", True) else None  # estimates are only for progress
+    exact = (
+        num_frames if getattr(source, "num_frames_exact", True) else None
+    )  # estimates are only for progress
     names = _frame_names(source)
     size = opt.size if opt.size is not None and opt.size < min(h, w) else None
     try:
@@ -371,15 +428,30 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
     inputs = [input_path, *(m.path for m in masks)]
     for folder, what in ((out_dir, "--out"), (opt.alpha, "--alpha")):
         if folder is not None and input_path.is_dir() and _inside(folder, input_path):
-            raise InputError(f"{folder}: {what} is inside the input folder {input_path}; choose a folder outside it")
+            raise InputError(
+                f"{folder}: {what} is inside the input folder {input_path}; choose a folder outside it"
+            )
     if opt.alpha is not None and opt.alpha.resolve() == out_dir.resolve():
         raise InputError(f"{opt.alpha}: --alpha must be another folder than --out")
     known = names if names is not None else [f"{i:05d}" for i in range(exact)] if exact is not None else []
-    folders = [_OutputFolder(out_dir, "--out", {f"{n}.png" for n in known} | {SUMMARY_NAME},
-                             _VIDEO_MASK_NAME if names is None and exact is None else None)]
+    folders = [
+        _OutputFolder(
+            out_dir,
+            "--out",
+            {f"{n}.png" for n in known} | {SUMMARY_NAME},
+            _VIDEO_MASK_NAME if names is None and exact is None else None,
+        )
+    ]
     if opt.alpha is not None:
-        folders.append(_OutputFolder(opt.alpha, "--alpha", {f"{o:03d}/{n}.png" for o in ids for n in known},
-                                     _VIDEO_CUTOUT_NAME if names is None and exact is None else None, nested=True))
+        folders.append(
+            _OutputFolder(
+                opt.alpha,
+                "--alpha",
+                {f"{o:03d}/{n}.png" for o in ids for n in known},
+                _VIDEO_CUTOUT_NAME if names is None and exact is None else None,
+                nested=True,
+            )
+        )
     for folder in folders:
         folder.inspect(opt.overwrite, inputs)
     if opt.overlay is not None:
@@ -391,12 +463,28 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
     if opt.adapt:
         # after every input and output check, so a bad run fails before the training; the
         # adapted copy serves the whole run (backward fill included)
-        model = adapt_model(model.to(device), read_keyframes(source, mask_maps), mask_maps, opt.adapt,
-                            seed=opt.adapt_seed, size=size, progress=not opt.quiet)
+        model = adapt_model(
+            model.to(device),
+            read_keyframes(source, mask_maps),
+            mask_maps,
+            opt.adapt,
+            seed=opt.adapt_seed,
+            size=size,
+            progress=not opt.quiet,
+        )
 
-    seg = Segmenter(model, clip_length=opt.clip_length, memory_every=opt.memory_every,
-                    refine=model.has_refiner, pmm_segment=5 if model.has_refiner else None, top_k=opt.top_k,
-                    size=size, max_memory_frames=opt.max_memory_frames, device=device, precision=opt.precision)
+    seg = Segmenter(
+        model,
+        clip_length=opt.clip_length,
+        memory_every=opt.memory_every,
+        refine=model.has_refiner,
+        pmm_segment=5 if model.has_refiner else None,
+        top_k=opt.top_k,
+        size=size,
+        max_memory_frames=opt.max_memory_frames,
+        device=device,
+        precision=opt.precision,
+    )
     for frame_index, m in mask_maps.items():
         seg.add_mask(frame_index, m)
 
@@ -412,8 +500,10 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         try:
             fn()
         except OSError as exc:  # full disk, folder removed or made read-only mid-run
-            raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); the results before it are "
-                              "complete, summary.json is not written") from exc
+            raise OutputError(
+                f"{path}: cannot write ({exc.strerror or exc}); the results before it are "
+                "complete, summary.json is not written"
+            ) from exc
 
     for folder in folders:
         write(folder.path, folder.start)
@@ -427,16 +517,25 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
     done = 0
     try:
         keep = pending if opt.overlay is not None or opt.alpha is not None else None
-        results = (_with_backward_fill(seg, model, source, input_path, mask_maps, objects, opt, seg.size, device, keep)
-                   if opt.backward else seg.process(frames()))
+        results = (
+            _with_backward_fill(
+                seg, model, source, input_path, mask_maps, objects, opt, seg.size, device, keep
+            )
+            if opt.backward
+            else seg.process(frames())
+        )
         for index, labels in results:
             name = names[index] if names is not None else f"{index:05d}"
             if names is None and f"{name}.png" not in folders[0].planned:  # longer than its estimate
                 block = [f"{i:05d}" for i in range(index, 2 * index + 1)]
                 write(out_dir, lambda block=block: folders[0].claim({f"{n}.png" for n in block}))
                 if opt.alpha is not None:
-                    write(opt.alpha, lambda block=block: folders[1].claim(
-                        {f"{o:03d}/{n}.png" for o in ids for n in block}))
+                    write(
+                        opt.alpha,
+                        lambda block=block: folders[1].claim(
+                            {f"{o:03d}/{n}.png" for o in ids for n in block}
+                        ),
+                    )
             write(out_dir / f"{name}.png", lambda: save_indexed_png(out_dir / f"{name}.png", labels))
             frame = pending.pop(index, None)
             if writer is not None:
@@ -445,8 +544,12 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
                 for obj in ids:
                     cut = rgba_cutout(frame, labels, obj)
                     path = opt.alpha / f"{obj:03d}" / f"{name}.png"
-                    write(path, lambda cut=cut, path=path: atomic_write(
-                        path, lambda tmp: Image.fromarray(cut, "RGBA").save(tmp, format="PNG")))
+                    write(
+                        path,
+                        lambda cut=cut, path=path: atomic_write(
+                            path, lambda tmp: Image.fromarray(cut, "RGBA").save(tmp, format="PNG")
+                        ),
+                    )
             done += 1
             if progress is not None:
                 progress(done, num_frames)
@@ -464,12 +567,25 @@ def segment_video(model: PCVOS, input_path: str | Path, masks: list[MaskSpec], o
         "objects": objects,
         "seconds": round(seconds, 3),
         "fps": round(done / seconds, 3) if seconds > 0 else None,
-        "settings": {"clip_length": opt.clip_length, "memory_every": opt.memory_every or opt.clip_length,
-                     "processing_size": opt.size, "top_k": opt.top_k, "max_memory_frames": opt.max_memory_frames,
-                     "refine": model.has_refiner, "device": str(device), "precision": opt.precision,
-                     **opt.extra},
-        "outputs": {"masks": str(out_dir), "overlay": str(opt.overlay) if opt.overlay else None,
-                    "alpha": str(opt.alpha) if opt.alpha else None},
+        "settings": {
+            "clip_length": opt.clip_length,
+            "memory_every": opt.memory_every or opt.clip_length,
+            "processing_size": opt.size,
+            "top_k": opt.top_k,
+            "max_memory_frames": opt.max_memory_frames,
+            "refine": model.has_refiner,
+            "device": str(device),
+            "precision": opt.precision,
+            **opt.extra,
+        },
+        "outputs": {
+            "masks": str(out_dir),
+            "overlay": str(opt.overlay) if opt.overlay else None,
+            "alpha": str(opt.alpha) if opt.alpha else None,
+        },
     }
-    write(out_dir / SUMMARY_NAME, lambda: atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2)))
+    write(
+        out_dir / SUMMARY_NAME,
+        lambda: atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2)),
+    )
     return summary

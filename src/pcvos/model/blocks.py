@@ -1,4 +1,5 @@
 """Convolutional building blocks shared by the value encoder and the decoder."""
+
 from __future__ import annotations
 
 import torch

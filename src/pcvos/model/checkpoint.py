@@ -10,6 +10,7 @@ Three layouts are recognised:
 
 Files are read with ``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,12 +70,14 @@ def sha256_of(path: str | os.PathLike) -> str:
 def _verified_default() -> Path:
     path = default_weights_path()
     if path is None:
-        raise FileNotFoundError("no weights given and this pcvos installation ships no default model. "
-                                + _RELEASED_HINT)
+        raise FileNotFoundError(
+            "no weights given and this pcvos installation ships no default model. " + _RELEASED_HINT
+        )
     expected = default_model_card().get("sha256")
     if expected and sha256_of(path) != expected:
-        raise CheckpointError(f"{path}: the shipped weights do not match their checksum (damaged install?); "
-                              "reinstall pcvos")
+        raise CheckpointError(
+            f"{path}: the shipped weights do not match their checksum (damaged install?); reinstall pcvos"
+        )
     return path
 
 
@@ -97,19 +100,25 @@ def read_checkpoint(source: str | os.PathLike) -> Any:
     with path.open("rb") as f:
         head = f.read(len(_ZIP_MAGIC))
     if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a "
-                              "pickle); is it the right file, or truncated?")
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a "
+            "pickle); is it the right file, or truncated?"
+        )
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's own text suggests weights_only=False, i.e. running the file's code: not advice to pass on
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint that can be loaded safely (it holds Python "
-                              "objects other than tensors and plain values, which pcvos never unpickles)") from exc
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint that can be loaded safely (it holds Python "
+            "objects other than tensors and plain values, which pcvos never unpickles)"
+        ) from exc
     except Exception as exc:  # torch raises several types for foreign or corrupt files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint that can be loaded safely ({first})") from exc
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint that can be loaded safely ({first})"
+        ) from exc
 
 
 # Sane bounds for a stored architecture: the released models use widths up to 512 and two ICR
@@ -133,7 +142,11 @@ def validate_config(cfg: PCVOSConfig, where: str = "checkpoint") -> PCVOSConfig:
     if not (isinstance(widths, tuple) and len(widths) == 3 and all(_whole(v, 1, MAX_WIDTH) for v in widths)):
         problems.append(f"decoder_widths={widths!r}")
     window = cfg.refine_window
-    if not (isinstance(window, tuple) and len(window) == 3 and all(_whole(v, 1, MAX_REFINE_WINDOW) for v in window)):
+    if not (
+        isinstance(window, tuple)
+        and len(window) == 3
+        and all(_whole(v, 1, MAX_REFINE_WINDOW) for v in window)
+    ):
         problems.append(f"refine_window={window!r}")
     if not _whole(cfg.refine_depth, 0, MAX_REFINE_DEPTH):
         problems.append(f"refine_depth={cfg.refine_depth!r}")
@@ -149,9 +162,11 @@ def validate_config(cfg: PCVOSConfig, where: str = "checkpoint") -> PCVOSConfig:
     if not isinstance(cfg.extra, dict):
         problems.append(f"extra={type(cfg.extra).__name__}")
     if problems:
-        raise CheckpointError(f"{where}: the stored model configuration is out of bounds ({', '.join(problems)}; "
-                              f"widths 1..{MAX_WIDTH}, refine_depth 0..{MAX_REFINE_DEPTH}, window sides "
-                              f"1..{MAX_REFINE_WINDOW}); the file is damaged or not a pcvos model")
+        raise CheckpointError(
+            f"{where}: the stored model configuration is out of bounds ({', '.join(problems)}; "
+            f"widths 1..{MAX_WIDTH}, refine_depth 0..{MAX_REFINE_DEPTH}, window sides "
+            f"1..{MAX_REFINE_WINDOW}); the file is damaged or not a pcvos model"
+        )
     return cfg
 
 
@@ -168,17 +183,23 @@ def _stored_config(obj: Mapping[str, Any], where: str) -> PCVOSConfig:
 
 def _unwrap(obj: Any, where: str) -> tuple[dict[str, torch.Tensor], PCVOSConfig | None]:
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{where}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{where}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
     if obj.get("format") == FORMAT_NAME:
         version = obj.get("version")
         if version != FORMAT_VERSION:
-            raise CheckpointError(f"{where}: pcvos checkpoint version {version!r} is not supported (expected {FORMAT_VERSION})")
+            raise CheckpointError(
+                f"{where}: pcvos checkpoint version {version!r} is not supported (expected {FORMAT_VERSION})"
+            )
         state = obj.get("state_dict")
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{where}: pcvos checkpoint without a state_dict (damaged file?)")
         bad = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
         if bad:
-            raise CheckpointError(f"{where}: state_dict entries that are not tensors: {sorted(bad)[:5]} (damaged file?)")
+            raise CheckpointError(
+                f"{where}: state_dict entries that are not tensors: {sorted(bad)[:5]} (damaged file?)"
+            )
         return {str(k): v for k, v in state.items()}, _stored_config(obj, where)
     if not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in _WRAPPER_KEYS:
@@ -187,7 +208,7 @@ def _unwrap(obj: Any, where: str) -> tuple[dict[str, torch.Tensor], PCVOSConfig 
         raise CheckpointError(f"{where}: no tensors found; top-level keys: {sorted(map(str, obj))[:10]}")
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state, None
 
 
@@ -199,7 +220,8 @@ def infer_config(state: Mapping[str, torch.Tensor], where: str = "checkpoint") -
         sample = sorted(state)[:8]
         raise CheckpointError(
             f"{where}: unknown checkpoint layout: missing {absent} (first keys found: {sample}). "
-            "Expected a released PCVOS or STCN state_dict, or a checkpoint saved by pcvos.")
+            "Expected a released PCVOS or STCN state_dict, or a checkpoint saved by pcvos."
+        )
     refine = any(k.startswith("refine_transformer.") or k.startswith("input_proj.") for k in state)
     cfg = PCVOSConfig(refine=refine)
     cfg.key_dim = int(state["key_proj.key_proj.weight"].shape[0])
@@ -219,23 +241,28 @@ def _load_state(model: PCVOS, state: Mapping[str, torch.Tensor], where: str) -> 
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or wrong:
+
         def show(keys: list[str]) -> str:
             more = f" … and {len(keys) - 12} more" if len(keys) > 12 else ""
             return ", ".join(keys[:12]) + more
+
         parts = []
         if missing:
             parts.append(f"missing keys ({len(missing)}): {show(missing)}")
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
         if wrong:
-            parts.append("shape mismatch: " + show([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                                                    for k in wrong]))
+            parts.append(
+                "shape mismatch: "
+                + show([f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong])
+            )
         raise CheckpointError(f"{where}: checkpoint does not fit the network; " + "; ".join(parts))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def load_model(source: Source = None, *, device: str | torch.device | None = None,
-               config: PCVOSConfig | None = None) -> PCVOS:
+def load_model(
+    source: Source = None, *, device: str | torch.device | None = None, config: PCVOSConfig | None = None
+) -> PCVOS:
     """Build the network and load weights into it (in eval mode).
 
     ``source`` is a checkpoint path or an in-memory state_dict in any recognised layout; ``None``
@@ -260,18 +287,30 @@ def load_model(source: Source = None, *, device: str | torch.device | None = Non
     return model
 
 
-def save_checkpoint(model: PCVOS, path: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None,
-                    half: bool = False, extra: Mapping[str, Any] | None = None) -> None:
+def save_checkpoint(
+    model: PCVOS,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    half: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """Save ``model`` in the project's format (config + weights), written atomically.
 
     ``half`` stores floating-point tensors as float16 (they load back as float32). ``extra``
     adds top-level entries (the trainer's optimizer and RNG states); they must be what
     ``torch.load(weights_only=True)`` can read back.
     """
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-             for k, v in model.state_dict().items()}
-    payload: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
-                               "config": model.config.to_dict(), "state_dict": state}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    payload: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": state,
+    }
     if metadata:
         payload["metadata"] = dict(metadata)
     payload.update(extra or {})

@@ -1,4 +1,5 @@
 """Mask decoder: memory read-out + key features -> one logit map per object and frame."""
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,14 @@ class UpsampleBlock(nn.Module):
 class Decoder(nn.Module):
     """STCN's decoder. Input channels: ``value_dim`` (read-out) + ``thin_dim`` (compressed key f16)."""
 
-    def __init__(self, value_dim: int = 512, thin_dim: int = 512, f8_dim: int = 512, f4_dim: int = 256,
-                 widths: tuple[int, int, int] = (512, 256, 256)) -> None:
+    def __init__(
+        self,
+        value_dim: int = 512,
+        thin_dim: int = 512,
+        f8_dim: int = 512,
+        f4_dim: int = 256,
+        widths: tuple[int, int, int] = (512, 256, 256),
+    ) -> None:
         super().__init__()
         w16, w8, w4 = widths
         self.value_dim = value_dim
@@ -38,7 +45,9 @@ class Decoder(nn.Module):
         self.up_8_4 = UpsampleBlock(f4_dim, w8, w4)
         self.pred = nn.Conv2d(w4, 1, kernel_size=3, padding=1)
 
-    def forward(self, readout: torch.Tensor, thin: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, readout: torch.Tensor, thin: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor
+    ) -> torch.Tensor:
         """``readout`` (K, L, Cv, h, w); ``thin``/``f8``/``f4`` (L, C, ...) -> logits (K, L, 4h, 4w) at f4 x 4."""
         k, l = readout.shape[:2]
         x = self.compress.forward_concat(readout.flatten(0, 1), thin)

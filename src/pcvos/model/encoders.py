@@ -5,6 +5,7 @@ The key encoder is torchvision's ResNet-50 cut after ``layer3``; its ``layer1`` 
 carry a bias and whose stem takes 5 channels (RGB, the object's probability, the sum of the other
 objects' probabilities), followed by a fusion block with the key features.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,7 +54,9 @@ class _BiasedBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_dim)
         self.downsample = None
         if stride != 1 or in_dim != out_dim:
-            self.downsample = nn.Sequential(nn.Conv2d(in_dim, out_dim, 1, stride=stride), nn.BatchNorm2d(out_dim))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_dim, out_dim, 1, stride=stride), nn.BatchNorm2d(out_dim)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -82,7 +85,9 @@ class ResNetValueEncoder(nn.Module):
         self.layer3 = _make_layer(128, 256, 2, 2)
         self.fuser = FeatureFusion(256 + key_f16_dim, value_dim)
 
-    def forward(self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor
+    ) -> torch.Tensor:
         """``image``/``mask``/``others`` (B,·,H,W), ``key_f16`` (B or B/K,C,H/16,W/16) -> (B,value_dim,H/16,W/16).
 
         With K objects of one frame, ``key_f16`` may be given once (object-major batch): the

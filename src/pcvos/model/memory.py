@@ -5,6 +5,7 @@ weighted sum of ``top_k`` memory rows. It is computed with ``embedding_bag`` ins
 (memory x query) matrix product, and the affinity is built in chunks of query positions so its
 peak size stays bounded on long videos.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,13 @@ CPU_AFFINITY_BUDGET = 1 << 24
 GPU_AFFINITY_BUDGET = 1 << 27
 
 
-def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
-                budget: int | None = None, usage: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+def read_memory(
+    query: torch.Tensor,
+    blocks: list[MemoryBlock],
+    top_k: int = 20,
+    budget: int | None = None,
+    usage: list[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
     """Read ``blocks`` at the query keys ``query`` (M, Ck) -> (M, D).
 
     Affinity s(i, j) = (2 k_i.q_j - |k_i|^2) / sqrt(Ck); softmax over each query's ``top_k`` best
@@ -59,7 +65,7 @@ def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
     out = query.new_empty(m, blocks[0].values.shape[1])
     step = _chunk_size(rows, budget)
     for start in range(0, m, step):
-        q = query[start:start + step]
+        q = query[start : start + step]
         cand_val, cand_idx = [], []
         for b in blocks:
             aff = torch.addmm(b.sqnorm.unsqueeze(0), q, b.keys.t(), beta=-1.0, alpha=2.0).mul_(scale)
@@ -68,8 +74,9 @@ def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
             cand_idx.append(i)
         if len(blocks) == 1:
             weights = cand_val[0].softmax(dim=1)
-            out[start:start + step] = F.embedding_bag(cand_idx[0], blocks[0].values, per_sample_weights=weights,
-                                                      mode="sum")
+            out[start : start + step] = F.embedding_bag(
+                cand_idx[0], blocks[0].values, per_sample_weights=weights, mode="sum"
+            )
             if usage is not None and usage[0] is not None:
                 usage[0].index_add_(0, cand_idx[0].reshape(-1), weights.reshape(-1))
             continue
@@ -87,5 +94,5 @@ def read_memory(query: torch.Tensor, blocks: list[MemoryBlock], top_k: int = 20,
                 usage[n].index_add_(0, part_idx.reshape(-1), part_w.reshape(-1))
             acc = part if acc is None else acc + part
             offset += size
-        out[start:start + step] = acc
+        out[start : start + step] = acc
     return out

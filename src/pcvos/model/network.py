@@ -4,6 +4,7 @@ The network is a bag of stateless stages; the inference engine (``pcvos.inferenc
 memory and decides what runs when, and the training wrapper (``pcvos.train``) composes the same
 stages differently. Module names follow the released checkpoints so they load without renaming.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -25,14 +26,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class PCVOSConfig:
     """Architecture hyper-parameters. The defaults are the released PCVOS model's."""
 
-    backbone: str = "resnet"            # "resnet": ResNet-50 keys / ResNet-18 values as released;
-                                        # "efficientnet-lite0".."efficientnet-lite4": the light variant
-    key_dim: int = 64                   # matching key channels (C_k)
-    value_dim: int = 512                # memory value channels (C_v)
-    thin_dim: int = 512                 # compressed key features given to the decoder
+    backbone: str = "resnet"  # "resnet": ResNet-50 keys / ResNet-18 values as released;
+    # "efficientnet-lite0".."efficientnet-lite4": the light variant
+    key_dim: int = 64  # matching key channels (C_k)
+    value_dim: int = 512  # memory value channels (C_v)
+    thin_dim: int = 512  # compressed key features given to the decoder
     decoder_widths: tuple[int, int, int] = (512, 256, 256)
-    refine: bool = True                 # intra-clip refinement modules present (False: STCN)
-    local_key_dim: int = 256            # ICR key width
+    refine: bool = True  # intra-clip refinement modules present (False: STCN)
+    local_key_dim: int = 256  # ICR key width
     refine_depth: int = 2
     refine_window: tuple[int, int, int] = (2, 7, 7)
     refine_mlp_ratio: float = 4.0
@@ -61,10 +62,10 @@ class PCVOSConfig:
 class KeyFeatures(NamedTuple):
     """Per-frame outputs of the key path (batch dimension = frames)."""
 
-    key: torch.Tensor            # (B, C_k, h, w) matching key
-    thin: torch.Tensor           # (B, thin_dim, h, w) for the decoder
-    local: torch.Tensor | None   # (B, local_key_dim, h, w) ICR key, None without ICR
-    f16: torch.Tensor            # (B, C16, h, w) for the value encoder
+    key: torch.Tensor  # (B, C_k, h, w) matching key
+    thin: torch.Tensor  # (B, thin_dim, h, w) for the decoder
+    local: torch.Tensor | None  # (B, local_key_dim, h, w) ICR key, None without ICR
+    f16: torch.Tensor  # (B, C16, h, w) for the value encoder
     f8: torch.Tensor
     f4: torch.Tensor
 
@@ -99,21 +100,31 @@ class PCVOS(nn.Module):
         elif config.backbone.startswith("efficientnet-lite"):
             # light variant: EfficientNet-Lite key/value encoders (pcvos.model.efficientnet)
             from pcvos.model.efficientnet import LITE_VARIANTS, build_lite_encoders
+
             if config.backbone not in LITE_VARIANTS:
-                raise ValueError(f"unknown backbone {config.backbone!r}; available: 'resnet', "
-                                 + ", ".join(repr(v) for v in LITE_VARIANTS))
+                raise ValueError(
+                    f"unknown backbone {config.backbone!r}; available: 'resnet', "
+                    + ", ".join(repr(v) for v in LITE_VARIANTS)
+                )
             self.key_encoder, self.value_encoder = build_lite_encoders(config.backbone, config.value_dim)
             c4, c8, c16 = self.key_encoder.channels
         else:
-            raise ValueError(f"unknown backbone {config.backbone!r}; available: 'resnet', 'efficientnet-lite0' … "
-                             "'efficientnet-lite4'")
+            raise ValueError(
+                f"unknown backbone {config.backbone!r}; available: 'resnet', 'efficientnet-lite0' … "
+                "'efficientnet-lite4'"
+            )
         self.key_proj = _Proj(c16, config.key_dim)
         self.key_comp = nn.Conv2d(c16, config.thin_dim, kernel_size=3, padding=1)
         if config.refine:
             self.input_proj = _Proj(c16, config.local_key_dim)
-            self.refine_transformer = IntraClipRefiner(config.local_key_dim, config.value_dim, config.refine_depth,
-                                                       config.refine_window, config.refine_mlp_ratio,
-                                                       config.refine_heads)
+            self.refine_transformer = IntraClipRefiner(
+                config.local_key_dim,
+                config.value_dim,
+                config.refine_depth,
+                config.refine_window,
+                config.refine_mlp_ratio,
+                config.refine_heads,
+            )
         self.decoder = Decoder(config.value_dim, config.thin_dim, c8, c4, config.decoder_widths)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -170,4 +181,4 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> tuple[torch.Tensor, 
 def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
     left, right, top, bottom = pad
     h, w = x.shape[-2:]
-    return x[..., top:h - bottom, left:w - right]
+    return x[..., top : h - bottom, left : w - right]

@@ -8,6 +8,7 @@ On a CPU without autograd the clip is processed a few frames at a time
 (:meth:`RefineBlock.forward_chunked`) so the working set stays cache-sized on long clips; the
 result equals the whole-clip computation. A GPU takes the whole clip in one pass.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -61,7 +62,9 @@ def window_reverse(windows: torch.Tensor, window: Size3, size: Size3) -> torch.T
     return x.permute(perm).reshape(*lead, d, h, w, c)
 
 
-def shifted_window_mask(padded: Size3, window: Size3, shift: Size3, device: torch.device | None = None) -> torch.Tensor:
+def shifted_window_mask(
+    padded: Size3, window: Size3, shift: Size3, device: torch.device | None = None
+) -> torch.Tensor:
     """Additive mask (nW, N, N): -100 between positions from different regions before the roll."""
     labels = torch.zeros(padded, dtype=torch.float32, device=device)
     region = 0
@@ -88,8 +91,11 @@ def temporal_groups(depth: int, window: int, shift: int) -> list[Group]:
     """
     padded = -(-depth // window) * window
     bounds = sorted({0, padded} | set(range(shift, padded + 1, window)))
-    return [(a, b, window - shift if shift and a == 0 else 0)
-            for a, b in zip(bounds[:-1], bounds[1:]) if a < depth]  # pad-only: outputs are cropped
+    return [
+        (a, b, window - shift if shift and a == 0 else 0)
+        for a, b in zip(bounds[:-1], bounds[1:])
+        if a < depth
+    ]  # pad-only: outputs are cropped
 
 
 def chunk_groups(groups: list[Group], chunk_frames: int) -> list[list[Group]]:
@@ -127,8 +133,14 @@ class SpatialMasks:
     group length and the spatial layout alone, and one copy serves every temporal window.
     """
 
-    def __init__(self, padded_hw: tuple[int, int], window_hw: tuple[int, int], shift_hw: tuple[int, int],
-                 dtype: torch.dtype, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        padded_hw: tuple[int, int],
+        window_hw: tuple[int, int],
+        shift_hw: tuple[int, int],
+        dtype: torch.dtype,
+        device: torch.device | None = None,
+    ) -> None:
         self.padded_hw, self.window_hw, self.shift_hw = padded_hw, window_hw, shift_hw
         self.dtype, self.device = dtype, device
         self.cache: dict[int, torch.Tensor] = {}
@@ -142,8 +154,9 @@ class SpatialMasks:
         if not self.shifted:
             return None
         if frames not in self.cache:
-            self.cache[frames] = shifted_window_mask((frames, *self.padded_hw), (frames, *self.window_hw),
-                                                     (0, *self.shift_hw), device=self.device).to(self.dtype)
+            self.cache[frames] = shifted_window_mask(
+                (frames, *self.padded_hw), (frames, *self.window_hw), (0, *self.shift_hw), device=self.device
+            ).to(self.dtype)
         return self.cache[frames]
 
 
@@ -171,7 +184,7 @@ class WindowAttention3D(nn.Module):
         nw, n, c = xw.shape
         q = self.qk(xw).view(nw, n, self.num_heads, c // self.num_heads).transpose(1, 2)
         logits = (q * self.scale) @ q.transpose(-2, -1)
-        idx = self.relative_position_index[start:start + n, start:start + n].reshape(-1)
+        idx = self.relative_position_index[start : start + n, start : start + n].reshape(-1)
         bias = self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1)
         logits = logits + bias.unsqueeze(0)
         if mask is not None:
@@ -179,7 +192,9 @@ class WindowAttention3D(nn.Module):
             logits = (logits.view(nw // m, m, self.num_heads, n, n) + mask.unsqueeze(1)).view(nw, -1, n, n)
         return logits.softmax(dim=-1)
 
-    def forward(self, xw: torch.Tensor, vw: torch.Tensor, mask: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self, xw: torch.Tensor, vw: torch.Tensor, mask: torch.Tensor | None, start: int = 0
+    ) -> torch.Tensor:
         """Keys ``xw`` (nW, N, Ck), values ``vw`` (K, nW, N, Cv) -> (K, nW, N, Cv)."""
         attn = self.attention_weights(xw, mask, start)
         k, nw, n, cv = vw.shape
@@ -211,8 +226,9 @@ class RefineBlock(nn.Module):
         self.mlp = Mlp(value_dim, int(value_dim * mlp_ratio))
         self.mlp_chunk_tokens = 8192
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor, window: Size3, shift: Size3,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, v: torch.Tensor, window: Size3, shift: Size3, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """``x`` (D, H, W, Ck) shared keys, ``v`` (K, D, H, W, Cv) values -> updated values."""
         d, h, w = x.shape[:3]
         pads = [(window[i] - s % window[i]) % window[i] for i, s in enumerate((d, h, w))]
@@ -240,9 +256,17 @@ class RefineBlock(nn.Module):
             return v + self.mlp(self.norm2(v))
         return torch.cat([c + self.mlp(self.norm2(c)) for c in v.split(step, dim=1)], dim=1)
 
-    def forward_chunked(self, x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, window: Size3, shift: Size3,
-                        chunk_frames: int, masks: SpatialMasks | None = None,
-                        post: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def forward_chunked(
+        self,
+        x: torch.Tensor,
+        v: torch.Tensor,
+        out: torch.Tensor,
+        window: Size3,
+        shift: Size3,
+        chunk_frames: int,
+        masks: SpatialMasks | None = None,
+        post: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """:meth:`forward` a few temporal windows at a time, writing the updated values into ``out``.
 
         ``out`` may be ``v`` itself: every chunk reads and writes only its own frames. ``masks``
@@ -271,13 +295,17 @@ class RefineBlock(nn.Module):
             outs = []
             for s0, s1, frames, offset in partition_runs(chunk):
                 win = (frames, wh, ww)
-                att = self.attn(window_partition(xn[s0 - a:s1 - a], win), window_partition(vn[:, s0 - a:s1 - a], win),
-                                masks(frames), start=offset * wh * ww)
+                att = self.attn(
+                    window_partition(xn[s0 - a : s1 - a], win),
+                    window_partition(vn[:, s0 - a : s1 - a], win),
+                    masks(frames),
+                    start=offset * wh * ww,
+                )
                 outs.append(window_reverse(att, win, (s1 - s0, hp, wp)))
             att = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
             if shifted:
                 att = torch.roll(att, shifts=spatial_shift, dims=(2, 3))
-            r = self.mlp_residual(v[:, a:e] + att[:, :e - a, :h, :w])
+            r = self.mlp_residual(v[:, a:e] + att[:, : e - a, :h, :w])
             out[:, a:e] = post(r) if post is not None else r
 
 
@@ -290,8 +318,16 @@ class _Stage(nn.Module):
 class IntraClipRefiner(nn.Module):
     """ICR: ``depth`` blocks alternating plain and shifted windows, then a LayerNorm on the values."""
 
-    def __init__(self, key_dim: int = 256, value_dim: int = 512, depth: int = 2, window: Size3 = (2, 7, 7),
-                 mlp_ratio: float = 4.0, num_heads: int = 1, chunk_frames: int | None = 2) -> None:
+    def __init__(
+        self,
+        key_dim: int = 256,
+        value_dim: int = 512,
+        depth: int = 2,
+        window: Size3 = (2, 7, 7),
+        mlp_ratio: float = 4.0,
+        num_heads: int = 1,
+        chunk_frames: int | None = 2,
+    ) -> None:
         super().__init__()
         # frames per chunk without autograd (None or 0: the whole clip at once); at 480p one frame
         # of values is 3.3 MB per object and the MLP's hidden layer 4x that, so two frames (one
@@ -299,8 +335,13 @@ class IntraClipRefiner(nn.Module):
         self.chunk_frames = chunk_frames
         self.window = tuple(window)
         self.shift = tuple(s // 2 for s in window)
-        self.layers = nn.ModuleList([_Stage([RefineBlock(key_dim, value_dim, self.window, mlp_ratio, num_heads)
-                                             for _ in range(depth)])])
+        self.layers = nn.ModuleList(
+            [
+                _Stage(
+                    [RefineBlock(key_dim, value_dim, self.window, mlp_ratio, num_heads) for _ in range(depth)]
+                )
+            ]
+        )
         self.norm = nn.LayerNorm(value_dim)
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -325,16 +366,19 @@ class IntraClipRefiner(nn.Module):
                 v = block(x, v, window, shift if i % 2 else no_shift, mask)
         return self.norm(v)
 
-    def _forward_chunked(self, x: torch.Tensor, v: torch.Tensor, window: Size3, shift: Size3,
-                         chunk_frames: int) -> torch.Tensor:
+    def _forward_chunked(
+        self, x: torch.Tensor, v: torch.Tensor, window: Size3, shift: Size3, chunk_frames: int
+    ) -> torch.Tensor:
         """:meth:`forward` through :meth:`RefineBlock.forward_chunked`, updating one buffer in place."""
         blocks = [(i, block) for stage in self.layers for i, block in enumerate(stage.blocks)]
         if not blocks:
             return self.norm(v)
         h, w = x.shape[1:3]
         padded_hw = (-(-h // window[1]) * window[1], -(-w // window[2]) * window[2])
-        masks = {s: SpatialMasks(padded_hw, window[1:], s[1:], x.dtype, x.device)  # type: ignore[arg-type]
-                 for s in {shift, (0, 0, 0)}}
+        masks = {
+            s: SpatialMasks(padded_hw, window[1:], s[1:], x.dtype, x.device)  # type: ignore[arg-type]
+            for s in {shift, (0, 0, 0)}
+        }
         # contiguous whatever the layout of v (the network passes a permuted view)
         out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
         src = v

@@ -1,4 +1,5 @@
 """``pcvos studio``: serve the mask-editing page for one video on this machine."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,15 @@ import threading
 import time
 from pathlib import Path
 
-from pcvos.cli_types import (add_precision_argument, add_threads_argument, apply_threads, positive_int,
-                             processing_size, resolve_device, resolve_size)
+from pcvos.cli_types import (
+    add_precision_argument,
+    add_threads_argument,
+    apply_threads,
+    positive_int,
+    processing_size,
+    resolve_device,
+    resolve_size,
+)
 
 EXIT_BAD_INPUT = 2
 DEFAULT_PORT = 8765
@@ -18,27 +26,47 @@ WORKSPACE_SUFFIX = "_studio"
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "studio", help="a local browser page to draw, propagate, correct and export masks",
+        "studio",
+        help="a local browser page to draw, propagate, correct and export masks",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve a page on this machine to draw object masks on any frame, propagate them both ways,\n"
-                    "correct drifting frames, re-propagate and export, at the video's original resolution.\n"
-                    "Frames and masks live in a workspace folder; opening it again restores the work.",
+        "correct drifting frames, re-propagate and export, at the video's original resolution.\n"
+        "Frames and masks live in a workspace folder; opening it again restores the work.",
         epilog="examples:\n"
-               "  pcvos studio clip.mp4                       # workspace ./clip_studio, opens a browser\n"
-               "  pcvos studio --workspace clip_studio        # reopen\n"
-               "  pcvos studio frames/ --port 0 --no-browser  # any free port, print the URL\n")
+        "  pcvos studio clip.mp4                       # workspace ./clip_studio, opens a browser\n"
+        "  pcvos studio --workspace clip_studio        # reopen\n"
+        "  pcvos studio frames/ --port 0 --no-browser  # any free port, print the URL\n",
+    )
     p.add_argument("input", nargs="?", metavar="VIDEO_OR_FOLDER", help="video file or folder of frames")
-    p.add_argument("--workspace", metavar="DIR",
-                   help=f"workspace folder (default: ./<video name>{WORKSPACE_SUFFIX}); reopened if it exists")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
-                   help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: only this machine can connect)")
+    p.add_argument(
+        "--workspace",
+        metavar="DIR",
+        help=f"workspace folder (default: ./<video name>{WORKSPACE_SUFFIX}); reopened if it exists",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="N",
+        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: only this machine can connect)",
+    )
     p.add_argument("--weights", metavar="W", help="checkpoint (default: the model shipped with pcvos)")
-    p.add_argument("--size", type=processing_size, default="auto", metavar="PX",
-                   help="processing shorter side, or 'native' (default: the model's preferred size, else 480); "
-                        "masks are always at the video's resolution")
-    p.add_argument("--clip-length", type=positive_int, default=5, metavar="L", help="frames per clip (default 5)")
+    p.add_argument(
+        "--size",
+        type=processing_size,
+        default="auto",
+        metavar="PX",
+        help="processing shorter side, or 'native' (default: the model's preferred size, else 480); "
+        "masks are always at the video's resolution",
+    )
+    p.add_argument(
+        "--clip-length", type=positive_int, default=5, metavar="L", help="frames per clip (default 5)"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_precision_argument(p)
     add_threads_argument(p)
@@ -57,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
 
         from pcvos.studio.server import LOOPBACK_HOSTS, bind, create_app, make_server, url_for
     except ImportError as exc:
-        return _fail(f"pcvos studio needs the studio extra ({exc.name} is missing): pip install 'pcvos[studio]'")
+        return _fail(
+            f"pcvos studio needs the studio extra ({exc.name} is missing): pip install 'pcvos[studio]'"
+        )
     from tqdm import tqdm
 
     import pcvos
@@ -79,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     try:  # bind first: a busy port fails before minutes of decoding
         sock = bind(args.host, args.port)
     except OSError as exc:
-        return _fail(f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror}); "
-                     "try another --port, or --port 0 for any free one")
+        return _fail(
+            f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror}); "
+            "try another --port, or --port 0 for any free one"
+        )
     bar = None
 
     def progress(done: int, total: int | None) -> None:
@@ -103,17 +135,25 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
         return _fail(f"--weights {exc}")
     size = resolve_size(args.size, model, otherwise=480)
-    session = pcvos.Session(model, ws.frames_dir, clip_length=args.clip_length,
-                            size=size if size is not None and size < min(ws.height, ws.width) else None,
-                            device=device, precision=args.precision)
+    session = pcvos.Session(
+        model,
+        ws.frames_dir,
+        clip_length=args.clip_length,
+        size=size if size is not None and size < min(ws.height, ws.width) else None,
+        device=device,
+        precision=args.precision,
+    )
     studio = Studio(ws, session)
     loopback = args.host in LOOPBACK_HOSTS
     app = create_app(studio, allowed_hosts=None if loopback else ["*"])
     server = make_server(app)
     url = url_for(sock)
     if not loopback:
-        print(f"pcvos: warning: listening on {args.host}: anyone who can reach this machine can read and "
-              "change this workspace", file=sys.stderr)
+        print(
+            f"pcvos: warning: listening on {args.host}: anyone who can reach this machine can read and "
+            "change this workspace",
+            file=sys.stderr,
+        )
 
     def announce() -> None:
         while not server.started and not server.should_exit:
@@ -122,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"pcvos studio: {url}  (workspace {ws.root}; Ctrl+C to stop)", file=sys.stderr, flush=True)
             if not args.no_browser:
                 import webbrowser
+
                 webbrowser.open(url)
 
     threading.Thread(target=announce, daemon=True).start()

@@ -4,6 +4,7 @@
 :class:`pcvos.Session` (the model's view: keyframes and propagation). Jobs (propagation, export)
 run in a worker thread; their progress goes to every subscriber of :class:`EventHub`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -132,20 +133,27 @@ class Studio:
     def grabcut(self, t: int, box: Any) -> np.ndarray:
         """GrabCut inside ``box`` = [x0, y0, x1, y1] (pixels) of frame ``t``: (H, W) uint8 0/1."""
         self.ws.check_index(t)
-        if (not isinstance(box, (list, tuple)) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+        if (
+            not isinstance(box, (list, tuple))
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        ):
             raise WorkspaceError("box must be [x0, y0, x1, y1] in pixels")
         x0, x1 = sorted((int(round(box[0])), int(round(box[2]))))
         y0, y1 = sorted((int(round(box[1])), int(round(box[3]))))
         x0, y0 = max(x0, 0), max(y0, 0)
         x1, y1 = min(x1, self.ws.width), min(y1, self.ws.height)
         if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
-            raise WorkspaceError(f"box must be at least {MIN_BOX_SIDE}x{MIN_BOX_SIDE} pixels inside the frame")
+            raise WorkspaceError(
+                f"box must be at least {MIN_BOX_SIDE}x{MIN_BOX_SIDE} pixels inside the frame"
+            )
         image = cv2.cvtColor(self.ws.read_frame(t), cv2.COLOR_RGB2BGR)
         mask = np.zeros(image.shape[:2], np.uint8)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
-            cv2.grabCut(image, mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
+            cv2.grabCut(
+                image, mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT
+            )
         except cv2.error as exc:
             raise WorkspaceError(f"GrabCut failed on this box ({exc.err})") from exc
         return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
@@ -167,7 +175,9 @@ class Studio:
         h, w = labels.shape
         if (h, w) != (self.ws.height, self.ws.width):
             if abs(h * self.ws.width - w * self.ws.height) > max(self.ws.height, self.ws.width):
-                raise WorkspaceError(f"uploaded mask is {w}x{h} but the frames are {self.ws.width}x{self.ws.height}")
+                raise WorkspaceError(
+                    f"uploaded mask is {w}x{h} but the frames are {self.ws.width}x{self.ws.height}"
+                )
             labels = resize_labels(labels, (self.ws.height, self.ws.width))
         ids = object_ids(labels)
         if not ids:
@@ -185,11 +195,21 @@ class Studio:
         with self._job_lock:
             self._check_idle(f"start a {kind}")
             # the id tells a client polling /api/job this job from the one before it
-            self._job = {"id": self._job["id"] + 1, "kind": kind, "state": "running", "done": 0,
-                         "total": info.pop("total", None),
-                         "fps": None, "eta_s": None, "error": None, **info}
+            self._job = {
+                "id": self._job["id"] + 1,
+                "kind": kind,
+                "state": "running",
+                "done": 0,
+                "total": info.pop("total", None),
+                "fps": None,
+                "eta_s": None,
+                "error": None,
+                **info,
+            }
             self._started = time.perf_counter()
-            self._thread = threading.Thread(target=self._run, args=(work,), name=f"pcvos-studio-{kind}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(work,), name=f"pcvos-studio-{kind}", daemon=True
+            )
             self._thread.start()
             self.hub.publish({"type": "job", **self._job})
             return self.job()
@@ -213,8 +233,9 @@ class Studio:
         self._job = {**self._job, "done": done, "total": total, "fps": fps, "eta_s": eta}
         self.hub.publish({"type": "progress", **self._job, "frame": frame})
 
-    def propagate(self, t: Any, direction: Any = "both", until: Any = "keyframe",
-                  objects: Iterable[Any] | None = None) -> dict[str, Any]:
+    def propagate(
+        self, t: Any, direction: Any = "both", until: Any = "keyframe", objects: Iterable[Any] | None = None
+    ) -> dict[str, Any]:
         """Start propagating from frame ``t`` in the background; returns the job."""
         self.ws.check_index(t)
         if direction not in DIRECTIONS:
@@ -227,7 +248,9 @@ class Studio:
             objects = [self.ws.check_object(o) for o in objects]
         self._check_idle("start a propagation")
         if t not in self.session.keyframes:
-            raise WorkspaceError(f"frame {t} is not a keyframe: draw or correct its mask first, then propagate")
+            raise WorkspaceError(
+                f"frame {t} is not a keyframe: draw or correct its mask first, then propagate"
+            )
         total = len(self.session.plan(t, direction, until))
         iterator = self.session.propagate(t, direction=direction, until=until, objects=objects)
 
@@ -244,8 +267,9 @@ class Studio:
                     last_save = time.perf_counter()
             return "cancelled" if self._job.get("cancel_requested") else "done"
 
-        return self._start("propagation", work, total=total, start=t, direction=direction, until=until,
-                           objects=objects)
+        return self._start(
+            "propagation", work, total=total, start=t, direction=direction, until=until, objects=objects
+        )
 
     def _merge_subset(self, t: int, labels: np.ndarray, objects: list[int]) -> np.ndarray:
         """Re-propagated ``objects`` over frame ``t``'s labels on disk: the session merges with what it
@@ -265,7 +289,9 @@ class Studio:
 
         def work() -> str:
             try:
-                export_workspace(self.ws, progress=lambda d, n: self._progress(d, n), cancel=self._export_cancel)
+                export_workspace(
+                    self.ws, progress=lambda d, n: self._progress(d, n), cancel=self._export_cancel
+                )
             except ExportCancelled:
                 return "cancelled"
             return "done"

@@ -5,6 +5,7 @@ per object), ``cutouts/<id>/NNNNN.png`` (RGBA), ``overlay.mp4`` (H.264 at the so
 and ``pcvos_export.zip`` with all of them. An export is built in a hidden sibling folder and
 swapped in when complete, so a cancelled or failed export leaves the previous one as it was.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ def _save_png(path: Path, array: np.ndarray, mode: str) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array, mode).save(tmp, format="PNG"))
 
 
-def export_workspace(ws, progress: Callable[[int, int], None] | None = None,
-                     cancel: threading.Event | None = None) -> Path:
+def export_workspace(
+    ws, progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None
+) -> Path:
     """Write the export of workspace ``ws`` (a :class:`~pcvos.studio.workspace.Workspace`); returns the zip.
 
     Frames that were never segmented export as background. ``progress(done, total)`` is called
@@ -61,8 +63,14 @@ def export_workspace(ws, progress: Callable[[int, int], None] | None = None,
                 name = f"{t:05d}.png"
                 save_indexed_png(build / "masks" / name, labels)
                 for obj in ids:
-                    _save_png(build / "objects" / f"{obj:03d}" / name, np.where(labels == obj, 255, 0).astype(np.uint8), "L")
-                    _save_png(build / "cutouts" / f"{obj:03d}" / name, rgba_cutout(frame, labels, obj), "RGBA")
+                    _save_png(
+                        build / "objects" / f"{obj:03d}" / name,
+                        np.where(labels == obj, 255, 0).astype(np.uint8),
+                        "L",
+                    )
+                    _save_png(
+                        build / "cutouts" / f"{obj:03d}" / name, rgba_cutout(frame, labels, obj), "RGBA"
+                    )
                 writer.write(overlay(frame, labels))
                 if progress is not None:
                     progress(t + 1, total)
@@ -79,7 +87,9 @@ def export_workspace(ws, progress: Callable[[int, int], None] | None = None,
 
 
 def _write_zip(folder: Path, zip_path: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != zip_path and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p != zip_path and not p.name.startswith(".")
+    )
 
     def write(tmp: Path) -> None:
         # PNG and H.264 are compressed already: storing them is as small and much faster
@@ -88,4 +98,3 @@ def _write_zip(folder: Path, zip_path: Path) -> None:
                 zf.write(p, p.relative_to(folder).as_posix())
 
     atomic_write(zip_path, write)
-

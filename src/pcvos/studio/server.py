@@ -6,6 +6,7 @@ A job (``/api/job``, the events) carries a serial ``id``, so a client that start
 polls can tell it from the job that ran before.
 Needs the ``studio`` extra (Starlette, uvicorn).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -95,8 +96,11 @@ async def _json(request: Request) -> dict[str, Any]:
 
 def _labels_response(labels: np.ndarray) -> Response:
     h, w = labels.shape
-    return Response(np.ascontiguousarray(labels, np.uint8).tobytes(), media_type="application/octet-stream",
-                    headers={"X-Width": str(w), "X-Height": str(h), "Cache-Control": "no-store"})
+    return Response(
+        np.ascontiguousarray(labels, np.uint8).tobytes(),
+        media_type="application/octet-stream",
+        headers={"X-Width": str(w), "X-Height": str(h), "Cache-Control": "no-store"},
+    )
 
 
 def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Starlette:
@@ -104,8 +108,11 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
     ws = studio.ws
 
     async def index(request: Request) -> Response:
-        return Response((STATIC / "index.html").read_text(encoding="utf-8"), media_type="text/html",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            (STATIC / "index.html").read_text(encoding="utf-8"),
+            media_type="text/html",
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def state(request: Request) -> Response:
         return JSONResponse(studio.state())
@@ -113,8 +120,11 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
     async def frame_image(request: Request) -> Response:
         t = ws.check_index(_frame(request))
         # frames never change in a workspace: let the browser keep them
-        return FileResponse(ws.frame_path(t), media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=86400, immutable"})
+        return FileResponse(
+            ws.frame_path(t),
+            media_type="image/jpeg",
+            headers={"Cache-Control": "private, max-age=86400, immutable"},
+        )
 
     async def get_labels(request: Request) -> Response:
         t = ws.check_index(_frame(request))
@@ -128,7 +138,9 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
         expected = ws.height * ws.width
         data = await _body(request, expected)
         if len(data) != expected:
-            raise ApiError(400, f"labels must be {expected} bytes ({ws.width}x{ws.height} uint8), got {len(data)}")
+            raise ApiError(
+                400, f"labels must be {expected} bytes ({ws.width}x{ws.height} uint8), got {len(data)}"
+            )
         labels = np.frombuffer(data, np.uint8).reshape(ws.height, ws.width).copy()
         await run_in_threadpool(studio.set_labels, t, labels)
         return JSONResponse({"frame": t, "keyframes": sorted(ws.keyframes)})
@@ -175,8 +187,12 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
 
     async def propagate(request: Request) -> Response:
         body = await _json(request)
-        job = studio.propagate(body.get("frame"), body.get("direction", "both"), body.get("until", "keyframe"),
-                               body.get("objects"))
+        job = studio.propagate(
+            body.get("frame"),
+            body.get("direction", "both"),
+            body.get("until", "keyframe"),
+            body.get("objects"),
+        )
         return JSONResponse(job, status_code=202)
 
     async def export(request: Request) -> Response:
@@ -225,8 +241,11 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
             finally:
                 studio.hub.unsubscribe(queue)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     async def api_error(request: Request, exc: ApiError) -> Response:
         return _error(exc.status, exc.message)
@@ -267,8 +286,14 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
         Route("/files/{path:path}", workspace_file),
         Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
     ]
-    handlers = {ApiError: api_error, WorkspaceError: workspace_error, BusyError: busy_error,
-                ValueError: value_error, HTTPException: http_error, Exception: unexpected}
+    handlers = {
+        ApiError: api_error,
+        WorkspaceError: workspace_error,
+        BusyError: busy_error,
+        ValueError: value_error,
+        HTTPException: http_error,
+        Exception: unexpected,
+    }
     hosts = allowed_hosts if allowed_hosts is not None else ["127.0.0.1", "localhost", "[::1]"]
 
     @contextlib.asynccontextmanager
@@ -276,8 +301,12 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
         yield
         studio.hub.publish(None)  # end the event streams
 
-    app = Starlette(routes=routes, exception_handlers=handlers,
-                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)], lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        exception_handlers=handlers,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        lifespan=lifespan,
+    )
     app.state.studio = studio
     return app
 
@@ -309,8 +338,9 @@ GRACEFUL_SHUTDOWN_S = 2
 def make_server(app: Starlette):
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                            lifespan="on")
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on"
+    )
     return uvicorn.Server(config)
 
 
@@ -321,8 +351,9 @@ class ServerThread:
         self.sock = bind(host, port)
         self.url = url_for(self.sock)
         self.server = make_server(app)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="pcvos-studio-server", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="pcvos-studio-server", daemon=True
+        )
         self.thread.start()
         while not self.server.started and self.thread.is_alive():
             threading.Event().wait(0.01)

@@ -11,6 +11,7 @@ Layout (everything written by pcvos, each file atomically)::
 unfinished decode that the next open redoes. Frames on disk are the truth for labels: a mask PNG
 that exists and is not a keyframe is a propagated frame.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,12 @@ class Workspace:
 
     # -- creation ---------------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, root: PathLike, source: PathLike | None = None,
-                       progress: Callable[[int, int | None], None] | None = None) -> Workspace:
+    def open_or_create(
+        cls,
+        root: PathLike,
+        source: PathLike | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> Workspace:
         """Open ``root``, or decode ``source`` (a video or frame folder) into a new workspace there.
 
         A ``source`` that differs from the one the workspace was made from is an error, as is a
@@ -104,18 +109,23 @@ class Workspace:
         if (root / WORKSPACE_FILE).is_file():
             ws = cls(root)
             if source is not None and Path(source).resolve() != Path(ws.source):
-                raise WorkspaceError(f"{root}: this workspace belongs to {ws.source}, not {Path(source).resolve()}; "
-                                     "choose another --workspace")
+                raise WorkspaceError(
+                    f"{root}: this workspace belongs to {ws.source}, not {Path(source).resolve()}; "
+                    "choose another --workspace"
+                )
             return ws
         if source is None:
-            raise WorkspaceError(f"{root}: not a pcvos studio workspace; give a video or frame folder to start one")
+            raise WorkspaceError(
+                f"{root}: not a pcvos studio workspace; give a video or frame folder to start one"
+            )
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"{root}: exists and is not a folder; choose another --workspace")
         if root.is_dir():
             others = [p.name for p in root.iterdir() if p.name not in ("frames", "masks")]
             if others:
-                raise WorkspaceError(f"{root}: folder holds other files ({others[0]}, ...); "
-                                     "choose an empty or new --workspace")
+                raise WorkspaceError(
+                    f"{root}: folder holds other files ({others[0]}, ...); choose an empty or new --workspace"
+                )
         cls._decode(root, Path(source), progress)
         return cls(root)
 
@@ -133,12 +143,15 @@ class Workspace:
         frames_dir.mkdir(parents=True, exist_ok=True)
 
         def encode(index: int, frame: np.ndarray) -> None:
-            ok, data = cv2.imencode(FRAME_SUFFIX, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            ok, data = cv2.imencode(
+                FRAME_SUFFIX, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+            )
             if not ok:
                 raise WorkspaceError(f"{source}: frame {index} could not be encoded")
-            atomic_write(frames_dir / f"{_frame_name(index)}{FRAME_SUFFIX}",
-                         lambda tmp: tmp.write_bytes(data.tobytes()))
+            atomic_write(
+                frames_dir / f"{_frame_name(index)}{FRAME_SUFFIX}",
+                lambda tmp: tmp.write_bytes(data.tobytes()),
+            )
 
         # JPEG encoding and writing (OpenCV and file I/O release the GIL) overlap with decoding the
         # next frames: most of a new workspace's wait is this loop
@@ -167,8 +180,17 @@ class Workspace:
                 for future in pending:
                     future.cancel()
         h, w = frames.size
-        meta = {"format": WORKSPACE_FORMAT, "source": str(source.resolve()), "num_frames": count,
-                "height": h, "width": w, "fps": frames.fps, "objects": [], "keyframes": [], "propagated": []}
+        meta = {
+            "format": WORKSPACE_FORMAT,
+            "source": str(source.resolve()),
+            "num_frames": count,
+            "height": h,
+            "width": w,
+            "fps": frames.fps,
+            "objects": [],
+            "keyframes": [],
+            "propagated": [],
+        }
         atomic_write_text(root / WORKSPACE_FILE, json.dumps(meta, indent=1))
 
     # -- paths ------------------------------------------------------------------------------------
@@ -201,15 +223,22 @@ class Workspace:
             return sorted(o["id"] for o in self.objects)
 
     def check_object(self, object_id: Any) -> int:
-        if not isinstance(object_id, int) or isinstance(object_id, bool) or object_id not in self.object_ids():
-            raise WorkspaceError(f"unknown object id {object_id!r} (objects: {self.object_ids()})", status=404)
+        if (
+            not isinstance(object_id, int)
+            or isinstance(object_id, bool)
+            or object_id not in self.object_ids()
+        ):
+            raise WorkspaceError(
+                f"unknown object id {object_id!r} (objects: {self.object_ids()})", status=404
+            )
         return object_id
 
     def check_labels(self, labels: np.ndarray) -> np.ndarray:
         """A (H, W) uint8 map whose ids are all known objects (or 0)."""
         if labels.shape != (self.height, self.width) or labels.dtype != np.uint8:
-            raise WorkspaceError(f"labels must be {self.width}x{self.height} uint8, got shape {labels.shape} "
-                                 f"{labels.dtype}")
+            raise WorkspaceError(
+                f"labels must be {self.width}x{self.height} uint8, got shape {labels.shape} {labels.dtype}"
+            )
         unknown = sorted(set(object_ids(labels)) - set(self.object_ids()))
         if unknown or (labels == VOID_LABEL).any():
             bad = unknown or [VOID_LABEL]
@@ -254,7 +283,11 @@ class Workspace:
                 object_id = free[0]
             elif not 1 <= object_id <= MAX_OBJECT_ID or object_id in used:
                 raise WorkspaceError(f"object id {object_id} is taken or outside 1..{MAX_OBJECT_ID}")
-            obj = {"id": object_id, "name": self._clean_name(name, object_id), "colour": list(colour_for(object_id))}
+            obj = {
+                "id": object_id,
+                "name": self._clean_name(name, object_id),
+                "colour": list(colour_for(object_id)),
+            }
             self.objects.append(obj)
             self.objects.sort(key=lambda o: o["id"])
             self.save()
@@ -296,15 +329,30 @@ class Workspace:
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         with self._lock:
-            return {"source": Path(self.source).name, "num_frames": self.num_frames, "width": self.width,
-                    "height": self.height, "fps": self.fps, "objects": [dict(o) for o in self.objects],
-                    "keyframes": sorted(self.keyframes), "propagated": sorted(self.propagated)}
+            return {
+                "source": Path(self.source).name,
+                "num_frames": self.num_frames,
+                "width": self.width,
+                "height": self.height,
+                "fps": self.fps,
+                "objects": [dict(o) for o in self.objects],
+                "keyframes": sorted(self.keyframes),
+                "propagated": sorted(self.propagated),
+            }
 
     def save(self) -> None:
         """Write ``workspace.json`` atomically."""
         with self._lock:
-            meta = {"format": WORKSPACE_FORMAT, "source": self.source, "num_frames": self.num_frames,
-                    "height": self.height, "width": self.width, "fps": self.fps, "objects": self.objects,
-                    "keyframes": sorted(self.keyframes), "propagated": sorted(self.propagated)}
+            meta = {
+                "format": WORKSPACE_FORMAT,
+                "source": self.source,
+                "num_frames": self.num_frames,
+                "height": self.height,
+                "width": self.width,
+                "fps": self.fps,
+                "objects": self.objects,
+                "keyframes": sorted(self.keyframes),
+                "propagated": sorted(self.propagated),
+            }
             text = json.dumps(meta, indent=1)
             atomic_write_text(self.root / WORKSPACE_FILE, text)

@@ -1,4 +1,5 @@
 """``python -m pcvos.train --config ...`` (also under ``torchrun -m pcvos.train``)."""
+
 import sys
 
 from pcvos.train.cli import main

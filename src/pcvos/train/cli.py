@@ -4,6 +4,7 @@
 CLI wires it in); ``python -m pcvos.train`` runs it stand-alone. Both work under
 ``torchrun --nproc_per_node N`` for distributed training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="YAML config (path or a name in configs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--output-dir", "-o", default=None, help="output folder (default: runs/<name>)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from a checkpoint path, or (no value) from <output_dir>/checkpoints/latest.pth")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="resume from a checkpoint path, or (no value) from <output_dir>/checkpoints/latest.pth",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -50,6 +56,7 @@ def take_extra(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from pcvos.train.config import ConfigError, dump_config, load_config
+
     if args.resume and _is_override(args.resume) and not Path(args.resume).exists():
         # --resume takes an optional path, so it swallowed the override that followed it
         args.overrides = list(args.overrides or []) + [args.resume]
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from pcvos.model.checkpoint import CheckpointError
     from pcvos.train.trainer import run_training
+
     try:
         summary = run_training(cfg)
     except (CheckpointError, ConfigError, FileNotFoundError) as exc:  # a wrong init/resume file, data path,
@@ -78,23 +86,33 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if summary.get("world_size", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
         last = summary.get("last") or {}
-        print(f"done: {summary['iterations']} iterations in {summary['seconds']:.0f} s; "
-              f"last loss {last.get('total', float('nan')):.4f}; outputs in {cfg['output_dir']}")
+        print(
+            f"done: {summary['iterations']} iterations in {summary['seconds']:.0f} s; "
+            f"last loss {last.get('total', float('nan')):.4f}; outputs in {cfg['output_dir']}"
+        )
     return 0
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``train`` to ``parser.add_subparsers()``; the handler is stored as ``func``."""
-    p = subparsers.add_parser("train", help="train PCVOS / STCN / the light variant",
-                              description="Static-image pre-training and per-clip video training.",
-                              epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "train",
+        help="train PCVOS / STCN / the light variant",
+        description="Static-image pre-training and per-clip video training.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     p.set_defaults(func=run, take_extra=take_extra)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pcvos.train", description="Train PCVOS.", epilog=_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pcvos.train",
+        description="Train PCVOS.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     return run(p.parse_intermixed_args(argv))

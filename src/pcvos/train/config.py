@@ -10,6 +10,7 @@ index (``data.sources.0.root=/data/davis``). String values may reference other k
 must be of their default's kind (a whole number, a number, true/false, a string, a list), so a typo
 is a :class:`ConfigError` when the config is read, not a traceback once training has started.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,7 +20,17 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "SOURCE_KEYS", "STATIC_SOURCES", "check_sources", "load_config", "apply_overrides", "resolve_config_path", "dump_config", "ConfigError"]
+__all__ = [
+    "DEFAULTS",
+    "SOURCE_KEYS",
+    "STATIC_SOURCES",
+    "check_sources",
+    "load_config",
+    "apply_overrides",
+    "resolve_config_path",
+    "dump_config",
+    "ConfigError",
+]
 
 
 class ConfigError(ValueError):
@@ -28,54 +39,54 @@ class ConfigError(ValueError):
 
 DEFAULTS: dict[str, Any] = {
     "name": "pcvos",
-    "output_dir": None,          # default: runs/<name>
+    "output_dir": None,  # default: runs/<name>
     "seed": 0,
-    "device": "auto",            # auto | cpu | cuda
-    "threads": None,             # torch intra-op threads (None: torch's default)
-    "resume": None,              # checkpoint path, or "auto" for <output_dir>/checkpoints/latest.pth if present
-    "paths": {},                 # free-form, for ${paths.x} references
-    "model": {},                 # PCVOSConfig fields; empty: the released PCVOS (or init.checkpoint's architecture)
+    "device": "auto",  # auto | cpu | cuda
+    "threads": None,  # torch intra-op threads (None: torch's default)
+    "resume": None,  # checkpoint path, or "auto" for <output_dir>/checkpoints/latest.pth if present
+    "paths": {},  # free-form, for ${paths.x} references
+    "model": {},  # PCVOSConfig fields; empty: the released PCVOS (or init.checkpoint's architecture)
     "init": {
-        "imagenet": None,        # ResNet: torchvision ResNet-50/-18 state_dict path(s); Lite: path or "package"
-        "checkpoint": None,      # a released PCVOS/STCN checkpoint or one of ours
-        "strict": False,         # require every key of init.checkpoint to fit
+        "imagenet": None,  # ResNet: torchvision ResNet-50/-18 state_dict path(s); Lite: path or "package"
+        "checkpoint": None,  # a released PCVOS/STCN checkpoint or one of ours
+        "strict": False,  # require every key of init.checkpoint to fit
     },
     "data": {
-        "mode": "per_clip",      # per_clip | frame_wise | static
-        "clip_len": 3,           # N: frames per clip (per_clip)
+        "mode": "per_clip",  # per_clip | frame_wise | static
+        "clip_len": 3,  # N: frames per clip (per_clip)
         "num_clips": 2,
         "static_frames": 3,
         "crop": [384, 384],
-        "resize_short": None,    # resize source frames so the shorter side is this before cropping
+        "resize_short": None,  # resize source frames so the shorter side is this before cropping
         "max_objects": 3,
-        "max_skip": 5,           # max step between frames inside a clip
+        "max_skip": 5,  # max step between frames inside a clip
         "gap_schedule": [[0.0, 5], [0.1, 8], [0.2, 10], [0.3, 12], [0.4, 15], [0.9, 5]],
         "min_pixels": 20,
-        "composite_prob": 0.0,   # paste an object from another sample (multi-object from single-object data)
+        "composite_prob": 0.0,  # paste an object from another sample (multi-object from single-object data)
         "reverse_prob": 0.0,
-        "zoom_range": [1.0, 1.0],    # video: zoom from 1 to z in this range across a sample (scale change)
-        "motion_blur_prob": 0.0,     # video: chance of a motion blur per frame
-        "motion_blur_max": 9,        # video: longest motion blur, pixels
+        "zoom_range": [1.0, 1.0],  # video: zoom from 1 to z in this range across a sample (scale change)
+        "motion_blur_prob": 0.0,  # video: chance of a motion blur per frame
+        "motion_blur_max": 9,  # video: longest motion blur, pixels
         "num_workers": 4,
         "sources": [],
     },
     "train": {
         "iterations": 150000,
-        "batch_size": 8,         # global batch (split across processes)
+        "batch_size": 8,  # global batch (split across processes)
         "lr": 1.0e-5,
         "weight_decay": 1.0e-7,
         "lr_steps": [125000],
         "lr_gamma": 0.1,
-        "amp": True,             # CUDA only
+        "amp": True,  # CUDA only
         "grad_clip": None,
-        "use_refine": True,      # apply ICR in training when the model has it
+        "use_refine": True,  # apply ICR in training when the model has it
         "detach_memory_mask": False,
         "freeze_bn": True,
         "log_every": 50,
         "image_every": 1000,
         "save_every": 5000,
         "keep_checkpoints": 3,
-        "stop_at": None,         # stop this invocation at this iteration (checkpointed; continue with resume=auto)
+        "stop_at": None,  # stop this invocation at this iteration (checkpointed; continue with resume=auto)
         "progress": True,
         "tensorboard": True,
     },
@@ -88,12 +99,12 @@ DEFAULTS: dict[str, Any] = {
         "dice_smooth": 1.0,
     },
     "val": {
-        "root": None,            # a DAVIS-layout folder
+        "root": None,  # a DAVIS-layout folder
         "subset": "val",
         "year": None,
-        "sequences": None,       # default: the subset's list
-        "every": 0,              # iterations between validations (0: off)
-        "size": None,            # shorter side for inference (None: native)
+        "sequences": None,  # default: the subset's list
+        "every": 0,  # iterations between validations (0: off)
+        "size": None,  # shorter side for inference (None: native)
         "clip_length": 5,
         "top_k": 20,
     },
@@ -103,7 +114,8 @@ DEFAULTS: dict[str, Any] = {
 # would be ignored, e.g. ``sequence:`` for ``sequences:`` training on every sequence without a word.
 _ANY_SOURCE = ("type", "repeat", "composite_prob", "resize_short")
 SOURCE_KEYS: dict[str, frozenset[str]] = {
-    kind: frozenset(_ANY_SOURCE + keys) for kind, keys in {
+    kind: frozenset(_ANY_SOURCE + keys)
+    for kind, keys in {
         "davis": ("root", "subset", "year", "sequences", "exclude"),
         "youtube": ("root", "videos", "exclude"),
         "synthetic": ("num_videos", "num_frames", "size", "max_objects", "seed"),
@@ -119,16 +131,41 @@ _FREE = {("paths",), ("model",)}
 # its default's kind. Without the check a typo such as train.iterations=2k reached the trainer's
 # int() and ended in a traceback after the run had started.
 _NONE_KINDS: dict[tuple[str, ...], str] = {
-    ("output_dir",): "str", ("threads",): "int", ("resume",): "str", ("init", "imagenet"): "any",
-    ("init", "checkpoint"): "str", ("data", "resize_short"): "int", ("train", "grad_clip"): "float",
-    ("train", "stop_at"): "int", ("val", "root"): "str", ("val", "year"): "any", ("val", "sequences"): "list",
+    ("output_dir",): "str",
+    ("threads",): "int",
+    ("resume",): "str",
+    ("init", "imagenet"): "any",
+    ("init", "checkpoint"): "str",
+    ("data", "resize_short"): "int",
+    ("train", "grad_clip"): "float",
+    ("train", "stop_at"): "int",
+    ("val", "root"): "str",
+    ("val", "year"): "any",
+    ("val", "sequences"): "list",
     ("val", "size"): "int",
 }
 # whole numbers that must be at least 1 (the rest must be at least 0; 0 turns an "every" off)
-_POSITIVE = {("threads",), ("train", "iterations"), ("train", "batch_size"), ("train", "log_every"),
-             ("data", "clip_len"), ("data", "num_clips"), ("data", "static_frames"), ("data", "max_objects"),
-             ("val", "clip_length"), ("val", "top_k"), ("val", "size"), ("data", "resize_short")}
-_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list"}
+_POSITIVE = {
+    ("threads",),
+    ("train", "iterations"),
+    ("train", "batch_size"),
+    ("train", "log_every"),
+    ("data", "clip_len"),
+    ("data", "num_clips"),
+    ("data", "static_frames"),
+    ("data", "max_objects"),
+    ("val", "clip_length"),
+    ("val", "top_k"),
+    ("val", "size"),
+    ("data", "resize_short"),
+}
+_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "list": "a list",
+}
 _REF = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -171,8 +208,12 @@ def _read_file(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: a config must be a mapping")
     base = data.pop("base", None)
     if base:
-        parent = _read_file(resolve_config_path(path.parent / base) if (path.parent / base).is_file()
-                            else resolve_config_path(base), seen + (path,))
+        parent = _read_file(
+            resolve_config_path(path.parent / base)
+            if (path.parent / base).is_file()
+            else resolve_config_path(base),
+            seen + (path,),
+        )
         data = _merge(parent, data)
     return data
 
@@ -201,15 +242,24 @@ def check_sources(sources: Any, mode: str) -> None:
             raise ConfigError(f"data.sources.{i} must be a mapping with a 'type', got {src!r}")
         kind = src.get("type")
         if kind not in SOURCE_KEYS:
-            raise ConfigError(f"data.sources.{i}: unknown source type {kind!r} (one of {', '.join(SOURCE_KEYS)})")
+            raise ConfigError(
+                f"data.sources.{i}: unknown source type {kind!r} (one of {', '.join(SOURCE_KEYS)})"
+            )
         unknown = sorted(set(src) - SOURCE_KEYS[kind])
         if unknown:
-            raise ConfigError(f"data.sources.{i}: unknown key(s) {', '.join(map(repr, unknown))} for a {kind} "
-                              f"source (it reads {', '.join(sorted(SOURCE_KEYS[kind]))})")
+            raise ConfigError(
+                f"data.sources.{i}: unknown key(s) {', '.join(map(repr, unknown))} for a {kind} "
+                f"source (it reads {', '.join(sorted(SOURCE_KEYS[kind]))})"
+            )
         if (kind in STATIC_SOURCES) != (mode == "static"):
-            raise ConfigError(f"data.sources.{i}: a {kind} source " + (
-                "gives still images; it needs data.mode=static" if kind in STATIC_SOURCES
-                else f"gives videos; data.mode=static needs {', '.join(sorted(STATIC_SOURCES))} sources"))
+            raise ConfigError(
+                f"data.sources.{i}: a {kind} source "
+                + (
+                    "gives still images; it needs data.mode=static"
+                    if kind in STATIC_SOURCES
+                    else f"gives videos; data.mode=static needs {', '.join(sorted(STATIC_SOURCES))} sources"
+                )
+            )
 
 
 def _kind_of(default: Any) -> str:
@@ -266,11 +316,13 @@ def _check_values(cfg: dict, ref: dict, where: tuple = ()) -> None:
 def _check_lists(cfg: dict) -> None:
     def numbers(key: str, value: Any, length: int | None, whole: bool) -> None:
         kinds = "whole numbers" if whole else "numbers"
-        good = all(isinstance(x, int) if whole else isinstance(x, (int, float)) for x in value) \
-            and not any(isinstance(x, bool) for x in value)
+        good = all(isinstance(x, int) if whole else isinstance(x, (int, float)) for x in value) and not any(
+            isinstance(x, bool) for x in value
+        )
         if not good or (length is not None and len(value) != length):
             size = f"{length} " if length is not None else ""
             raise ConfigError(f"{key} must be a list of {size}{kinds}, got {value!r}")
+
     d, t = cfg["data"], cfg["train"]
     numbers("data.crop", d["crop"], 2, True)
     if min(d["crop"]) < 1:
@@ -309,12 +361,16 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(exc)}); "
-                              "quote the whole override in the shell") from None
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({_one_line(exc)}); "
+                "quote the whole override in the shell"
+            ) from None
         try:
             _set(cfg, key.strip(), value)
         except (IndexError, ValueError, TypeError):
-            raise ConfigError(f"override {item!r}: {key.strip()!r} does not address a key of the config") from None
+            raise ConfigError(
+                f"override {item!r}: {key.strip()!r} does not address a key of the config"
+            ) from None
     return cfg
 
 
@@ -361,6 +417,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     check_sources(cfg["data"]["sources"], cfg["data"]["mode"])
     from pcvos.model.network import PCVOSConfig
+
     try:
         PCVOSConfig.from_dict(cfg["model"])
     except (TypeError, ValueError) as exc:

@@ -1,4 +1,5 @@
 """Weight initialisation for training: ImageNet backbones and existing checkpoints."""
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,7 @@ def _load_sd(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(sd, Mapping):
         raise ValueError(f"{path}: expected a state_dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def _copy_into(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> int:
@@ -37,15 +38,21 @@ def _copy_into(module: nn.Module, state: Mapping[str, torch.Tensor], where: str)
         if k not in target:
             continue
         t = target[k]
-        if t.ndim == 4 and v.ndim == 4 and t.shape[1] > v.shape[1] and t.shape[0] == v.shape[0] and t.shape[2:] == v.shape[2:]:
+        if (
+            t.ndim == 4
+            and v.ndim == 4
+            and t.shape[1] > v.shape[1]
+            and t.shape[0] == v.shape[0]
+            and t.shape[2:] == v.shape[2:]
+        ):
             w = torch.zeros_like(t)
-            w[:, :v.shape[1]] = v
+            w[:, : v.shape[1]] = v
             v = w
         if tuple(t.shape) != tuple(v.shape):
             raise ValueError(f"{where}: shape mismatch for {k}: {tuple(v.shape)} vs {tuple(t.shape)}")
         new[k] = v.to(t.dtype)
         if k.endswith(".weight") and t.ndim == 4:
-            bias = k[:-len("weight")] + "bias"
+            bias = k[: -len("weight")] + "bias"
             if bias in target and bias not in state:
                 new[bias] = torch.zeros_like(target[bias])
     module.load_state_dict(new, strict=False)
@@ -64,11 +71,14 @@ def init_resnet_imagenet(net: PCVOS, paths: str | Sequence[str] | Mapping[str, s
     done: dict[str, int] = {}
     for p in paths:
         sd = _load_sd(p)
-        if "layer1.0.conv3.weight" in sd:     # bottleneck blocks: ResNet-50
-            sd = {("res2." + k[len("layer1."):]) if k.startswith("layer1.") else k: v for k, v in sd.items()
-                  if not k.startswith(("layer4.", "fc."))}
+        if "layer1.0.conv3.weight" in sd:  # bottleneck blocks: ResNet-50
+            sd = {
+                ("res2." + k[len("layer1.") :]) if k.startswith("layer1.") else k: v
+                for k, v in sd.items()
+                if not k.startswith(("layer4.", "fc."))
+            }
             done["key_encoder"] = _copy_into(net.key_encoder, sd, str(p))
-        elif "layer1.0.conv2.weight" in sd:   # basic blocks: ResNet-18
+        elif "layer1.0.conv2.weight" in sd:  # basic blocks: ResNet-18
             sd = {k: v for k, v in sd.items() if not k.startswith(("layer4.", "fc."))}
             done["value_encoder"] = _copy_into(net.value_encoder, sd, str(p))
         else:
@@ -81,6 +91,7 @@ def init_imagenet(net: PCVOS, spec: Any) -> dict[str, int]:
     if net.config.backbone == "resnet":
         return init_resnet_imagenet(net, spec)
     from pcvos.model.efficientnet import init_pcvos_from_imagenet
+
     path = None if spec in (True, "package", "auto") else spec
     return init_pcvos_from_imagenet(net, path)
 
@@ -92,6 +103,7 @@ def init_from_checkpoint(net: PCVOS, path: str | os.PathLike, strict: bool = Fal
     checkpoint initialises everything but ICR).
     """
     from pcvos.model.checkpoint import _unwrap, load_model, read_checkpoint
+
     raw = read_checkpoint(path)
     state, stored = _unwrap(raw, str(path))
     if strict:

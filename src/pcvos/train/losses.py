@@ -12,6 +12,7 @@
   ``L_image = Σ_frames CE_frame``, ``L_clip = Σ_clips mean_batch Σ_k (1 − Dice_k)``,
   total = ``clip_weight · L_clip + image_weight · L_image`` (both weights 1: L_clip + L_image).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ class BootstrappedCE:
         return raw.topk(k, sorted=False).values.mean(), p
 
 
-def clip_dice_loss(probs: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None,
-                   smooth: float = 1.0) -> torch.Tensor:
+def clip_dice_loss(
+    probs: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None, smooth: float = 1.0
+) -> torch.Tensor:
     """Σ_k (1 − Dice) per sample, averaged over the batch.
 
     ``probs`` and ``gt`` (B, K, L, H, W): object probabilities and 0/1 ground truth over a clip of
@@ -90,11 +92,13 @@ class LossConfig:
     end_warm: int = 70000
     top_p: float = 0.15
     image_weight: float = 1.0
-    clip_weight: float = 1.0        # 0 turns the clip-level supervision off (ablation)
+    clip_weight: float = 1.0  # 0 turns the clip-level supervision off (ablation)
     dice_smooth: float = 1.0
 
 
-def compute_losses(out: dict[str, Any], batch: dict[str, Any], it: int, cfg: LossConfig) -> dict[str, torch.Tensor]:
+def compute_losses(
+    out: dict[str, Any], batch: dict[str, Any], it: int, cfg: LossConfig
+) -> dict[str, torch.Tensor]:
     """Losses for a training forward's output.
 
     ``out["logits"]`` (B, F, K+1, H, W) aggregated logits of the F predicted frames (frames 1..F of
@@ -125,5 +129,10 @@ def compute_losses(out: dict[str, Any], batch: dict[str, Any], it: int, cfg: Los
     total = cfg.image_weight * image + cfg.clip_weight * clip
     with torch.no_grad():
         iou = iou_per_object(probs.argmax(2), labels, valid)
-    return {"total": total, "image": image.detach(), "clip": clip.detach(), "iou": iou,
-            "top_p": torch.tensor(p)}
+    return {
+        "total": total,
+        "image": image.detach(),
+        "clip": clip.detach(),
+        "iou": iou,
+        "top_p": torch.tensor(p),
+    }

@@ -10,6 +10,7 @@ reads it), optimiser, LR scheduler, AMP scaler, iteration, every process's pytho
 ``(seed, position in the sample stream, progress)``, so the sampler resumes from the iteration
 alone. Everything loads back with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,16 @@ from torch.utils.data import DataLoader
 from pcvos.data.augment import StaticAugment, VideoAugment
 from pcvos.data.io_utils import atomic_write_text
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos
-from pcvos.data.train_datasets import (ImageFolderSource, MixedDataset, StaticDataset, TrainBatchSampler,
-                                       VideoClipDataset, VideoFramesSource, davis_source, youtube_source)
+from pcvos.data.train_datasets import (
+    ImageFolderSource,
+    MixedDataset,
+    StaticDataset,
+    TrainBatchSampler,
+    VideoClipDataset,
+    VideoFramesSource,
+    davis_source,
+    youtube_source,
+)
 from pcvos.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.train.config import STATIC_SOURCES, ConfigError, check_sources, dump_config
@@ -100,8 +109,13 @@ def rng_state() -> dict[str, Any]:
     npst = np.random.get_state()
     st: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"name": str(npst[0]), "keys": torch.from_numpy(np.asarray(npst[1], dtype=np.int64)),
-                  "pos": int(npst[2]), "has_gauss": int(npst[3]), "cached_gaussian": float(npst[4])},
+        "numpy": {
+            "name": str(npst[0]),
+            "keys": torch.from_numpy(np.asarray(npst[1], dtype=np.int64)),
+            "pos": int(npst[2]),
+            "has_gauss": int(npst[3]),
+            "cached_gaussian": float(npst[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -116,7 +130,9 @@ def _tuplify(x: Any) -> Any:
 def set_rng_state(st: dict[str, Any]) -> None:
     random.setstate(_tuplify(st["python"]))
     n = st["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -132,9 +148,13 @@ def param_checksum(module: torch.nn.Module) -> str:
 
 # -- building -----------------------------------------------------------------------------------
 def _video_augment(d: dict, src: dict) -> VideoAugment:
-    return VideoAugment(crop=tuple(d["crop"]), resize_short=src.get("resize_short", d["resize_short"]),
-                        zoom_range=tuple(d["zoom_range"]), motion_blur_prob=float(d["motion_blur_prob"]),
-                        motion_blur_max=int(d["motion_blur_max"]))
+    return VideoAugment(
+        crop=tuple(d["crop"]),
+        resize_short=src.get("resize_short", d["resize_short"]),
+        zoom_range=tuple(d["zoom_range"]),
+        motion_blur_prob=float(d["motion_blur_prob"]),
+        motion_blur_max=int(d["motion_blur_max"]),
+    )
 
 
 def build_dataset(cfg: dict) -> MixedDataset:
@@ -145,7 +165,9 @@ def build_dataset(cfg: dict) -> MixedDataset:
     parts = []
     if not d["sources"]:
         raise ConfigError("data.sources is empty: nothing to train on")
-    check_sources(d["sources"], mode)  # types, keys and mode, as load_config checks them (cfg may be built by hand)
+    check_sources(
+        d["sources"], mode
+    )  # types, keys and mode, as load_config checks them (cfg may be built by hand)
     for s in d["sources"]:
         s = dict(s)
         kind = s.get("type")
@@ -155,24 +177,60 @@ def build_dataset(cfg: dict) -> MixedDataset:
             if kind == "static":
                 src = ImageFolderSource(s["root"])
             elif kind == "davis_frames":  # a video set's annotated frames, each a static image
-                src = VideoFramesSource(davis_source(s["root"], s.get("subset", "train"), s.get("year"),
-                                                     s.get("sequences"), s.get("exclude")), int(s.get("every", 1)))
+                src = VideoFramesSource(
+                    davis_source(
+                        s["root"],
+                        s.get("subset", "train"),
+                        s.get("year"),
+                        s.get("sequences"),
+                        s.get("exclude"),
+                    ),
+                    int(s.get("every", 1)),
+                )
             else:
                 src = SyntheticImages(s.get("num_images", 16), tuple(s.get("size", crop)), s.get("seed", 0))
-            aug = StaticAugment(crop=crop, resize_short=s.get("resize_short", d["resize_short"] or (max(crop) if kind != "synthetic_static" else None)))
-            ds = StaticDataset(src, crop, d["static_frames"], max_objects=s.get("max_objects", d["max_objects"]),
-                               augment=aug, **common)
+            aug = StaticAugment(
+                crop=crop,
+                resize_short=s.get(
+                    "resize_short", d["resize_short"] or (max(crop) if kind != "synthetic_static" else None)
+                ),
+            )
+            ds = StaticDataset(
+                src,
+                crop,
+                d["static_frames"],
+                max_objects=s.get("max_objects", d["max_objects"]),
+                augment=aug,
+                **common,
+            )
         else:
             if kind == "davis":
-                src = davis_source(s["root"], s.get("subset", "train"), s.get("year"), s.get("sequences"), s.get("exclude"))
+                src = davis_source(
+                    s["root"], s.get("subset", "train"), s.get("year"), s.get("sequences"), s.get("exclude")
+                )
             elif kind == "youtube":
                 src = youtube_source(s["root"], s.get("videos"), s.get("exclude"))
             else:  # synthetic
-                src = SyntheticVideos(s.get("num_videos", 8), s.get("num_frames", 24), tuple(s.get("size", crop)),
-                                      s.get("max_objects", 2), s.get("seed", 0))
-            ds = VideoClipDataset(src, crop, d["clip_len"], d["num_clips"], mode, d["max_objects"], d["max_skip"],
-                                  d["gap_schedule"], reverse_prob=d["reverse_prob"],
-                                  augment=_video_augment(d, s), **common)
+                src = SyntheticVideos(
+                    s.get("num_videos", 8),
+                    s.get("num_frames", 24),
+                    tuple(s.get("size", crop)),
+                    s.get("max_objects", 2),
+                    s.get("seed", 0),
+                )
+            ds = VideoClipDataset(
+                src,
+                crop,
+                d["clip_len"],
+                d["num_clips"],
+                mode,
+                d["max_objects"],
+                d["max_skip"],
+                d["gap_schedule"],
+                reverse_prob=d["reverse_prob"],
+                augment=_video_augment(d, s),
+                **common,
+            )
         parts.append((ds, repeat))
     return MixedDataset(parts)
 
@@ -182,6 +240,7 @@ def build_model(cfg: dict, logger: logging.Logger = log) -> PCVOS:
     init = cfg["init"]
     if not mcfg and init.get("checkpoint"):
         from pcvos.model.checkpoint import load_model
+
         net = load_model(init["checkpoint"])
         logger.info("model: architecture and weights from %s", init["checkpoint"])
     else:
@@ -190,8 +249,12 @@ def build_model(cfg: dict, logger: logging.Logger = log) -> PCVOS:
             logger.info("ImageNet initialisation: %s", init_imagenet(net, init["imagenet"]))
         if init.get("checkpoint"):
             rep = init_from_checkpoint(net, init["checkpoint"], strict=bool(init.get("strict")))
-            logger.info("initialised from %s (%d tensors left as initialised: %s)", init["checkpoint"],
-                        len(rep["missing"]), rep["missing"][:6])
+            logger.info(
+                "initialised from %s (%d tensors left as initialised: %s)",
+                init["checkpoint"],
+                len(rep["missing"]),
+                rep["missing"][:6],
+            )
     return net
 
 
@@ -296,9 +359,11 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     if resume is not None:
         ck = read_checkpoint(resume)
         if not isinstance(ck, dict) or not isinstance(ck.get("training"), dict) or "state_dict" not in ck:
-            raise CheckpointError(f"{resume}: not a training checkpoint (it has no optimizer state); resume from "
-                                  "<output_dir>/checkpoints/latest.pth, or start from its weights with "
-                                  "init.checkpoint=...")
+            raise CheckpointError(
+                f"{resume}: not a training checkpoint (it has no optimizer state); resume from "
+                "<output_dir>/checkpoints/latest.pth, or start from its weights with "
+                "init.checkpoint=..."
+            )
         net.load_state_dict(ck["state_dict"])
         tr = ck["training"]
         opt.load_state_dict(tr["optimizer"])
@@ -310,8 +375,11 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
         if len(states) == dd.world:
             set_rng_state(states[dd.rank])
         elif states:
-            log.warning("checkpoint has RNG states of %d processes, this run has %d: RNG states not restored",
-                        len(states), dd.world)
+            log.warning(
+                "checkpoint has RNG states of %d processes, this run has %d: RNG states not restored",
+                len(states),
+                dd.world,
+            )
         log.info("resumed from %s at iteration %d", resume, start)
     elif torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -320,25 +388,41 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     ddp_model: torch.nn.Module = model
     if dd.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dd.local_rank] if dd.device.type == "cuda" else None,
-            find_unused_parameters=find_unused)
+            model,
+            device_ids=[dd.local_rank] if dd.device.type == "cuda" else None,
+            find_unused_parameters=find_unused,
+        )
 
     dataset = build_dataset(cfg)
     sampler = TrainBatchSampler(len(dataset), per_proc, total, seed, dd.rank, dd.world, start)
     workers = int(cfg["data"]["num_workers"])
     # forkserver: forking a process whose torch threads already run can deadlock the workers
     # (Python warns on every fork); samples are pure functions of their index, so nothing is lost
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=dd.device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
-                        multiprocessing_context="forkserver" if workers > 0 else None)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=dd.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
+        multiprocessing_context="forkserver" if workers > 0 else None,
+    )
     loss_cfg = LossConfig(**cfg["loss"])
     if dd.main:
         # created only now: a wrong checkpoint, data folder or setting above leaves no output folder behind
         out_dir.mkdir(parents=True, exist_ok=True)
         text = dump_config(cfg)
         atomic_write_text(out_dir / "config.yaml", text)
-        log.info("training %s: %d samples, %d iterations, batch %d (%d per process, %d processes), device %s",
-                 cfg["name"], len(dataset), total, tc["batch_size"], per_proc, dd.world, dd.device)
+        log.info(
+            "training %s: %d samples, %d iterations, batch %d (%d per process, %d processes), device %s",
+            cfg["name"],
+            len(dataset),
+            total,
+            tc["batch_size"],
+            per_proc,
+            dd.world,
+            dd.device,
+        )
     writer = _make_writer(cfg, dd.main)
     history_path = out_dir / "history.jsonl"
     if dd.main and history_path.exists():  # drop records beyond the resume point (an interrupted run's tail)
@@ -348,19 +432,27 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     bar = None
     if dd.main and tc["progress"]:
         from tqdm import tqdm
+
         bar = tqdm(total=total, initial=start, desc=cfg["name"], dynamic_ncols=True, unit="it")
 
     def save(it: int) -> None:
         states = dd.gather(rng_state())
         if dd.main:
-            training = {"iteration": it, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict() if use_amp else None, "rng": states,
-                        "sampler": sampler.state_dict(it), "world_size": dd.world, "config_yaml": dump_config(cfg)}
+            training = {
+                "iteration": it,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if use_amp else None,
+                "rng": states,
+                "sampler": sampler.state_dict(it),
+                "world_size": dd.world,
+                "config_yaml": dump_config(cfg),
+            }
             cdir = _ckpt_dir(cfg)
             path = cdir / f"iter_{it:07d}.pth"
             _save(path, net, training)
             _save(cdir / "latest.pth", net, training)
-            old = sorted(cdir.glob("iter_*.pth"))[:-max(1, int(tc["keep_checkpoints"]))]
+            old = sorted(cdir.glob("iter_*.pth"))[: -max(1, int(tc["keep_checkpoints"]))]
             for p in old:
                 p.unlink(missing_ok=True)
         dd.barrier()
@@ -371,7 +463,10 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     it = start
     t_window, it_window = time.perf_counter(), start  # wall time per iteration over each logging window
     for batch in loader:
-        batch = {k: (v.to(dd.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        batch = {
+            k: (v.to(dd.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()
+        }
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             out = ddp_model(batch["frames"], batch["masks"], batch["valid"])
         losses = compute_losses(out, batch, it, loss_cfg)
@@ -427,12 +522,21 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     checksums = dd.gather(param_checksum(net))
-    summary = {"name": cfg["name"], "iterations": it, "start_iteration": start, "world_size": dd.world,
-               "seconds": time.time() - t_start, "last": last_log, "param_checksums": checksums,
-               "validation": val_results}
+    summary = {
+        "name": cfg["name"],
+        "iterations": it,
+        "start_iteration": start,
+        "world_size": dd.world,
+        "seconds": time.time() - t_start,
+        "last": last_log,
+        "param_checksums": checksums,
+        "validation": val_results,
+    }
     if dd.main:
         if it == total:
-            save_checkpoint(net, out_dir / "model_final.pth", metadata={"iterations": it, "name": cfg["name"]})
+            save_checkpoint(
+                net, out_dir / "model_final.pth", metadata={"iterations": it, "name": cfg["name"]}
+            )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
         if writer is not None:
             writer.close()
@@ -442,14 +546,33 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
 
 def _validate(cfg: dict, net: PCVOS, it: int) -> dict[str, Any]:
     from pcvos.train.validate import validate_davis
+
     v = cfg["val"]
-    res = validate_davis(net, v["root"], Path(cfg["output_dir"]) / "val_tmp", subset=v["subset"], year=v["year"],
-                         sequences=v["sequences"], size=v["size"], clip_length=v["clip_length"], top_k=v["top_k"],
-                         device=next(net.parameters()).device)
+    res = validate_davis(
+        net,
+        v["root"],
+        Path(cfg["output_dir"]) / "val_tmp",
+        subset=v["subset"],
+        year=v["year"],
+        sequences=v["sequences"],
+        size=v["size"],
+        clip_length=v["clip_length"],
+        top_k=v["top_k"],
+        device=next(net.parameters()).device,
+    )
     res["iteration"] = it
     short = {k: res[k] for k in ("J&F-Mean", "J-Mean", "F-Mean") if k in res}
     log.info("validation at %d: %s (%.0f s)", it, short, res["inference_seconds"])
     with (Path(cfg["output_dir"]) / "val_history.jsonl").open("a") as f:
-        f.write(json.dumps({"iteration": it, **short, "per_object": res.get("per_object"),
-                            "per_sequence_J": res.get("per_sequence_J")}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "iteration": it,
+                    **short,
+                    "per_object": res.get("per_object"),
+                    "per_sequence_J": res.get("per_sequence_J"),
+                }
+            )
+            + "\n"
+        )
     return res

@@ -19,6 +19,7 @@ Object slots: a batch holds up to K objects per sample (``valid`` (B, K)); slots
 order, so sample b uses slots ``0 .. n_b - 1`` and the padded slots get logits of -1e4 in the
 aggregated output (they never win and add nothing to the cross-entropy).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ def read_full(mem_key: torch.Tensor, mem_val: torch.Tensor, query: torch.Tensor)
     with torch.autocast(mem_key.device.type, enabled=False):
         k = mem_key.float()
         q = query.float()
-        aff = (2 * torch.bmm(k.transpose(1, 2), q) - k.pow(2).sum(1).unsqueeze(2)) / math.sqrt(ck)  # (B, M, Q)
+        aff = (2 * torch.bmm(k.transpose(1, 2), q) - k.pow(2).sum(1).unsqueeze(2)) / math.sqrt(
+            ck
+        )  # (B, M, Q)
         w = aff.softmax(dim=1)
         return torch.bmm(mem_val.float(), w).to(mem_val.dtype)
 
@@ -66,8 +69,14 @@ class PerClipTrainer(nn.Module):
     The number of clips follows from the sample length: ``(T - 1) / clip_len``.
     """
 
-    def __init__(self, net: PCVOS, clip_len: int = 3, use_refine: bool = True,
-                 detach_memory_mask: bool = False, freeze_bn: bool = True) -> None:
+    def __init__(
+        self,
+        net: PCVOS,
+        clip_len: int = 3,
+        use_refine: bool = True,
+        detach_memory_mask: bool = False,
+        freeze_bn: bool = True,
+    ) -> None:
         super().__init__()
         self.net = net
         self.clip_len = int(clip_len)
@@ -92,11 +101,13 @@ class PerClipTrainer(nn.Module):
         The same computation as :meth:`PCVOS.encode_value`, batched over samples.
         """
         b, k = obj_probs.shape[:2]
-        probs = obj_probs.transpose(0, 1)                                   # object-major (K, B, H, W)
+        probs = obj_probs.transpose(0, 1)  # object-major (K, B, H, W)
         others = probs.sum(0, keepdim=True) - probs if k > 1 else torch.zeros_like(probs)
         imgs = images.unsqueeze(0).expand(k, *images.shape).flatten(0, 1)
         # the key features are given once per frame: the fusion computes their part once for all objects
-        v = self.net.value_encoder(imgs, f16, probs.flatten(0, 1).unsqueeze(1), others.flatten(0, 1).unsqueeze(1))
+        v = self.net.value_encoder(
+            imgs, f16, probs.flatten(0, 1).unsqueeze(1), others.flatten(0, 1).unsqueeze(1)
+        )
         return v.view(k, b, *v.shape[1:]).transpose(0, 1)
 
     @staticmethod
@@ -119,7 +130,7 @@ class PerClipTrainer(nn.Module):
             raise ValueError(f"a sample of {t} frames is not a reference + clips of {L} frames")
         n_clips = (t - 1) // L
         net = self.net
-        images = net.normalize(frames.flatten(0, 1))                   # (B*T, 3, H, W)
+        images = net.normalize(frames.flatten(0, 1))  # (B*T, 3, H, W)
         feats = net.encode_key(images, with_local=self.use_refine)
         unflat = lambda x: None if x is None else x.view(b, t, *x.shape[1:])  # noqa: E731
         key, thin, local, f16, f8, f4 = (unflat(x) for x in feats)
@@ -130,18 +141,20 @@ class PerClipTrainer(nn.Module):
         # reference frame: values from the (aggregated) ground truth
         ref_obj = masks[:, 0] * validf
         ref_probs = aggregate(ref_obj, dim=1)[:, 1:]
-        mem_keys = [key[:, 0:1]]                                          # each (B, 1, Ck, h, w)
-        mem_vals = [self._values(images[:, 0], f16[:, 0], ref_probs * validf).unsqueeze(2)]  # (B, K, 1, Cv, h, w)
+        mem_keys = [key[:, 0:1]]  # each (B, 1, Ck, h, w)
+        mem_vals = [
+            self._values(images[:, 0], f16[:, 0], ref_probs * validf).unsqueeze(2)
+        ]  # (B, K, 1, Cv, h, w)
 
         out_logits, clips = [], []
         for c in range(n_clips):
             idx = list(range(1 + c * L, 1 + (c + 1) * L))
-            mk = self._flat(torch.cat(mem_keys, 1))                                 # (B, Ck, M)
-            mv = torch.cat(mem_vals, 2)                                              # (B, K, Tm, Cv, h, w)
+            mk = self._flat(torch.cat(mem_keys, 1))  # (B, Ck, M)
+            mv = torch.cat(mem_vals, 2)  # (B, K, Tm, Cv, h, w)
             cv, h, w = mv.shape[3:]
-            mv = mv.permute(0, 1, 3, 2, 4, 5).reshape(b, kmax * cv, -1)              # (B, K*Cv, M)
-            q = self._flat(key[:, idx[0]:idx[-1] + 1])                               # (B, Ck, L*h*w)
-            r = read_full(mk, mv, q).view(b, kmax, cv, L, h, w).transpose(2, 3)      # (B, K, L, Cv, h, w)
+            mv = mv.permute(0, 1, 3, 2, 4, 5).reshape(b, kmax * cv, -1)  # (B, K*Cv, M)
+            q = self._flat(key[:, idx[0] : idx[-1] + 1])  # (B, Ck, L*h*w)
+            r = read_full(mk, mv, q).view(b, kmax, cv, L, h, w).transpose(2, 3)  # (B, K, L, Cv, h, w)
             clip_logits = []
             for i in range(b):
                 n = counts[i]
@@ -150,20 +163,22 @@ class PerClipTrainer(nn.Module):
                 if self.use_refine:
                     ri = net.refine(local[i, sl], ri)
                 fi = KeyFeatures(key[i, sl], thin[i, sl], None, f16[i, sl], f8[i, sl], f4[i, sl])
-                obj = net.decode(ri, fi)                                             # (n, L, H, W)
-                agg = aggregate_logits(obj, dim=0)                                   # (n+1, L, H, W)
+                obj = net.decode(ri, fi)  # (n, L, H, W)
+                agg = aggregate_logits(obj, dim=0)  # (n+1, L, H, W)
                 if n < kmax:
                     agg = torch.cat([agg, agg.new_full((kmax - n, *agg.shape[1:]), PAD_LOGIT)])
-                clip_logits.append(agg.transpose(0, 1))                              # (L, K+1, H, W)
-            clip_logits = torch.stack(clip_logits)                                   # (B, L, K+1, H, W)
+                clip_logits.append(agg.transpose(0, 1))  # (L, K+1, H, W)
+            clip_logits = torch.stack(clip_logits)  # (B, L, K+1, H, W)
             out_logits.append(clip_logits)
             clips.append(list(range(c * L, (c + 1) * L)))
             if c + 1 < n_clips:
                 last = idx[-1]
-                prob = torch.softmax(clip_logits[:, -1], dim=1)[:, 1:] * validf          # (B, K, H, W)
+                prob = torch.softmax(clip_logits[:, -1], dim=1)[:, 1:] * validf  # (B, K, H, W)
                 if self.detach_memory_mask:
                     prob = prob.detach()
-                mem_keys.append(key[:, last:last + 1])
-                mem_vals.append(self._values(images[:, last], f16[:, last], prob.to(images.dtype)).unsqueeze(2))
+                mem_keys.append(key[:, last : last + 1])
+                mem_vals.append(
+                    self._values(images[:, last], f16[:, last], prob.to(images.dtype)).unsqueeze(2)
+                )
         logits = torch.cat(out_logits, 1)
         return {"logits": logits, "probs": torch.softmax(logits.float(), dim=2), "clips": clips}
