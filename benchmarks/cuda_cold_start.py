@@ -8,7 +8,7 @@
 Times `import torch`, the first CUDA tensor, `import pcvos` + `load_model` + reading the frames,
 then `pcvos.segment` twice at each ``--sizes`` value: the first call at a size pays the
 libraries' per-shape set-up, the second shows the warm cost. Run each setting in its own process
-(that is the point: nothing may be warm). Prints a table; results in benchmarks/speed_cuda.md.
+(that is the point: nothing may be warm). Prints a table; results in docs/results/speed_cuda.md.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def _add_segment(sub) -> None:
         metavar="N",
         help="test-time adaptation: first fine-tune a copy of the model for N steps on clips "
         f"synthesised from the annotated frames (N omitted: {DEFAULT_ADAPT_STEPS}; 0: off). Costs "
-        "seconds per step; when it pays: README, Test-time adaptation. Put it after INPUT",
+        "seconds per step; when it pays: docs/keyframes-adaptation.md. Put it after INPUT",
     )
     p.add_argument(
         "--adapt-seed",

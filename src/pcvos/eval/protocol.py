@@ -2,7 +2,7 @@
 
 The 30 sequences of DAVIS 2016 train are split once, by a seeded draw, into three parts:
 
-- ``report``: 10 sequences whose numbers are reported (model card, README). No choice of
+- ``report``: 10 sequences whose numbers are reported (model card, docs/protocol.md). No choice of
   checkpoint, recipe or setting may look at them. Five of them (bear, car-turn, dance-jump,
   kite-walk, tennis) are the sequences the first pcvos-lite never trained on, so the old and new
   models can be compared on sequences unseen by both (``REPORT_UNSEEN_BY_V1``).

@@ -50,10 +50,10 @@ __all__ = [
 ]
 
 # Steps of `pcvos segment --adapt` without a number: chosen on the protocol's select split
-# (benchmarks/adapt.md).
+# (docs/results/adapt.md).
 DEFAULT_STEPS = 25
 # Adam's learning rate: the rate pcvos-lite was trained with (configs/lite.yaml); chosen on the
-# protocol's select split (benchmarks/adapt.md).
+# protocol's select split (docs/results/adapt.md).
 DEFAULT_LR = 1e-4
 # Frames per clip of a synthetic sample (a reference view + 2 clips): 1 is stage 1's three views.
 DEFAULT_CLIP_LEN = 1

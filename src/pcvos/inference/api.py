@@ -65,7 +65,7 @@ class Segmenter:
     ``precision="bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA) runs the network's convolutions and
     matrix products in that precision (autocast); the memory read, aggregation and outputs stay
     fp32. About twice as fast on CPUs with bf16 instructions and on GPUs, with a small accuracy
-    cost (measured in the README); the default ``"fp32"`` reproduces the released model exactly.
+    cost (measured in docs/benchmarks.md); the default ``"fp32"`` reproduces the released model exactly.
     """
 
     def __init__(
