@@ -12,7 +12,7 @@ The public API is small:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
 
 from pcvos.model.network import PCVOS, PCVOSConfig
 from pcvos.model.checkpoint import load_model, save_checkpoint
