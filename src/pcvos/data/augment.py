@@ -180,7 +180,10 @@ def resize_short(
 # -- colour -------------------------------------------------------------------------------------
 @dataclass
 class ColorJitter:
-    """Ranges of a colour jitter (torchvision's meaning): factors in [1-x, 1+x], hue shift in [-h, h] turns."""
+    """Ranges of a colour jitter (torchvision's meaning).
+
+    Factors in [1-x, 1+x], hue shift in [-h, h] turns.
+    """
 
     brightness: float = 0.0
     contrast: float = 0.0
@@ -234,7 +237,8 @@ def _sample_box(
     scale: tuple[float, float],
     ratio: tuple[float, float],
 ) -> tuple[float, float, float, float]:
-    """A random crop box (x0, y0, bw, bh) of area fraction ``scale`` and aspect ``ratio`` times the output's."""
+    """A random crop box (x0, y0, bw, bh) of area fraction ``scale`` and aspect ``ratio`` times the
+    output's."""
     oh, ow = out_size
     area = h * w
     for _ in range(10):
@@ -306,7 +310,7 @@ class VideoAugment:
     ) -> tuple[np.ndarray, np.ndarray]:
         """-> frames (T, h, w, 3) float32 0..255, masks (T, h, w) uint8."""
         if self.resize_short:
-            pairs = [resize_short(f, m, self.resize_short) for f, m in zip(frames, masks)]
+            pairs = [resize_short(f, m, self.resize_short) for f, m in zip(frames, masks, strict=True)]
             frames, masks = [p[0] for p in pairs], [p[1] for p in pairs]  # type: ignore[misc]
         h, w = frames[0].shape[:2]
         p = params or self.sequence_params(rng, h, w)
@@ -316,7 +320,7 @@ class VideoAugment:
         out_m = np.empty((len(frames), oh, ow), np.uint8)
         zoom = float(p.get("zoom", 1.0))
         last = max(1, len(frames) - 1)
-        for t, (f, m) in enumerate(zip(frames, masks)):
+        for t, (f, m) in enumerate(zip(frames, masks, strict=True)):
             jit = affine_matrix(
                 ((ow - 1) / 2, (oh - 1) / 2),
                 angle=rng.uniform(-self.frame_degrees, self.frame_degrees),
@@ -325,7 +329,9 @@ class VideoAugment:
             )
             img, msk = warp_affine(f, m, jit @ base, self.crop)
             fp = self.frame_jitter.sample(rng)
-            col = tuple(a * b if i < 3 else a + b for i, (a, b) in enumerate(zip(p["color"], fp)))
+            col = tuple(
+                a * b if i < 3 else a + b for i, (a, b) in enumerate(zip(p["color"], fp, strict=True))
+            )
             out_f[t] = color_jitter(img, col, p["gray"])  # type: ignore[arg-type]
             if self.motion_blur_prob > 0 and rng.random() < self.motion_blur_prob:
                 length = int(rng.integers(3, max(3, self.motion_blur_max) + 1))

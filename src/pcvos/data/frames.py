@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import av
 import numpy as np
@@ -444,7 +444,7 @@ class FrameFolder:
         return f"FrameFolder({str(self.folder)!r}, {len(self)} frames)"
 
 
-def open_frames(input_path: PathLike, *, strict: bool = False) -> Union[VideoReader, FrameFolder]:
+def open_frames(input_path: PathLike, *, strict: bool = False) -> VideoReader | FrameFolder:
     """Open a video file (mp4/mov/avi/webm/mkv, or anything FFmpeg reads) or a folder of frames.
 
     The result iterates (H, W, 3) uint8 RGB frames and has ``.fps`` (None for folders), ``.size``
@@ -547,7 +547,8 @@ class VideoWriter:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(
-                f"{self.path}: frames must be (H, W, 3) uint8 RGB, got shape {frame.shape} dtype {frame.dtype}"
+                f"{self.path}: frames must be (H, W, 3) uint8 RGB, "
+                f"got shape {frame.shape} dtype {frame.dtype}"
             )
         if self.size is None:
             self.size = (frame.shape[0], frame.shape[1])

@@ -12,7 +12,7 @@ fixed depth order. Masks are label maps (0 = background, 1..K = objects, no void
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
@@ -82,7 +82,7 @@ def make_video(
     bg = _background(rng, h, w)
     bg_shift = rng.uniform(-0.5, 0.5, 2)
     objs = []
-    for k in range(num_objects):
+    for _ in range(num_objects):
         r = rng.uniform(0.12, 0.25) * min(h, w)
         objs.append(
             dict(
@@ -195,8 +195,9 @@ def write_davis_layout(
     subset: str = "train",
     year: str = "2017",
 ) -> list[str]:
-    """Write generated videos as ``root/JPEGImages/480p/<seq>/00000.jpg``, ``Annotations/480p/<seq>/00000.png``
-    (indexed PNGs) and ``ImageSets/<year>/<subset>.txt``. Returns the sequence names."""
+    """Write generated videos as ``root/JPEGImages/480p/<seq>/00000.jpg``,
+    ``Annotations/480p/<seq>/00000.png`` (indexed PNGs) and ``ImageSets/<year>/<subset>.txt``.
+    Returns the sequence names."""
     root = Path(root)
     src = SyntheticVideos(num_videos, num_frames, size, max_objects, seed)
     names = []
@@ -207,7 +208,7 @@ def write_davis_layout(
         ad = root / "Annotations" / "480p" / name
         for t in range(num_frames):
             frame = Image.fromarray(src.frame(v, t))
-            atomic_write(jd / f"{t:05d}.jpg", lambda tmp: frame.save(tmp, quality=95))
+            atomic_write(jd / f"{t:05d}.jpg", partial(frame.save, quality=95))
             save_indexed_png(ad / f"{t:05d}.png", src.mask(v, t))
     text = "".join(n + "\n" for n in names)
     atomic_write_text(root / "ImageSets" / str(year) / f"{subset}.txt", text)

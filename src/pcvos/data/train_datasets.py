@@ -5,8 +5,9 @@ per-clip / frame-wise / static samplers and the batch sampler used by the traine
 
 - :func:`davis_source` — ``JPEGImages/480p/<seq>/*.jpg`` + ``Annotations/480p/<seq>/*.png`` with the
   sequence list in ``ImageSets/2017|2016/<subset>.txt`` (or ``ImageSets/480p`` of the DAVIS 2016 release);
-- :func:`youtube_source` — YouTube-VOS ``train/JPEGImages/<video>/*.jpg`` + ``train/Annotations/<video>/*.png``
-  (``train/meta.json`` optional); frames without an annotation are not used;
+- :func:`youtube_source` — YouTube-VOS ``train/JPEGImages/<video>/*.jpg`` +
+  ``train/Annotations/<video>/*.png`` (``train/meta.json`` optional); frames without an annotation
+  are not used;
 - :class:`ImageFolderSource` — static image/mask pairs: ``root/images/*.jpg`` + ``root/masks/*.png``, or
   same-stem ``x.jpg`` + ``x.png`` pairs anywhere under ``root`` (ECSSD, DUTS, FSS-1000 style);
 - :class:`pcvos.data.synthetic.SyntheticVideos` / :class:`~pcvos.data.synthetic.SyntheticImages`.
@@ -291,7 +292,10 @@ class VideoFramesSource:
 
 # -- frame sampling -----------------------------------------------------------------------------
 def gap_at(progress: float, schedule: Sequence[Sequence[float]] = DEFAULT_GAP_SCHEDULE) -> int:
-    """The maximum gap at training ``progress`` in [0, 1]: the value of the last entry whose fraction <= progress."""
+    """The maximum gap at training ``progress`` in [0, 1].
+
+    It is the value of the last entry whose fraction <= progress.
+    """
     value = int(schedule[0][1])
     for frac, v in schedule:
         if progress >= frac:
@@ -377,7 +381,7 @@ def _pack(
 
 def _present(labels0: np.ndarray, min_pixels: int) -> list[int]:
     ids, counts = np.unique(labels0, return_counts=True)
-    return [int(i) for i, c in zip(ids, counts) if i not in (0, 255) and c >= min_pixels]
+    return [int(i) for i, c in zip(ids, counts, strict=True) if i not in (0, 255) and c >= min_pixels]
 
 
 def _composite(

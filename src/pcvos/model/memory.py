@@ -24,7 +24,7 @@ class MemoryBlock:
     values: torch.Tensor
 
     @classmethod
-    def from_keys(cls, keys: torch.Tensor, values: torch.Tensor) -> "MemoryBlock":
+    def from_keys(cls, keys: torch.Tensor, values: torch.Tensor) -> MemoryBlock:
         return cls(keys, keys.pow(2).sum(-1), values)
 
 
@@ -86,7 +86,7 @@ def read_memory(
         idx = torch.cat(cand_idx, 1).gather(1, pos)
         acc = None
         offset = 0
-        for n, (b, size) in enumerate(zip(blocks, sizes)):
+        for n, (b, size) in enumerate(zip(blocks, sizes, strict=True)):
             mine = (pos >= offset) & (pos < offset + size)
             part_idx, part_w = idx.where(mine, 0), weights * mine
             part = F.embedding_bag(part_idx, b.values, per_sample_weights=part_w, mode="sum")

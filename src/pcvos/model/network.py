@@ -47,7 +47,7 @@ class PCVOSConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PCVOSConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PCVOSConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -12,6 +12,7 @@ result equals the whole-clip computation. A GPU takes the whole clip in one pass
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -92,9 +93,7 @@ def temporal_groups(depth: int, window: int, shift: int) -> list[Group]:
     padded = -(-depth // window) * window
     bounds = sorted({0, padded} | set(range(shift, padded + 1, window)))
     return [
-        (a, b, window - shift if shift and a == 0 else 0)
-        for a, b in zip(bounds[:-1], bounds[1:])
-        if a < depth
+        (a, b, window - shift if shift and a == 0 else 0) for a, b in pairwise(bounds) if a < depth
     ]  # pad-only: outputs are cropped
 
 
@@ -359,7 +358,7 @@ class IntraClipRefiner(nn.Module):
         no_shift = (0, 0, 0)
         mask = None
         if any(s > 0 for s in shift):
-            padded = tuple(-(-s // w) * w for s, w in zip(size, window))
+            padded = tuple(-(-s // w) * w for s, w in zip(size, window, strict=True))
             mask = shifted_window_mask(padded, window, shift, device=x.device).to(x.dtype)
         for stage in self.layers:
             for i, block in enumerate(stage.blocks):

@@ -97,7 +97,7 @@ class _Dist:
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
@@ -426,8 +426,12 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     writer = _make_writer(cfg, dd.main)
     history_path = out_dir / "history.jsonl"
     if dd.main and history_path.exists():  # drop records beyond the resume point (an interrupted run's tail)
-        keep = [l for l in history_path.read_text().splitlines() if l and json.loads(l)["iteration"] <= start]
-        atomic_write_text(history_path, "".join(l + "\n" for l in keep))
+        keep = [
+            line
+            for line in history_path.read_text().splitlines()
+            if line and json.loads(line)["iteration"] <= start
+        ]
+        atomic_write_text(history_path, "".join(line + "\n" for line in keep))
 
     bar = None
     if dd.main and tc["progress"]:

@@ -84,7 +84,7 @@ class PerClipTrainer(nn.Module):
         self.detach_memory_mask = bool(detach_memory_mask)
         self.freeze_bn = bool(freeze_bn)
 
-    def train(self, mode: bool = True) -> "PerClipTrainer":
+    def train(self, mode: bool = True) -> PerClipTrainer:
         super().train(mode)
         if mode and self.freeze_bn:
             # STCN trains with frozen BatchNorm statistics (small batches); affine parameters still learn
