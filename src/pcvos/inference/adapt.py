@@ -30,10 +30,10 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from pcvos.data.augment import StaticAugment
-from pcvos.data.train_datasets import StaticDataset, TrainBatchSampler
 from pcvos.data.palette import VOID_LABEL
-from pcvos.inference.api import _processing_size
+from pcvos.data.train_datasets import StaticDataset, TrainBatchSampler
 from pcvos.inference.objects import ObjectRegistry
+from pcvos.inference.sizing import _processing_size
 from pcvos.model.network import PCVOS
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
@@ -246,7 +246,7 @@ class Adaptation:
         It is the object this run trains: a later :meth:`step` changes it.
         """
         self.net.eval()
-        for p, flag in zip(self.net.parameters(), self._requires_grad):
+        for p, flag in zip(self.net.parameters(), self._requires_grad, strict=True):
             p.grad = None
             p.requires_grad_(flag)
         return self.net

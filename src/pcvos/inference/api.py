@@ -9,30 +9,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pcvos.data.palette import VOID_LABEL
+from pcvos.inference.adapt import adapt as adapt_model
 from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
-from pcvos.data.palette import VOID_LABEL
+from pcvos.inference.sizing import _processing_size, _resize_mask
 from pcvos.model.network import PCVOS, pad_to_multiple, unpad
 
 Output = Literal["labels", "probs"]
 FrameLike = np.ndarray | torch.Tensor
-
-
-def _processing_size(h: int, w: int, size: int | None) -> tuple[int, int]:
-    if size is None:
-        return h, w
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
-    scale = size / min(h, w)
-    return max(16, round(h * scale)), max(16, round(w * scale))
-
-
-def _resize_mask(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A (H, W) uint8 label map at the processing ``size`` (height, width), as masks enter the
-    network: nearest neighbour, pixel-centre aligned, so no new label appears."""
-    if tuple(labels.shape) == tuple(size):
-        return labels
-    return F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(torch.uint8)
 
 
 def _check_frame(frame: FrameLike, index: int) -> torch.Tensor:
@@ -338,10 +323,7 @@ def segment(
             raise ValueError(f"masks: mask for frame {index} has shape {m_arr.shape}, frames are {(h, w)}")
         seg.add_mask(int(index), m_arr)
     if adapt:
-        # after the checks above, so bad input fails before any training; imported here because
-        # the adaptation module imports this one
-        from pcvos.inference.adapt import adapt as adapt_model
-
+        # after the checks above, so bad input fails before any training
         seg.model = adapt_model(seg.model, arr, masks, adapt, seed=adapt_seed, size=size).eval()
     if output == "labels":
         out = np.zeros((t, h, w), np.uint8)

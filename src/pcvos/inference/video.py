@@ -5,6 +5,7 @@ This is the job behind ``pcvos segment``; it is usable from Python too (:func:`s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -35,8 +36,9 @@ from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
 from pcvos.inference.adapt import adapt as adapt_model
 from pcvos.inference.adapt import read_keyframes
-from pcvos.inference.api import Segmenter, _processing_size, _resize_mask
+from pcvos.inference.api import Segmenter
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
+from pcvos.inference.sizing import _processing_size, _resize_mask
 from pcvos.model.network import PCVOS
 
 log = logging.getLogger("pcvos")
@@ -189,7 +191,7 @@ def load_masks(
         out = np.zeros_like(labels)
         for src, dst in remap.items():
             out[labels == src] = dst
-        for src, dst in remap.items():
+        for dst in remap.values():
             if dst not in used:
                 objects.append({"id": dst, "first_frame": spec.frame, "mask": str(path), "kind": kind})
                 used.add(dst)
@@ -536,10 +538,14 @@ def segment_video(
                             {f"{o:03d}/{n}.png" for o in ids for n in block}
                         ),
                     )
-            write(out_dir / f"{name}.png", lambda: save_indexed_png(out_dir / f"{name}.png", labels))
+            write(
+                out_dir / f"{name}.png", functools.partial(save_indexed_png, out_dir / f"{name}.png", labels)
+            )
             frame = pending.pop(index, None)
             if writer is not None:
-                write(opt.overlay, lambda: writer.write(draw_overlay(frame, labels)))
+                write(
+                    opt.overlay, lambda frame=frame, labels=labels: writer.write(draw_overlay(frame, labels))
+                )
             if opt.alpha is not None:
                 for obj in ids:
                     cut = rgba_cutout(frame, labels, obj)
