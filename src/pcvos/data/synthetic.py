@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -81,7 +82,7 @@ def make_video(
     h, w = size
     bg = _background(rng, h, w)
     bg_shift = rng.uniform(-0.5, 0.5, 2)
-    objs = []
+    objs: list[dict[str, Any]] = []
     for _ in range(num_objects):
         r = rng.uniform(0.12, 0.25) * min(h, w)
         objs.append(
@@ -99,7 +100,7 @@ def make_video(
     frames = np.zeros((num_frames, h, w, 3), np.uint8)
     masks = np.zeros((num_frames, h, w), np.uint8)
     for t in range(num_frames):
-        m_bg = np.float32([[1, 0, bg_shift[0] * t], [0, 1, bg_shift[1] * t]])
+        m_bg = np.array([[1, 0, bg_shift[0] * t], [0, 1, bg_shift[1] * t]], np.float32)
         img = cv2.warpAffine(bg, m_bg, (w, h), borderMode=cv2.BORDER_REFLECT)
         lab = np.zeros((h, w), np.uint8)
         for k, o in enumerate(objs):  # later objects are in front
@@ -132,7 +133,8 @@ class SyntheticVideos:
     ) -> None:
         self.num_videos = int(num_videos)
         self.length = int(num_frames)
-        self.size = tuple(int(s) for s in size)
+        h, w = size  # a list (from a config file) becomes a tuple
+        self.size = (int(h), int(w))
         self.max_objects = int(max_objects)
         self.seed = int(seed)
         self._get = lru_cache(maxsize=64)(self._make)
@@ -148,7 +150,7 @@ class SyntheticVideos:
 
     def _make(self, v: int) -> tuple[np.ndarray, np.ndarray]:
         k = 1 + (v % self.max_objects)
-        return make_video(self.seed, self.length, self.size, k, index=v)  # type: ignore[arg-type]
+        return make_video(self.seed, self.length, self.size, k, index=v)
 
     def __len__(self) -> int:
         return self.num_videos
@@ -171,7 +173,8 @@ class SyntheticImages:
 
     def __init__(self, num_images: int = 16, size: tuple[int, int] = (64, 64), seed: int = 0) -> None:
         self.n = int(num_images)
-        self.size = tuple(int(s) for s in size)
+        h, w = size
+        self.size = (int(h), int(w))
         self.seed = int(seed)
 
     def __len__(self) -> int:
@@ -181,7 +184,7 @@ class SyntheticImages:
         return f"synthetic-image-{i:04d}"
 
     def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        frames, masks = make_video(self.seed + 7919, 1, self.size, 1, index=i)  # type: ignore[arg-type]
+        frames, masks = make_video(self.seed + 7919, 1, self.size, 1, index=i)
         return frames[0], masks[0]
 
 

@@ -107,7 +107,8 @@ def _keyframes(frames: Any, masks: Mapping[int, np.ndarray], size: int | None) -
     for index in sorted(masks):
         frame = frames[index]
         img = np.asarray(frame.cpu() if isinstance(frame, torch.Tensor) else frame)
-        lab = np.asarray(masks[index].cpu() if isinstance(masks[index], torch.Tensor) else masks[index])
+        given = masks[index]
+        lab = np.asarray(given.cpu() if isinstance(given, torch.Tensor) else given)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(
                 f"frame {index}: expected a uint8 RGB array of shape (H, W, 3), got dtype "

@@ -205,12 +205,12 @@ class Segmenter:
         out[0] = p[0]
         for slot, obj in enumerate(core.objects.ids):
             out[1 + ids.index(obj)] = p[1 + slot]
-        out = out.cpu().numpy()
+        result = out.cpu().numpy()
         for j, t in enumerate(indices):
-            yield t, out[:, j]
+            yield t, result[:, j]
 
-    def _background(self, index: int) -> tuple[int, np.ndarray]:
-        h, w = self._shape
+    def _background(self, index: int, shape: tuple[int, int]) -> tuple[int, np.ndarray]:
+        h, w = shape
         if self.output == "labels":
             return index, np.zeros((h, w), np.uint8)
         out = np.zeros((1 + len(self.object_ids), h, w), np.float32)
@@ -232,10 +232,10 @@ class Segmenter:
             if self._shape is None:
                 self._shape = (int(f.shape[0]), int(f.shape[1]))
                 self._proc = _processing_size(*self._shape, self.size)
-                for i, m in self._masks.items():
-                    if m.shape != self._shape:
+                for i, given in self._masks.items():
+                    if given.shape != self._shape:
                         raise ValueError(
-                            f"mask for frame {i}: size {m.shape[1]}x{m.shape[0]} differs from the "
+                            f"mask for frame {i}: size {given.shape[1]}x{given.shape[0]} differs from the "
                             f"frames' {self._shape[1]}x{self._shape[0]}"
                         )
             elif tuple(f.shape[:2]) != self._shape:
@@ -244,7 +244,7 @@ class Segmenter:
                     f"{self._shape[1]}x{self._shape[0]}"
                 )
             if t < min(self._masks):  # a mask may still arrive for an earlier frame while streaming
-                yield self._background(t)
+                yield self._background(t, self._shape)
                 continue
             buf_idx.append(t)
             buf_img.append(f)
