@@ -6,8 +6,9 @@
 
 Without ``--weights`` the model shipped with pcvos is used. L = 1 is per-frame inference with a
 memory frame every 5 frames (STCN's schedule), with ICR on single frames if the model has it
-and no PMM; the other L use ICR + PMM with a memory frame every L frames. Results (masks, metrics.json per L) go under ``--out``; a markdown
-table is printed and written to ``--out/dial.md`` and a JSON to ``--out/dial.json``.
+and no PMM; the other L use ICR + PMM with a memory frame every L frames. Results (masks,
+metrics.json per L) go under ``--out``; a markdown table is printed and written to
+``--out/dial.md`` and a JSON to ``--out/dial.json``.
 """
 
 from __future__ import annotations

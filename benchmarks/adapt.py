@@ -78,7 +78,8 @@ def _time_only(args: argparse.Namespace) -> int:
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             print(
                 f"{name} {frames.shape[2]}x{frames.shape[1]}, {len(frames)} frames, size {args.size}, "
-                f"{args.time_steps} steps, {torch.get_num_threads()} threads: wall {wall:.1f} s, CPU {cpu:.1f} s, "
+                f"{args.time_steps} steps, {torch.get_num_threads()} threads: "
+                f"wall {wall:.1f} s, CPU {cpu:.1f} s, "
                 f"load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         models[name] = PCVOS(PCVOSConfig.from_dict(cfg)).eval()
     times: dict[str, list[float]] = {n: [] for n in BACKBONES}
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         pcvos.segment(model, frames[:6], {0: mask}, clip_length=args.clip_length)
     for _ in range(args.repeats):
         for name, model in models.items():

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         n = len(gt)
         res: dict[str, dict] = {}
 
-        def new_session() -> pcvos.Session:
+        def new_session(frames: np.ndarray = frames) -> pcvos.Session:
             return pcvos.Session(model, frames, clip_length=args.clip_length, size=args.size)
 
         s = new_session()
@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out / name.replace(" ", "_") / seq
             for i, lab in enumerate(labels):
                 image = Image.fromarray(lab * 255)
-                atomic_write(out / f"{gt_paths[i].stem}.png", lambda tmp: image.save(tmp))
-        # the cost of a fix between keyframes FIX_INTERVAL apart (scored above, so it changes nothing reported)
+                atomic_write(out / f"{gt_paths[i].stem}.png", image.save)
+        # the cost of a fix between keyframes FIX_INTERVAL apart (scored above, so it changes
+        # nothing reported)
         s = res[f"every {FIX_INTERVAL}"]["session"]
         fix = FIX_INTERVAL + FIX_INTERVAL // 2
         fix_secs = fix_frames = None
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         jf = 50 * (mean("J", name) + mean("F", name))
         if args.max_frames is None and abs(jf - 100 * official[name]) > 0.05:
             raise SystemExit(
-                f"{name}: per-frame J&F {jf:.3f} differs from the DAVIS evaluation's {100 * official[name]:.3f}"
+                f"{name}: per-frame J&F {jf:.3f} differs from the DAVIS evaluation's "
+                f"{100 * official[name]:.3f}"
             )
         row = {
             "scenario": name,

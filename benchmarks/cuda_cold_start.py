@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             sync()
             mark(f"{turn} segment, {size}p")
     print(
-        f"{args.sequence}, {len(frames)} frames, {args.device}, cuDNN {'off' if args.no_cudnn else 'default'}\n"
+        f"{args.sequence}, {len(frames)} frames, {args.device}, "
+        f"cuDNN {'off' if args.no_cudnn else 'default'}\n"
     )
     print("| phase | seconds |\n|---|---|")
     for name, seconds in phases:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,7 +53,7 @@ def _perturb(labels: np.ndarray, seq_index: int, frame: int) -> np.ndarray:
     return labels
 
 
-def build(data: Path, tmp: Path, n_seq: int) -> Tuple[Path, Path, List[str], int]:
+def build(data: Path, tmp: Path, n_seq: int) -> tuple[Path, Path, list[str], int]:
     """Temporary DAVIS root (annotation folders symlinked) and perturbed results."""
     names = (data / "ImageSets" / "2016" / "train.txt").read_text().split()[:n_seq]
     root, res = tmp / "DAVIS", tmp / "results"
@@ -76,7 +76,7 @@ def build(data: Path, tmp: Path, n_seq: int) -> Tuple[Path, Path, List[str], int
     return root, res, names, n_frames
 
 
-def run_official(path: Path, root: Path, res: Path) -> Tuple[float, Dict[str, float]]:
+def run_official(path: Path, root: Path, res: Path) -> tuple[float, dict[str, float]]:
     sys.path.insert(0, str(path))
     if not hasattr(np, "bool"):
         np.bool = bool  # type: ignore[attr-defined]  # the toolkit predates NumPy 1.24
@@ -96,10 +96,10 @@ def run_official(path: Path, root: Path, res: Path) -> Tuple[float, Dict[str, fl
         np.mean(F["R"]),
         np.mean(F["D"]),
     ]
-    return dt, dict(zip(GLOBAL_COLUMNS, (float(v) for v in vals)))
+    return dt, dict(zip(GLOBAL_COLUMNS, (float(v) for v in vals), strict=True))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="davis2016-train folder")
     ap.add_argument("--sequences", type=int, default=20, help="number of sequences (default 20)")
@@ -133,8 +133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"built {len(names)} sequences / {n_frames} frames of perturbed results "
             f"in {time.perf_counter() - t0:.1f} s ({cores} cores available)"
         )
-        rows: List[Tuple[str, int, int, int, float]] = []
-        metrics: Dict[str, Any] = {}
+        rows: list[tuple[str, int, int, int, float]] = []
+        metrics: dict[str, Any] = {}
         for w in workers:
             best = float("inf")
             for _ in range(args.repeat):
@@ -142,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 metrics = evaluate_davis(root, res, subset="train", workers=w)
                 best = min(best, time.perf_counter() - t0)
             rows.append(("pcvos", len(names), n_frames, w, best))
-        official: Optional[Dict[str, float]] = None
+        official: dict[str, float] | None = None
         if args.official is not None:
             dt, official = run_official(args.official, root, res)
             rows.append(("official toolkit", len(names), n_frames, 1, dt))

@@ -6,7 +6,8 @@ per window of frames, the milliseconds per frame, the process' RSS and the mean 
 ground truth; it also saves the labels (bit-packed) so that ``report``
 can score every policy against the uncapped run on the frames that run reached::
 
-    python benchmarks/long_video.py run --davis-root DAVIS --policy uncapped --max-seconds 5400 --out runs/long
+    python benchmarks/long_video.py run --davis-root DAVIS --policy uncapped --max-seconds 5400 \
+        --out runs/long
     python benchmarks/long_video.py run --davis-root DAVIS --policy oldest --max-seconds 5400 --out runs/long
     python benchmarks/long_video.py run --davis-root DAVIS --policy usage --max-seconds 5400 --out runs/long
     python benchmarks/long_video.py report --out runs/long --davis-root DAVIS
@@ -196,7 +197,8 @@ def report(args: argparse.Namespace) -> None:
         labels[policy] = [np.unpackbits(p, count=n).reshape(shape).astype(bool) for p in z["packed"]]
     first = next(iter(runs.values()))
     print(
-        f"Looped `{first['sequence']}` (ping-pong), pcvos-lite, size {first['size']}, L={first['clip_length']}, "
+        f"Looped `{first['sequence']}` (ping-pong), pcvos-lite, size {first['size']}, "
+        f"L={first['clip_length']}, "
         f"{first['threads']} thread(s), torch {first['torch']}, {first['cpu_count']} CPUs.\n"
     )
     # the run keeps every frame's labels (bit-packed) for the report: not pcvos' memory, subtracted
@@ -225,7 +227,8 @@ def report(args: argparse.Namespace) -> None:
             cells["iou_gt"].append(f"{w['iou_gt']:.3f}")
         print(f"| {end} | " + " | ".join(c for k in cells for c in cells[k]) + " |")
     print(
-        f"\nms/frame and IoU GT are over the window ending at that frame; RSS at its end, less the labels the "
+        "\nms/frame and IoU GT are over the window ending at that frame; RSS at its end, "
+        "less the labels the "
         f"benchmark keeps for scoring ({1024 * label_mib:.0f} KiB a frame).\n"
     )
     ref = labels.get("uncapped")
@@ -261,7 +264,8 @@ def report(args: argparse.Namespace) -> None:
         )
     print(
         f"\nN = {n_ref}, the frames the uncapped run reached; frame 0 (the given mask) is not scored. "
-        f"The cap binds from frame {bound} on (frame {bound - 1} is memory frame {(bound - 1) // first['clip_length'] + 1}, "
+        f"The cap binds from frame {bound} on "
+        f"(frame {bound - 1} is memory frame {(bound - 1) // first['clip_length'] + 1}, "
         f"one every {first['clip_length']}); before it every policy's memory is the uncapped one."
     )
 

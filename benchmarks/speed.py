@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import statistics
@@ -90,7 +91,7 @@ class PeakMemory:
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -161,12 +162,12 @@ def _floor(model, frames: np.ndarray, objects: int, device: torch.device, repeat
     for b in batches:
         if b > len(x):
             continue
-        sec, _ = timed(lambda: model.encode_key(x[:b], with_local=False), device, repeats)
+        sec, _ = timed(functools.partial(model.encode_key, x[:b], with_local=False), device, repeats)
         best_key[b] = sec / b
         feats = model.encode_key(x[:b], with_local=False)
         h, w = feats.key.shape[-2:]
         readout = torch.randn(objects, b, model.config.value_dim, h, w, device=device)
-        sec, _ = timed(lambda: model.decode(readout, feats), device, repeats)
+        sec, _ = timed(functools.partial(model.decode, readout, feats), device, repeats)
         best_dec[b] = sec / b
     key = min(best_key.values())
     dec = min(best_dec.values())
@@ -233,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
                 if args.weights and not model.has_refiner:
                     sched.update(refine=False, pmm_segment=None)
 
-                def fn(n=len(frames)):
+                def fn(n=None, model=model, sched=sched, labels=labels, device=device):
                     return pcvos.segment(
                         model,
                         frames[:n],
@@ -275,7 +276,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def table(result: dict) -> str:
     lines = [
-        f"{result['frames']} frames after the first, {result['source']} at {result['size'][1]}x{result['size'][0]}, "
+        f"{result['frames']} frames after the first, "
+        f"{result['source']} at {result['size'][1]}x{result['size'][0]}, "
         f"median of {result['repeats']}, {result['threads']} threads, frame batch {result['frame_batch']}, "
         f"{result.get('precision', 'fp32')}, malloc {result.get('allocator', 'default')}, "
         f"torch {result['torch']}",
@@ -336,7 +338,8 @@ def main(argv=None) -> int:
         "--data",
         type=Path,
         default=DATA,
-        help="DAVIS root holding JPEGImages/480p and Annotations/480p (default: ../shared/data/davis2016-train)",
+        help="DAVIS root holding JPEGImages/480p and Annotations/480p "
+        "(default: ../shared/data/davis2016-train)",
     )
     p.add_argument("--schedules", nargs="+", help=f"subset of {list(SCHEDULES)}")
     p.add_argument("--weights", help="a real checkpoint instead of stand-in weights")

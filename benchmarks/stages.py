@@ -76,7 +76,7 @@ class StageTimer:
 
         return wrapped
 
-    def __enter__(self) -> "StageTimer":
+    def __enter__(self) -> StageTimer:
         for owner, attr, name in STAGES:
             fn = getattr(owner, attr)
             self._saved.append((owner, attr, fn))
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     walls: dict[int, float] = {}
     for length in args.lengths:
 
-        def run(n=len(frames)):
+        def run(n=None, length=length):
             return pcvos.segment(
                 model, frames[:n], {0: labels}, clip_length=length, device=device, precision=args.precision
             )

@@ -3,7 +3,8 @@ frame-switch latency; then propagation speed against ``pcvos segment`` with the 
 settings on the first ``--compare-seconds`` of that video, alternating the two ``--repeats`` times
 so that a change in machine load hits both alike.
 
-    python benchmarks/studio_measure.py --make-video-from ../shared/data/davis2016-train/JPEGImages/480p/bear \
+    python benchmarks/studio_measure.py \
+        --make-video-from ../shared/data/davis2016-train/JPEGImages/480p/bear \
         --video /tmp/bear60.mp4 --mask ../shared/data/davis2016-train/Annotations/480p/bear/00000.png \
         --work /tmp/studio_measure
 
@@ -131,7 +132,8 @@ def main() -> None:
 
     marker = args.work / MARKER
     if args.work.exists():
-        # replace only a scratch folder this script made: --work pointed at anything else by mistake is left alone
+        # replace only a scratch folder this script made: --work pointed at anything else by
+        # mistake is left alone
         if any(args.work.iterdir()) and not marker.is_file():
             print(
                 f"studio_measure.py: --work {args.work} exists and was not made by this script; "

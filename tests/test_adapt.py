@@ -210,8 +210,8 @@ def _write_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_cli_adapt(tmp_path):
     from pcvos.cli import build_parser, main
-    from pcvos.inference.adapt import DEFAULT_STEPS, read_keyframes
     from pcvos.data.frames import open_frames
+    from pcvos.inference.adapt import DEFAULT_STEPS, read_keyframes
 
     video, folder, mask = _write_inputs(tmp_path)
     # the keyframe read from a decoded video (no random access) and from a folder

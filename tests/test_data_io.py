@@ -342,7 +342,9 @@ def test_real_sequence_mp4_round_trip(tmp_path):
     decoded = list(reader)
     assert len(decoded) == 8 and reader.frames_read == 8
     assert all(f.shape == (120, 214, 3) and f.dtype == np.uint8 for f in decoded)
-    error = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(decoded, frames)])
+    error = np.mean(
+        [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(decoded, frames, strict=True)]
+    )
     assert error < 8, error
     assert len(list(reader)) == 8  # iterable more than once
 

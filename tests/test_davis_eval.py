@@ -8,8 +8,8 @@ import argparse
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -45,7 +45,7 @@ def save_gray(path: Path, labels: np.ndarray) -> None:
     Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="L").save(path)
 
 
-def box(y0: int, y1: int, x0: int, x1: int, value: int = 1, base: Optional[np.ndarray] = None) -> np.ndarray:
+def box(y0: int, y1: int, x0: int, x1: int, value: int = 1, base: np.ndarray | None = None) -> np.ndarray:
     a = np.zeros((H, W), np.uint8) if base is None else base.copy()
     a[y0:y1, x0:x1] = value
     return a
@@ -53,13 +53,13 @@ def box(y0: int, y1: int, x0: int, x1: int, value: int = 1, base: Optional[np.nd
 
 def make_dataset(
     tmp: Path,
-    gt: Dict[str, Sequence[np.ndarray]],
-    res: Dict[str, Sequence[Optional[np.ndarray]]],
+    gt: dict[str, Sequence[np.ndarray]],
+    res: dict[str, Sequence[np.ndarray | None]],
     *,
     year: str = "2017",
     subset: str = "val",
     gray: bool = False,
-) -> Tuple[Path, Path]:
+) -> tuple[Path, Path]:
     root, out = tmp / "DAVIS", tmp / "results"
     saver = save_gray if gray else save_indexed
     for seq, frames in gt.items():
@@ -113,7 +113,7 @@ def ref_j(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if union == 0 else np.logical_and(pred, gt).sum() / union
 
 
-def ref_stats(v: List[float]) -> Tuple[float, float, float]:
+def ref_stats(v: list[float]) -> tuple[float, float, float]:
     v = np.asarray(v, float)
     n = len(v)
     ids = [int(round(1 + k * (n - 1) / 4 + 1e-10)) - 1 for k in range(5)]
@@ -124,16 +124,16 @@ def ref_stats(v: List[float]) -> Tuple[float, float, float]:
     )
 
 
-def ref_evaluate(root: Path, out: Path, seqs: List[str], single_object: bool) -> Dict[str, List[float]]:
+def ref_evaluate(root: Path, out: Path, seqs: list[str], single_object: bool) -> dict[str, list[float]]:
     """Per object: [JM, JR, JD, FM, FR, FD], straight from the definitions, frame by frame."""
-    per: Dict[str, List[float]] = {}
+    per: dict[str, list[float]] = {}
     for seq in seqs:
         frames = sorted((root / "Annotations" / "480p" / seq).glob("*.png"))
         first = np.array(Image.open(frames[0]))
         first[first == 255] = 0
         n_obj = 1 if single_object else int(first.max())
-        js: List[List[float]] = [[] for _ in range(n_obj)]
-        fs: List[List[float]] = [[] for _ in range(n_obj)]
+        js: list[list[float]] = [[] for _ in range(n_obj)]
+        fs: list[list[float]] = [[] for _ in range(n_obj)]
         for fp in frames[1:-1]:
             g = np.array(Image.open(fp)).astype(int)
             g[g == 255] = 0
@@ -207,7 +207,7 @@ def test_sequence_lists_and_year(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- semantics on tiny data
 def test_perfect_result_and_first_last_frames_ignored(tmp_path: Path) -> None:
     gt = [box(2, 10, 3, 12, 1, box(12, 20, 15, 28, 2)) for _ in range(5)]
-    res: List[Optional[np.ndarray]] = list(gt)
+    res: list[np.ndarray | None] = list(gt)
     res[0] = None  # first and last result frames are never read
     res[4] = None
     root, out = make_dataset(tmp_path, {"s": gt}, {"s": res})
@@ -252,7 +252,7 @@ def test_index_above_object_count_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_missing_result_frame_names_the_file(tmp_path: Path) -> None:
     gt = [box(2, 10, 3, 12, 1) for _ in range(5)]
-    res: List[Optional[np.ndarray]] = [box(2, 10, 3, 12, 1) for _ in range(5)]
+    res: list[np.ndarray | None] = [box(2, 10, 3, 12, 1) for _ in range(5)]
     res[3] = None
     root, out = make_dataset(tmp_path, {"s": gt}, {"s": res})
     with pytest.raises(FileNotFoundError, match=r"00003\.png"):
@@ -314,13 +314,14 @@ def test_output_files_format(tmp_path: Path) -> None:
     lines = g.splitlines()
     assert lines[0] == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
     cols = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
-    assert lines[1] == ",".join("%.3f" % m[c] for c in cols)
+    assert lines[1] == ",".join(f"{m[c]:.3f}" for c in cols)
     assert g.endswith("\n") and len(lines) == 2
     s = (out / "per-sequence_results-val.csv").read_text().splitlines()
     assert s[0] == "Sequence,J-Mean,F-Mean"
     # ImageSets order is kept
     assert [x.split(",")[0] for x in s[1:]] == ["b_1", "b_2", "a_1", "a_2"]
-    assert s[1] == "b_1,%.3f,%.3f" % tuple(m["per_object"]["b_1"])
+    j_b1, f_b1 = m["per_object"]["b_1"]
+    assert s[1] == f"b_1,{j_b1:.3f},{f_b1:.3f}"
     js = json.loads((out / "metrics.json").read_text())
     assert js == m  # full precision round trip
     assert set(js) == set(cols) | {"per_object"}
@@ -413,7 +414,7 @@ def _perturb(labels: np.ndarray, kind: int, frame: int) -> np.ndarray:
     return out
 
 
-def _make_real(tmp: Path, multi: bool) -> Tuple[Path, Path]:
+def _make_real(tmp: Path, multi: bool) -> tuple[Path, Path]:
     src = _require_real_data()
     root, out = tmp / "DAVIS", tmp / "results"
     year = "2017" if multi else "2016"
@@ -463,4 +464,4 @@ def test_real_sequences_match_reference(tmp_path: Path, multi: bool) -> None:
         assert 0.4 < m["per_object"]["boat_1"][0] < 0.95  # shift
     # the written CSV agrees with the returned numbers
     line = (out / "global_results-train.csv").read_text().splitlines()[1]
-    assert line.split(",")[0] == "%.3f" % m["J&F-Mean"]
+    assert line.split(",")[0] == f"{m['J&F-Mean']:.3f}"

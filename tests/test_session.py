@@ -210,7 +210,7 @@ def test_path_backed_session_holds_only_a_few_frames(lite, video, tmp_path, kind
     ref.set_mask(T - 1, masks[T - 1])
     ref.set_mask(0, masks[0])
     peak = 0
-    for i, lab in s.propagate(T - 1, direction="backward"):  # backward: reads by seeking
+    for _ in s.propagate(T - 1, direction="backward"):  # backward: reads by seeking
         peak = max(peak, s._frames.cached)
     for i, lab in ref.propagate(T - 1, direction="backward"):
         assert np.array_equal(s.labels(i), lab), i

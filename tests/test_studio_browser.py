@@ -24,12 +24,12 @@ pytest.importorskip("playwright.sync_api", reason="playwright is not installed: 
 pytest.importorskip("starlette", reason="the studio extra (starlette, uvicorn) is not installed")
 
 from playwright.sync_api import sync_playwright  # noqa: E402
+from test_studio_api import FRAMES, HEIGHT, SQUARE, SQUARE_Y, WIDTH, iou, make_video, square_mask, square_x  # noqa: E402
 
 import pcvos  # noqa: E402
 from pcvos.studio.controller import Studio  # noqa: E402
 from pcvos.studio.server import ServerThread, create_app  # noqa: E402
 from pcvos.studio.workspace import Workspace  # noqa: E402
-from test_studio_api import FRAMES, HEIGHT, SQUARE, SQUARE_Y, WIDTH, iou, make_video, square_mask, square_x  # noqa: E402
 
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1280, "height": 800}

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 
-from pcvos.data.augment import VideoAugment, motion_blur
+from pcvos.data.augment import StaticAugment, VideoAugment, motion_blur
 from pcvos.data.synthetic import write_davis_layout
 from pcvos.data.train_datasets import StaticDataset, VideoFramesSource, davis_source
-from pcvos.data.augment import StaticAugment
 
 
 def _square_video(n: int = 7, size: int = 96) -> tuple[list[np.ndarray], list[np.ndarray]]:

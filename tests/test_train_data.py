@@ -1,5 +1,7 @@
 """Training data: frame sampling rules, curriculum, samples, sources, batch sampler sharding."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -26,8 +28,8 @@ def test_gap_curriculum_grows_then_anneals():
     values = [gap_at(p / 100, DEFAULT_GAP_SCHEDULE) for p in range(101)]
     assert values[0] == 5 and max(values) == 15 and values[-1] == 5
     peak = values.index(15)
-    assert all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1]))  # non-decreasing to the peak
-    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :]))  # then non-increasing
+    assert all(a <= b for a, b in pairwise(values[: peak + 1]))  # non-decreasing to the peak
+    assert all(a >= b for a, b in pairwise(values[peak:]))  # then non-increasing
 
 
 @pytest.mark.parametrize("max_gap", [5, 10, 15])

@@ -27,7 +27,7 @@ def _cfg(tmp_path, name, *overrides):
 
 
 def _history(path):
-    return [json.loads(l) for l in (Path(path) / "history.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(path) / "history.jsonl").read_text().splitlines()]
 
 
 def _fixed_loss(cfg, net, batch):
@@ -63,7 +63,7 @@ def test_stop_and_resume_is_exact(tmp_path):
     run_training(_cfg(tmp_path, "split", *common, "resume=auto"))
     full, split = _history(tmp_path / "full"), _history(tmp_path / "split")
     assert [r["iteration"] for r in split] == list(range(1, 11))
-    for a, b in zip(full[5:], split[5:]):
+    for a, b in zip(full[5:], split[5:], strict=True):
         assert a["iteration"] == b["iteration"]
         for k in ("total", "image", "clip", "iou"):
             assert a[k] == b[k], (a, b)
@@ -103,7 +103,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     # 2 processes x batch 1 == 1 process x batch 2 (same global sample stream, averaged gradients)
     run_training(_cfg(tmp_path, "one", *common))
     a, b = _history(tmp_path / "ddp"), _history(tmp_path / "one")
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra["total"] == pytest.approx(rb["total"], rel=1e-4)
     wa = torch.load(tmp_path / "ddp" / "model_final.pth", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "one" / "model_final.pth", weights_only=True)["state_dict"]
@@ -241,8 +241,8 @@ def test_source_keys_are_checked_per_type(tmp_path, capsys):
         ROOT / "configs" / "tiny.yaml",
         [
             "data.mode=static",
-            "data.sources=[{type: davis_frames, root: /x, subset: train, year: '2016', sequences: [a], exclude: [b],"
-            " every: 2, max_objects: 1, repeat: 2, composite_prob: 0.5, resize_short: 240}]",
+            "data.sources=[{type: davis_frames, root: /x, subset: train, year: '2016', sequences: [a],"
+            " exclude: [b], every: 2, max_objects: 1, repeat: 2, composite_prob: 0.5, resize_short: 240}]",
         ],
     )
     assert cfg["data"]["sources"][0]["every"] == 2
@@ -329,6 +329,7 @@ def test_resnet_imagenet_init(tmp_path):
 
 
 def test_init_from_checkpoint_non_strict(tmp_path):
+    from pcvos.model.checkpoint import CheckpointError
     from pcvos.train.init import init_from_checkpoint
 
     small = dict(
@@ -347,5 +348,5 @@ def test_init_from_checkpoint_non_strict(tmp_path):
     rep = init_from_checkpoint(net, tmp_path / "stcn_like.pth")
     assert rep["missing"] and all(k.startswith(("input_proj", "refine_transformer")) for k in rep["missing"])
     assert torch.equal(net.decoder.pred.weight, stcn_like.decoder.pred.weight)
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="missing keys"):
         init_from_checkpoint(net, tmp_path / "stcn_like.pth", strict=True)

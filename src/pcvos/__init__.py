@@ -14,11 +14,11 @@ from __future__ import annotations
 
 __version__ = "0.4.0"
 
-from pcvos.model.network import PCVOS, PCVOSConfig
-from pcvos.model.checkpoint import load_model, save_checkpoint
-from pcvos.inference.api import Segmenter, segment
 from pcvos.inference.adapt import adapt
+from pcvos.inference.api import Segmenter, segment
 from pcvos.inference.session import Session
+from pcvos.model.checkpoint import load_model, save_checkpoint
+from pcvos.model.network import PCVOS, PCVOSConfig
 
 __all__ = [
     "PCVOS",

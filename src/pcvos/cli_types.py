@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Literal
 
 
 def _int_at_least(text: str, minimum: int, what: str) -> int:
@@ -43,10 +43,10 @@ def processing_size(text: str) -> int | str | None:
     return value
 
 
-def resolve_size(size: int | str | None, model: Any, otherwise: int | None) -> int | None:
+def resolve_size(size: int | Literal["auto"] | None, model: Any, otherwise: int | None) -> int | None:
     """'auto' -> the size the model was trained for (its card's ``preferred_size``), else ``otherwise``."""
     if size != "auto":
-        return size  # type: ignore[return-value]
+        return size
     preferred = model.config.extra.get("preferred_size")
     return int(preferred) if preferred else otherwise
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import overload
 
 import cv2
 import numpy as np
@@ -73,6 +74,14 @@ def resized_crop_matrix(
     return m
 
 
+@overload
+def warp_affine(
+    image: np.ndarray, mask: np.ndarray, matrix: np.ndarray, out_size: Size
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def warp_affine(
+    image: np.ndarray, mask: None, matrix: np.ndarray, out_size: Size
+) -> tuple[np.ndarray, None]: ...
 def warp_affine(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -150,6 +159,12 @@ def tps_maps(
     return mx * (w - 1), my * (h - 1)
 
 
+@overload
+def remap(
+    image: np.ndarray, mask: np.ndarray, maps: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def remap(image: np.ndarray, mask: None, maps: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, None]: ...
 def remap(
     image: np.ndarray, mask: np.ndarray | None, maps: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -163,6 +178,10 @@ def remap(
     return img, msk
 
 
+@overload
+def resize_short(image: np.ndarray, mask: np.ndarray, short: int) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def resize_short(image: np.ndarray, mask: None, short: int) -> tuple[np.ndarray, None]: ...
 def resize_short(
     image: np.ndarray, mask: np.ndarray | None, short: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -180,7 +199,10 @@ def resize_short(
 # -- colour -------------------------------------------------------------------------------------
 @dataclass
 class ColorJitter:
-    """Ranges of a colour jitter (torchvision's meaning): factors in [1-x, 1+x], hue shift in [-h, h] turns."""
+    """Ranges of a colour jitter (torchvision's meaning).
+
+    Factors in [1-x, 1+x], hue shift in [-h, h] turns.
+    """
 
     brightness: float = 0.0
     contrast: float = 0.0
@@ -234,7 +256,8 @@ def _sample_box(
     scale: tuple[float, float],
     ratio: tuple[float, float],
 ) -> tuple[float, float, float, float]:
-    """A random crop box (x0, y0, bw, bh) of area fraction ``scale`` and aspect ``ratio`` times the output's."""
+    """A random crop box (x0, y0, bw, bh) of area fraction ``scale`` and aspect ``ratio`` times the
+    output's."""
     oh, ow = out_size
     area = h * w
     for _ in range(10):
@@ -252,14 +275,14 @@ def _sample_box(
 def motion_blur(image: np.ndarray, length: int, angle: float) -> np.ndarray:
     """Blur along a line of ``length`` pixels at ``angle`` degrees, as a camera or object moving
     during the exposure does; the image's size and dtype are kept."""
-    k = np.zeros((length, length), np.float32)
-    k[length // 2, :] = 1.0
+    line = np.zeros((length, length), np.float32)
+    line[length // 2, :] = 1.0
     rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), angle, 1.0)
-    k = cv2.warpAffine(k, rot, (length, length), flags=cv2.INTER_LINEAR)
+    k = cv2.warpAffine(line, rot, (length, length), flags=cv2.INTER_LINEAR)
     total = float(k.sum())
     if total <= 0:
         return image
-    return cv2.filter2D(image, -1, k / total, borderType=cv2.BORDER_REFLECT)
+    return cv2.filter2D(image, -1, np.asarray(k / total, np.float32), borderType=cv2.BORDER_REFLECT)
 
 
 # -- pipelines ----------------------------------------------------------------------------------
@@ -306,8 +329,8 @@ class VideoAugment:
     ) -> tuple[np.ndarray, np.ndarray]:
         """-> frames (T, h, w, 3) float32 0..255, masks (T, h, w) uint8."""
         if self.resize_short:
-            pairs = [resize_short(f, m, self.resize_short) for f, m in zip(frames, masks)]
-            frames, masks = [p[0] for p in pairs], [p[1] for p in pairs]  # type: ignore[misc]
+            pairs = [resize_short(f, m, self.resize_short) for f, m in zip(frames, masks, strict=True)]
+            frames, masks = [p[0] for p in pairs], [p[1] for p in pairs]
         h, w = frames[0].shape[:2]
         p = params or self.sequence_params(rng, h, w)
         oh, ow = self.crop
@@ -316,7 +339,7 @@ class VideoAugment:
         out_m = np.empty((len(frames), oh, ow), np.uint8)
         zoom = float(p.get("zoom", 1.0))
         last = max(1, len(frames) - 1)
-        for t, (f, m) in enumerate(zip(frames, masks)):
+        for t, (f, m) in enumerate(zip(frames, masks, strict=True)):
             jit = affine_matrix(
                 ((ow - 1) / 2, (oh - 1) / 2),
                 angle=rng.uniform(-self.frame_degrees, self.frame_degrees),
@@ -325,8 +348,10 @@ class VideoAugment:
             )
             img, msk = warp_affine(f, m, jit @ base, self.crop)
             fp = self.frame_jitter.sample(rng)
-            col = tuple(a * b if i < 3 else a + b for i, (a, b) in enumerate(zip(p["color"], fp)))
-            out_f[t] = color_jitter(img, col, p["gray"])  # type: ignore[arg-type]
+            col = tuple(
+                a * b if i < 3 else a + b for i, (a, b) in enumerate(zip(p["color"], fp, strict=True))
+            )
+            out_f[t] = color_jitter(img, col, p["gray"])
             if self.motion_blur_prob > 0 and rng.random() < self.motion_blur_prob:
                 length = int(rng.integers(3, max(3, self.motion_blur_max) + 1))
                 out_f[t] = motion_blur(out_f[t], length, float(rng.uniform(0, 180)))
@@ -362,7 +387,7 @@ class StaticAugment:
     ) -> tuple[np.ndarray, np.ndarray]:
         """-> frames (T, h, w, 3) float32 0..255, masks (T, h, w) uint8."""
         if self.resize_short:
-            image, mask = resize_short(image, mask, self.resize_short)  # type: ignore[assignment]
+            image, mask = resize_short(image, mask, self.resize_short)
         h, w = image.shape[:2]
         oh, ow = self.crop
         flip = bool(rng.random() < self.flip_prob)

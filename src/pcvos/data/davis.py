@@ -195,7 +195,8 @@ class DavisDataset:
             if len(tokens) > 2 or len(parts) < 3 or parts[0] != "JPEGImages":
                 raise ValueError(
                     f"{path}:{number}: expected a sequence name or "
-                    f"'/JPEGImages/<res>/<seq>/<frame>.jpg /Annotations/<res>/<seq>/<frame>.png', got {line!r}"
+                    "'/JPEGImages/<res>/<seq>/<frame>.jpg /Annotations/<res>/<seq>/<frame>.png', "
+                    f"got {line!r}"
                 )
             name = parts[-2]
             if name not in self._listed:
@@ -242,4 +243,7 @@ class DavisDataset:
         return Sequence(name, frame_paths, mask_paths, binary=binary)
 
     def __repr__(self) -> str:
-        return f"DavisDataset({str(self.root)!r}, year={self.year!r}, subset={self.subset!r}, {len(self)} sequences)"
+        return (
+            f"DavisDataset({str(self.root)!r}, year={self.year!r}, subset={self.subset!r}, "
+            f"{len(self)} sequences)"
+        )

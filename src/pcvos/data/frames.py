@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import av
 import numpy as np
@@ -114,7 +114,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in _HIGH_DEPTH_MAX or image.mode in ("I", "F"):
         # convert("RGB") clips 16-bit values at 255 (a 16-bit frame turns white): scale to 8 bits
         values = np.asarray(image, dtype=np.float64)
-        top = _HIGH_DEPTH_MAX.get(image.mode)
+        top: float | None = _HIGH_DEPTH_MAX.get(image.mode)
         if top is None:  # 32-bit int or float: 8-bit range if it fits, else 16-bit, else its own maximum
             high = float(values.max(initial=0))
             top = 255 if high <= 255 else 65535 if high <= 65535 else high
@@ -134,9 +134,7 @@ def read_frame(path: PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{path}: frame file not found")
     try:
         with Image.open(path) as image:
-            if exif_orientation(image) != 1:
-                image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return _to_rgb(ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _image_error(path, err) from err
 
@@ -352,7 +350,7 @@ class VideoReader:
                     raise VideoDecodeError(self.path, index, _av_reason(err)) from err
                 if frame.height != height or frame.width != width:  # resolution change mid-stream
                     frame = frame.reformat(width=width, height=height)
-                array = frame.to_ndarray(format="rgb24")
+                array: np.ndarray = frame.to_ndarray(format="rgb24")
                 if self._turns:
                     array = np.ascontiguousarray(np.rot90(array, self._turns))
                 yield array
@@ -444,7 +442,7 @@ class FrameFolder:
         return f"FrameFolder({str(self.folder)!r}, {len(self)} frames)"
 
 
-def open_frames(input_path: PathLike, *, strict: bool = False) -> Union[VideoReader, FrameFolder]:
+def open_frames(input_path: PathLike, *, strict: bool = False) -> VideoReader | FrameFolder:
     """Open a video file (mp4/mov/avi/webm/mkv, or anything FFmpeg reads) or a folder of frames.
 
     The result iterates (H, W, 3) uint8 RGB frames and has ``.fps`` (None for folders), ``.size``
@@ -532,6 +530,8 @@ class VideoWriter:
 
     def _open_stream(self, height: int, width: int) -> av.VideoStream:
         stream = self._container.add_stream(self.codec, rate=self._rate)
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"{self.path}: codec {self.codec!r} does not encode video")
         stream.height, stream.width = height + height % 2, width + width % 2
         stream.pix_fmt = "yuv420p"
         if self.options:
@@ -547,7 +547,8 @@ class VideoWriter:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(
-                f"{self.path}: frames must be (H, W, 3) uint8 RGB, got shape {frame.shape} dtype {frame.dtype}"
+                f"{self.path}: frames must be (H, W, 3) uint8 RGB, "
+                f"got shape {frame.shape} dtype {frame.dtype}"
             )
         if self.size is None:
             self.size = (frame.shape[0], frame.shape[1])

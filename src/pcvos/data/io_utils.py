@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 from PIL import Image
@@ -37,7 +37,7 @@ __all__ = [
     "check_writable",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike: TypeAlias = str | os.PathLike
 
 
 def temp_path_for(path: PathLike) -> Path:

@@ -75,7 +75,7 @@ def _open_image(path: PathLike) -> Image.Image:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: mask file not found")
     try:
-        image = Image.open(path)
+        image: Image.Image = Image.open(path)
         image.load()
         if exif_orientation(image) != 1:  # the mask as a viewer shows it, like the frames
             image = ImageOps.exif_transpose(image)
@@ -347,7 +347,7 @@ def parse_mask(path: PathLike, mode: MaskMode = "auto") -> tuple[np.ndarray, str
             raise ValueError(f"{path}: mode 'ids' needs an indexed or grayscale mask, got mode {kind}")
         rgb = _rgb_array(image)
         if mode == "binary":
-            labels, what = rgb.any(axis=-1).astype(np.uint8), "RGB as binary"
+            labels, what = np.asarray(rgb.any(axis=-1), np.uint8), "RGB as binary"
         else:
             labels, _, what = _rgb_to_labels(rgb, path, None)
 

@@ -12,8 +12,9 @@ fixed depth order. Masks are label maps (0 = background, 1..K = objects, no void
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -81,8 +82,8 @@ def make_video(
     h, w = size
     bg = _background(rng, h, w)
     bg_shift = rng.uniform(-0.5, 0.5, 2)
-    objs = []
-    for k in range(num_objects):
+    objs: list[dict[str, Any]] = []
+    for _ in range(num_objects):
         r = rng.uniform(0.12, 0.25) * min(h, w)
         objs.append(
             dict(
@@ -99,7 +100,7 @@ def make_video(
     frames = np.zeros((num_frames, h, w, 3), np.uint8)
     masks = np.zeros((num_frames, h, w), np.uint8)
     for t in range(num_frames):
-        m_bg = np.float32([[1, 0, bg_shift[0] * t], [0, 1, bg_shift[1] * t]])
+        m_bg = np.array([[1, 0, bg_shift[0] * t], [0, 1, bg_shift[1] * t]], np.float32)
         img = cv2.warpAffine(bg, m_bg, (w, h), borderMode=cv2.BORDER_REFLECT)
         lab = np.zeros((h, w), np.uint8)
         for k, o in enumerate(objs):  # later objects are in front
@@ -132,7 +133,8 @@ class SyntheticVideos:
     ) -> None:
         self.num_videos = int(num_videos)
         self.length = int(num_frames)
-        self.size = tuple(int(s) for s in size)
+        h, w = size  # a list (from a config file) becomes a tuple
+        self.size = (int(h), int(w))
         self.max_objects = int(max_objects)
         self.seed = int(seed)
         self._get = lru_cache(maxsize=64)(self._make)
@@ -148,7 +150,7 @@ class SyntheticVideos:
 
     def _make(self, v: int) -> tuple[np.ndarray, np.ndarray]:
         k = 1 + (v % self.max_objects)
-        return make_video(self.seed, self.length, self.size, k, index=v)  # type: ignore[arg-type]
+        return make_video(self.seed, self.length, self.size, k, index=v)
 
     def __len__(self) -> int:
         return self.num_videos
@@ -171,7 +173,8 @@ class SyntheticImages:
 
     def __init__(self, num_images: int = 16, size: tuple[int, int] = (64, 64), seed: int = 0) -> None:
         self.n = int(num_images)
-        self.size = tuple(int(s) for s in size)
+        h, w = size
+        self.size = (int(h), int(w))
         self.seed = int(seed)
 
     def __len__(self) -> int:
@@ -181,7 +184,7 @@ class SyntheticImages:
         return f"synthetic-image-{i:04d}"
 
     def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        frames, masks = make_video(self.seed + 7919, 1, self.size, 1, index=i)  # type: ignore[arg-type]
+        frames, masks = make_video(self.seed + 7919, 1, self.size, 1, index=i)
         return frames[0], masks[0]
 
 
@@ -195,8 +198,9 @@ def write_davis_layout(
     subset: str = "train",
     year: str = "2017",
 ) -> list[str]:
-    """Write generated videos as ``root/JPEGImages/480p/<seq>/00000.jpg``, ``Annotations/480p/<seq>/00000.png``
-    (indexed PNGs) and ``ImageSets/<year>/<subset>.txt``. Returns the sequence names."""
+    """Write generated videos as ``root/JPEGImages/480p/<seq>/00000.jpg``,
+    ``Annotations/480p/<seq>/00000.png`` (indexed PNGs) and ``ImageSets/<year>/<subset>.txt``.
+    Returns the sequence names."""
     root = Path(root)
     src = SyntheticVideos(num_videos, num_frames, size, max_objects, seed)
     names = []
@@ -207,7 +211,7 @@ def write_davis_layout(
         ad = root / "Annotations" / "480p" / name
         for t in range(num_frames):
             frame = Image.fromarray(src.frame(v, t))
-            atomic_write(jd / f"{t:05d}.jpg", lambda tmp: frame.save(tmp, quality=95))
+            atomic_write(jd / f"{t:05d}.jpg", partial(frame.save, quality=95))
             save_indexed_png(ad / f"{t:05d}.png", src.mask(v, t))
     text = "".join(n + "\n" for n in names)
     atomic_write_text(root / "ImageSets" / str(year) / f"{subset}.txt", text)

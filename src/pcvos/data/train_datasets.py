@@ -5,8 +5,9 @@ per-clip / frame-wise / static samplers and the batch sampler used by the traine
 
 - :func:`davis_source` — ``JPEGImages/480p/<seq>/*.jpg`` + ``Annotations/480p/<seq>/*.png`` with the
   sequence list in ``ImageSets/2017|2016/<subset>.txt`` (or ``ImageSets/480p`` of the DAVIS 2016 release);
-- :func:`youtube_source` — YouTube-VOS ``train/JPEGImages/<video>/*.jpg`` + ``train/Annotations/<video>/*.png``
-  (``train/meta.json`` optional); frames without an annotation are not used;
+- :func:`youtube_source` — YouTube-VOS ``train/JPEGImages/<video>/*.jpg`` +
+  ``train/Annotations/<video>/*.png`` (``train/meta.json`` optional); frames without an annotation
+  are not used;
 - :class:`ImageFolderSource` — static image/mask pairs: ``root/images/*.jpg`` + ``root/masks/*.png``, or
   same-stem ``x.jpg`` + ``x.png`` pairs anywhere under ``root`` (ECSSD, DUTS, FSS-1000 style);
 - :class:`pcvos.data.synthetic.SyntheticVideos` / :class:`~pcvos.data.synthetic.SyntheticImages`.
@@ -52,6 +53,7 @@ __all__ = [
     "FolderVideoSource",
     "davis_source",
     "youtube_source",
+    "ImageSource",
     "ImageFolderSource",
     "read_label_mask",
     "gap_at",
@@ -60,6 +62,7 @@ __all__ = [
     "sample_clip_indices",
     "VideoClipDataset",
     "StaticDataset",
+    "SampleDataset",
     "MixedDataset",
     "TrainBatchSampler",
     "SampleKey",
@@ -95,6 +98,14 @@ class VideoSource(Protocol):
     def num_frames(self, v: int) -> int: ...
     def frame(self, v: int, t: int) -> np.ndarray: ...
     def mask(self, v: int, t: int) -> np.ndarray: ...
+
+
+class ImageSource(Protocol):
+    """Static image/mask pairs: ``item(i)`` -> (H, W, 3) uint8 RGB, (H, W) uint8 labels."""
+
+    def __len__(self) -> int: ...
+    def name(self, i: int) -> str: ...
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def read_label_mask(path: str | os.PathLike) -> np.ndarray:
@@ -291,7 +302,10 @@ class VideoFramesSource:
 
 # -- frame sampling -----------------------------------------------------------------------------
 def gap_at(progress: float, schedule: Sequence[Sequence[float]] = DEFAULT_GAP_SCHEDULE) -> int:
-    """The maximum gap at training ``progress`` in [0, 1]: the value of the last entry whose fraction <= progress."""
+    """The maximum gap at training ``progress`` in [0, 1].
+
+    It is the value of the last entry whose fraction <= progress.
+    """
     value = int(schedule[0][1])
     for frac, v in schedule:
         if progress >= frac:
@@ -317,14 +331,12 @@ def sample_clip_indices(
     n = 1 + clip_len * num_clips
     if num_frames < n:
         raise ValueError(f"video has {num_frames} frames, a sample needs {n}")
-    steps, is_gap = [], []
+    drawn: list[int] = []
     for _ in range(num_clips):
-        steps.append(int(rng.integers(1, max(1, max_gap) + 1)))
-        is_gap.append(True)
+        drawn.append(int(rng.integers(1, max(1, max_gap) + 1)))
         for _ in range(clip_len - 1):
-            steps.append(int(rng.integers(1, max(1, max_skip) + 1)))
-            is_gap.append(False)
-    steps = np.array(steps)
+            drawn.append(int(rng.integers(1, max(1, max_skip) + 1)))
+    steps = np.array(drawn)
     excess = int(steps.sum()) - (num_frames - 1)
     while excess > 0:
         cand = np.flatnonzero(steps > 1)
@@ -377,7 +389,7 @@ def _pack(
 
 def _present(labels0: np.ndarray, min_pixels: int) -> list[int]:
     ids, counts = np.unique(labels0, return_counts=True)
-    return [int(i) for i, c in zip(ids, counts) if i not in (0, 255) and c >= min_pixels]
+    return [int(i) for i, c in zip(ids, counts, strict=True) if i not in (0, 255) and c >= min_pixels]
 
 
 def _composite(
@@ -405,7 +417,7 @@ def _composite(
     pf = np.empty_like(other_f)
     pm = np.empty((t, h, w), np.uint8)
     for i in range(t):
-        pf[i], pm[i] = warp_affine(other_f[i], other_m[i].astype(np.uint8), m, (h, w))  # type: ignore[assignment]
+        pf[i], pm[i] = warp_affine(other_f[i], other_m[i].astype(np.uint8), m, (h, w))
     paste = pm.astype(bool)
     if paste[0].sum() < min_pixels:
         return None
@@ -420,11 +432,24 @@ def _composite(
     return out_f, out_l, ids + [int(new_id)]
 
 
+class SampleDataset(Protocol):
+    """A training dataset: ``len`` samples of ``num_sample_frames`` frames, keyed by a
+    :data:`SampleKey`."""
+
+    @property
+    def num_sample_frames(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: Any) -> dict[str, Any]: ...
+
+
 class _Base(Dataset):
     max_objects: int
     min_pixels: int
     composite_prob: float
     composite_scale: tuple[float, float]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
     def _draw(
         self, rng: np.random.Generator, index: int, progress: float, max_objects: int
@@ -478,9 +503,10 @@ class VideoClipDataset(_Base):
         self.gap_schedule = tuple(tuple(x) for x in gap_schedule)
         self.min_pixels = int(min_pixels)
         self.composite_prob = float(composite_prob)
-        self.composite_scale = tuple(composite_scale)  # type: ignore[assignment]
+        lo, hi = composite_scale  # a list (from a config file) becomes a tuple
+        self.composite_scale = (lo, hi)
         self.reverse_prob = float(reverse_prob)
-        self.augment = augment or VideoAugment(crop=tuple(crop))  # type: ignore[arg-type]
+        self.augment = augment or VideoAugment(crop=(crop[0], crop[1]))
         self.max_tries = int(max_tries)
         need = 1 + self.clip_len * self.num_clips
         self.usable = [v for v in range(len(source)) if source.num_frames(v) >= need]
@@ -522,7 +548,7 @@ class StaticDataset(_Base):
 
     def __init__(
         self,
-        source: Any,
+        source: ImageSource,
         crop: tuple[int, int] = (384, 384),
         num_frames: int = 3,
         max_objects: int = 1,
@@ -537,8 +563,9 @@ class StaticDataset(_Base):
         self.max_objects = int(max_objects)
         self.min_pixels = int(min_pixels)
         self.composite_prob = float(composite_prob)
-        self.composite_scale = tuple(composite_scale)  # type: ignore[assignment]
-        self.augment = augment or StaticAugment(crop=tuple(crop))  # type: ignore[arg-type]
+        lo, hi = composite_scale  # a list (from a config file) becomes a tuple
+        self.composite_scale = (lo, hi)
+        self.augment = augment or StaticAugment(crop=(crop[0], crop[1]))
         self.max_tries = int(max_tries)
 
     @property
@@ -567,15 +594,15 @@ class StaticDataset(_Base):
 class MixedDataset(Dataset):
     """Several datasets, each repeated ``repeat`` times (STCN-style source weighting)."""
 
-    def __init__(self, parts: Sequence[tuple[Dataset, int]]) -> None:
+    def __init__(self, parts: Sequence[tuple[SampleDataset, int]]) -> None:
         self.parts = [(d, int(r)) for d, r in parts if int(r) > 0]
         if not self.parts:
             raise ValueError("no training data")
-        frames = {getattr(d, "num_sample_frames", None) for d, _ in self.parts}
+        frames = {d.num_sample_frames for d, _ in self.parts}
         if len(frames) > 1:
             raise ValueError(f"datasets give different numbers of frames per sample: {sorted(frames)}")
         self.num_sample_frames = frames.pop()
-        self.offsets = np.cumsum([0] + [len(d) * r for d, r in self.parts])  # type: ignore[arg-type]
+        self.offsets = np.cumsum([0] + [len(d) * r for d, r in self.parts])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -584,7 +611,7 @@ class MixedDataset(Dataset):
         index, seed, position, progress = _as_key(key)
         p = int(np.searchsorted(self.offsets, index, side="right") - 1)
         d, _ = self.parts[p]
-        local = (index - int(self.offsets[p])) % len(d)  # type: ignore[arg-type]
+        local = (index - int(self.offsets[p])) % len(d)
         return d[(local, seed, position, progress)]
 
 

@@ -5,7 +5,8 @@ Layout::
     ROOT/valid/JPEGImages/<video>/<frame>.jpg             every 5th frame (the scored ones)
     ROOT/valid_all_frames/JPEGImages/<video>/<frame>.jpg  optional: all frames (all_frames=True)
     ROOT/valid/Annotations/<video>/<frame>.png            a mask on each frame where objects first appear
-    ROOT/valid/meta.json                                  {"videos": {vid: {"objects": {"1": {"frames": [...]}}}}}
+    ROOT/valid/meta.json                                  the objects' frames:
+        {"videos": {vid: {"objects": {"1": {"frames": [...]}}}}}
 
 Object ids are not contiguous and objects may first appear after the first frame; the annotation
 PNG of a frame holds the objects that first appear there.
@@ -84,7 +85,7 @@ class YouTubeVideo:
     @cached_property
     def masks(self) -> dict[int, np.ndarray]:
         """``{frame_index: labels (H, W) uint8}`` for the annotated frames (ids as stored)."""
-        return {i: read_mask(p) for i, p in zip(self.annotated_frames, self.annotation_paths)}
+        return {i: read_mask(p) for i, p in zip(self.annotated_frames, self.annotation_paths, strict=True)}
 
     @cached_property
     def objects_first_frame(self) -> dict[int, int]:
@@ -133,7 +134,8 @@ class YouTubeVOSDataset:
         self.all_frames_dir = self.root / f"{split}_all_frames" / "JPEGImages"
         if all_frames and not self.all_frames_dir.is_dir():
             raise FileNotFoundError(
-                f"{self.all_frames_dir.relative_to(self.root)}/ not found under {self.root} (needed for all_frames=True)"
+                f"{self.all_frames_dir.relative_to(self.root)}/ not found under {self.root} "
+                "(needed for all_frames=True)"
             )
         meta_path = split_dir / "meta.json"
         self.meta: dict = {}

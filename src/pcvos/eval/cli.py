@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any
 
 from pcvos.cli_types import positive_int
 
@@ -106,7 +106,7 @@ def main_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point: ``python -m pcvos.eval.cli eval davis ...``."""
     parser = argparse.ArgumentParser(prog="pcvos")
     sub = parser.add_subparsers(dest="command")

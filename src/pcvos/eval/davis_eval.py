@@ -33,17 +33,24 @@ import json
 import math
 import multiprocessing as mp
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pcvos.data.io_utils import atomic_write_text
-from pcvos.eval.metrics import BOUND_TH, bound_pixels, crop_box, db_statistics, seg2bmap
-from pcvos.eval.metrics import _f_from_boundaries  # noqa: PLC2701 (shared fast path)
+from pcvos.eval.metrics import (
+    BOUND_TH,
+    _f_from_boundaries,  # noqa: PLC2701 (shared fast path)
+    bound_pixels,
+    crop_box,
+    db_statistics,
+    seg2bmap,
+)
 
 __all__ = [
     "GLOBAL_COLUMNS",
@@ -59,7 +66,7 @@ __all__ = [
 ]
 
 VOID_LABEL = 255
-GLOBAL_COLUMNS: Tuple[str, ...] = (
+GLOBAL_COLUMNS: tuple[str, ...] = (
     "J&F-Mean",
     "J-Mean",
     "J-Recall",
@@ -68,17 +75,17 @@ GLOBAL_COLUMNS: Tuple[str, ...] = (
     "F-Recall",
     "F-Decay",
 )
-SEQUENCE_COLUMNS: Tuple[str, ...] = ("Sequence", "J-Mean", "F-Mean")
+SEQUENCE_COLUMNS: tuple[str, ...] = ("Sequence", "J-Mean", "F-Mean")
 _TASKS = ("semi-supervised",)
 _YEARS = ("2016", "2017")
 
-PathLike = Union[str, os.PathLike]
+PathLike: TypeAlias = str | os.PathLike
 
 
 # --------------------------------------------------------------------------------------------
 # mask reading
 # --------------------------------------------------------------------------------------------
-def _open_png(path: Path) -> Tuple[np.ndarray, str]:
+def _open_png(path: Path) -> tuple[np.ndarray, str]:
     if not path.is_file():
         raise FileNotFoundError(f"mask not found: {path}")
     try:
@@ -103,7 +110,7 @@ def _is_binary_255(arr: np.ndarray) -> bool:
     return bool(np.any(arr == 255)) and not bool(np.any((arr != 0) & (arr != 255)))
 
 
-def read_annotation(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+def read_annotation(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a ground-truth mask. Returns ``(ids, void)``.
 
     ``ids`` is an integer array of object ids (0 background, void set to 0, as the toolkit
@@ -137,7 +144,7 @@ def read_result(path: PathLike) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # dataset layout
 # --------------------------------------------------------------------------------------------
-def _imagesets_candidates(root: Path, subset: str, year: Optional[str]) -> List[Tuple[str, Path]]:
+def _imagesets_candidates(root: Path, subset: str, year: str | None) -> list[tuple[str, Path]]:
     c2017 = ("2017", root / "ImageSets" / "2017" / f"{subset}.txt")
     c2016 = ("2016", root / "ImageSets" / "2016" / f"{subset}.txt")
     c2016_480 = ("2016", root / "ImageSets" / "480p" / f"{subset}.txt")
@@ -148,7 +155,7 @@ def _imagesets_candidates(root: Path, subset: str, year: Optional[str]) -> List[
     return [c2016, c2016_480]
 
 
-def resolve_year(davis_root: PathLike, subset: str = "val", year: Optional[str] = None) -> Tuple[str, Path]:
+def resolve_year(davis_root: PathLike, subset: str = "val", year: str | None = None) -> tuple[str, Path]:
     """Find the sequence list. Returns ``(year, path_of_list)``.
 
     ``year=None`` (or ``"auto"``) picks ``ImageSets/2017``, then ``ImageSets/2016``, then the
@@ -171,7 +178,7 @@ def resolve_year(davis_root: PathLike, subset: str = "val", year: Optional[str] 
     raise FileNotFoundError(f"sequence list for subset {subset!r} not found (tried {tried})")
 
 
-def read_sequence_list(path: PathLike) -> List[str]:
+def read_sequence_list(path: PathLike) -> list[str]:
     """Sequence names of an ImageSets file.
 
     Accepts the DAVIS 2017 form (one name a line) and the DAVIS 2016 release form
@@ -179,9 +186,9 @@ def read_sequence_list(path: PathLike) -> List[str]:
     order of first appearance.
     """
     path = Path(path)
-    names: List[str] = []
+    names: list[str] = []
     seen = set()
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -213,7 +220,7 @@ def _frame_id(p: Path) -> str:
 @dataclass(frozen=True)
 class _SeqJob:
     name: str
-    gt_frames: Tuple[str, ...]
+    gt_frames: tuple[str, ...]
     results_dir: str
     single_object: bool
     exclude_void: bool
@@ -225,12 +232,12 @@ class SequenceResult:
     """Per-frame values of one sequence: ``j`` and ``f`` are ``(n_objects, n_frames)``."""
 
     name: str
-    frame_ids: List[str]
+    frame_ids: list[str]
     j: np.ndarray
     f: np.ndarray
 
 
-def _gt_frames(davis_root: Path, seq: str) -> List[Path]:
+def _gt_frames(davis_root: Path, seq: str) -> list[Path]:
     seq_dir = davis_root / "Annotations" / "480p" / seq
     if not seq_dir.is_dir():
         raise FileNotFoundError(f"annotations for sequence {seq!r} not found: {seq_dir}")
@@ -265,7 +272,7 @@ def evaluate_sequence(job: _SeqJob) -> SequenceResult:
     j = np.zeros((n_obj, t), dtype=np.float64)
     f = np.zeros((n_obj, t), dtype=np.float64)
 
-    for i, (gp, fid) in enumerate(zip(eval_paths, frame_ids)):
+    for i, (gp, fid) in enumerate(zip(eval_paths, frame_ids, strict=True)):
         ids, void = read_annotation(gp)
         if ids.shape != shape:
             raise ValueError(f"{gp}: annotation shape {ids.shape} differs from the first frame's {shape}")
@@ -350,7 +357,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _fmt3(x: float) -> str:
     # pandas.DataFrame.to_csv(float_format="%.3f") writes NaN as an empty field
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else "%.3f" % x
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -361,11 +368,11 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buf.getvalue()
 
 
-def _global_csv(g: Dict[str, Any]) -> str:
+def _global_csv(g: dict[str, Any]) -> str:
     return _csv_text(GLOBAL_COLUMNS, [[_fmt3(g[c]) for c in GLOBAL_COLUMNS]])
 
 
-def _sequence_csv(per_object: Dict[str, List[float]]) -> str:
+def _sequence_csv(per_object: dict[str, list[float]]) -> str:
     rows = [[name, _fmt3(v[0]), _fmt3(v[1])] for name, v in per_object.items()]
     return _csv_text(SEQUENCE_COLUMNS, rows)
 
@@ -380,12 +387,12 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def format_tables(metrics: Dict[str, Any], subset: str = "val") -> str:
+def format_tables(metrics: dict[str, Any], subset: str = "val") -> str:
     """Human-readable global and per-sequence tables (3 decimals), like the toolkit prints."""
     lines = [f"--------------------------- Global results for {subset} ---------------------------"]
     widths = [max(len(c), 8) for c in GLOBAL_COLUMNS]
-    lines.append(" ".join(c.rjust(w) for c, w in zip(GLOBAL_COLUMNS, widths)))
-    lines.append(" ".join(_fmt3(metrics[c]).rjust(w) for c, w in zip(GLOBAL_COLUMNS, widths)))
+    lines.append(" ".join(c.rjust(w) for c, w in zip(GLOBAL_COLUMNS, widths, strict=True)))
+    lines.append(" ".join(_fmt3(metrics[c]).rjust(w) for c, w in zip(GLOBAL_COLUMNS, widths, strict=True)))
     lines.append("")
     lines.append(f"---------- Per sequence results for {subset} ----------")
     per = metrics["per_object"]
@@ -404,14 +411,14 @@ def evaluate_davis(
     results_dir: PathLike,
     subset: str = "val",
     task: str = "semi-supervised",
-    year: Optional[str] = None,
-    workers: Optional[int] = None,
+    year: str | None = None,
+    workers: int | None = None,
     *,
-    sequences: Optional[Sequence[str]] = None,
+    sequences: Sequence[str] | None = None,
     exclude_void: bool = False,
     bound_th: float = BOUND_TH,
     write_files: bool = True,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Evaluate DAVIS results the way the official toolkit does (semi-supervised task).
 
     Args:
@@ -475,7 +482,7 @@ def evaluate_davis(
         raise ValueError(f"workers must be >= 1, got {workers}")
     n_workers = min(n_workers, len(jobs))
 
-    results: Dict[str, SequenceResult] = {}
+    results: dict[str, SequenceResult] = {}
     if n_workers <= 1:
         for job in jobs:
             results[job.name] = evaluate_sequence(job)
@@ -494,13 +501,13 @@ def evaluate_davis(
                     fut.cancel()
                 raise
 
-    j_m: List[float] = []
-    j_r: List[float] = []
-    j_d: List[float] = []
-    f_m: List[float] = []
-    f_r: List[float] = []
-    f_d: List[float] = []
-    per_object: Dict[str, List[float]] = {}
+    j_m: list[float] = []
+    j_r: list[float] = []
+    j_d: list[float] = []
+    f_m: list[float] = []
+    f_r: list[float] = []
+    f_d: list[float] = []
+    per_object: dict[str, list[float]] = {}
     for seq in names:
         r = results[seq]
         for ii in range(r.j.shape[0]):
@@ -514,11 +521,11 @@ def evaluate_davis(
             f_d.append(fd)
             per_object[f"{seq}_{ii + 1}"] = [jm, fm]
 
-    def _mean(xs: List[float]) -> float:
+    def _mean(xs: list[float]) -> float:
         return float(np.mean(xs)) if xs else math.nan
 
     jm_all, fm_all = _mean(j_m), _mean(f_m)
-    metrics: Dict[str, Any] = {
+    metrics: dict[str, Any] = {
         "J&F-Mean": float((jm_all + fm_all) / 2.0),
         "J-Mean": jm_all,
         "J-Recall": _mean(j_r),

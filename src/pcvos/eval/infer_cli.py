@@ -188,7 +188,8 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"{total.sequences} sequences ({total.skipped} already done), {total.frames} frames, "
             f"{total.seconds:.1f} s inference, {total.fps:.2f} frames/s"
-            f"{' per process' if ctx.world > 1 else ''}, peak memory {total.peak_memory_mb:.0f} MB ({device.type})"
+            f"{' per process' if ctx.world > 1 else ''}, "
+            f"peak memory {total.peak_memory_mb:.0f} MB ({device.type})"
         )
         if args.infer_command == "youtube" and args.zip:
             path = zip_youtube_results(args.out, str(Path(args.out)) + ".zip")

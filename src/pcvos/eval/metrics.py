@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import Optional, Tuple, Union
+from typing import TypeAlias
 
 import cv2
 import numpy as np
@@ -47,7 +47,7 @@ __all__ = [
 #: Boundary tolerance of the DAVIS toolkit, as a fraction of the image diagonal.
 BOUND_TH: float = 0.008
 
-ArrayOrFloat = Union[np.ndarray, float]
+ArrayOrFloat: TypeAlias = np.ndarray | float
 
 
 @lru_cache(maxsize=32)
@@ -71,7 +71,7 @@ def disk(radius: int) -> np.ndarray:
     return _disk_cached(radius)
 
 
-def bound_pixels(shape: Tuple[int, int], bound_th: float = BOUND_TH) -> int:
+def bound_pixels(shape: tuple[int, int], bound_th: float = BOUND_TH) -> int:
     """Dilation radius used by the F measure for an image of ``shape = (H, W)``.
 
     ``bound_th`` values ``>= 1`` are taken as a radius in pixels (as in the toolkit); smaller
@@ -119,7 +119,7 @@ def _as_bool(x: np.ndarray) -> np.ndarray:
 def db_eval_iou(
     annotation: np.ndarray,
     segmentation: np.ndarray,
-    void_pixels: Optional[np.ndarray] = None,
+    void_pixels: np.ndarray | None = None,
 ) -> ArrayOrFloat:
     """Region similarity J (Jaccard index) of binary masks.
 
@@ -157,7 +157,7 @@ def db_eval_iou(
     return j
 
 
-def crop_box(nonzero: np.ndarray) -> Optional[Tuple[slice, slice]]:
+def crop_box(nonzero: np.ndarray) -> tuple[slice, slice] | None:
     """Window of a 2-D frame that holds every boundary pixel of every mask inside ``nonzero``.
 
     ``nonzero`` must cover all foreground pixels of the masks of interest. The window is the
@@ -220,7 +220,7 @@ def _f_frame(fg: np.ndarray, gt: np.ndarray, radius: int) -> float:
 def f_measure(
     foreground_mask: np.ndarray,
     gt_mask: np.ndarray,
-    void_pixels: Optional[np.ndarray] = None,
+    void_pixels: np.ndarray | None = None,
     bound_th: float = BOUND_TH,
 ) -> float:
     """Boundary F-measure of one frame (argument order as in the toolkit: prediction first).
@@ -246,7 +246,7 @@ def f_measure(
 def db_eval_boundary(
     annotation: np.ndarray,
     segmentation: np.ndarray,
-    void_pixels: Optional[np.ndarray] = None,
+    void_pixels: np.ndarray | None = None,
     bound_th: float = BOUND_TH,
 ) -> ArrayOrFloat:
     """Boundary measure F of binary masks, ``(H, W)`` or stacks ``(T, H, W)``.
@@ -275,7 +275,7 @@ def db_eval_boundary(
     return out
 
 
-def db_statistics(per_frame_values: np.ndarray) -> Tuple[float, float, float]:
+def db_statistics(per_frame_values: np.ndarray) -> tuple[float, float, float]:
     """Mean, recall and decay of one object's per-frame J or F values.
 
     * mean: ``nanmean`` of the values;

@@ -44,7 +44,7 @@ class RunStats:
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
 
-    def merge(self, other: "RunStats") -> "RunStats":
+    def merge(self, other: RunStats) -> RunStats:
         # processes run side by side: frames add up, wall time is the slowest process's
         return RunStats(
             self.sequences + other.sequences,
@@ -235,7 +235,7 @@ def run_youtube(
         stats.frames += len(frames)
         stats.sequences += 1
         scored = set(video.scored_frames)
-        _write_sequence(final, video.frame_names, labels, lambda i: i in scored)
+        _write_sequence(final, video.frame_names, labels, scored.__contains__)
         bar.set_postfix(fps=f"{stats.fps:.2f}")
     stats.peak_memory_mb = _peak_mb(device)
     return stats

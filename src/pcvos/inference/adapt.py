@@ -30,10 +30,10 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from pcvos.data.augment import StaticAugment
-from pcvos.data.train_datasets import StaticDataset, TrainBatchSampler
 from pcvos.data.palette import VOID_LABEL
-from pcvos.inference.api import _processing_size
+from pcvos.data.train_datasets import StaticDataset, TrainBatchSampler
 from pcvos.inference.objects import ObjectRegistry
+from pcvos.inference.sizing import _processing_size
 from pcvos.model.network import PCVOS
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
@@ -107,7 +107,8 @@ def _keyframes(frames: Any, masks: Mapping[int, np.ndarray], size: int | None) -
     for index in sorted(masks):
         frame = frames[index]
         img = np.asarray(frame.cpu() if isinstance(frame, torch.Tensor) else frame)
-        lab = np.asarray(masks[index].cpu() if isinstance(masks[index], torch.Tensor) else masks[index])
+        given = masks[index]
+        lab = np.asarray(given.cpu() if isinstance(given, torch.Tensor) else given)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(
                 f"frame {index}: expected a uint8 RGB array of shape (H, W, 3), got dtype "
@@ -246,7 +247,7 @@ class Adaptation:
         It is the object this run trains: a later :meth:`step` changes it.
         """
         self.net.eval()
-        for p, flag in zip(self.net.parameters(), self._requires_grad):
+        for p, flag in zip(self.net.parameters(), self._requires_grad, strict=True):
             p.grad = None
             p.requires_grad_(flag)
         return self.net

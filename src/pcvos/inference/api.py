@@ -9,30 +9,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pcvos.data.palette import VOID_LABEL
+from pcvos.inference.adapt import adapt as adapt_model
 from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
-from pcvos.data.palette import VOID_LABEL
+from pcvos.inference.sizing import _processing_size, _resize_mask
 from pcvos.model.network import PCVOS, pad_to_multiple, unpad
 
 Output = Literal["labels", "probs"]
 FrameLike = np.ndarray | torch.Tensor
-
-
-def _processing_size(h: int, w: int, size: int | None) -> tuple[int, int]:
-    if size is None:
-        return h, w
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
-    scale = size / min(h, w)
-    return max(16, round(h * scale)), max(16, round(w * scale))
-
-
-def _resize_mask(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A (H, W) uint8 label map at the processing ``size`` (height, width), as masks enter the
-    network: nearest neighbour, pixel-centre aligned, so no new label appears."""
-    if tuple(labels.shape) == tuple(size):
-        return labels
-    return F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(torch.uint8)
 
 
 def _check_frame(frame: FrameLike, index: int) -> torch.Tensor:
@@ -220,12 +205,12 @@ class Segmenter:
         out[0] = p[0]
         for slot, obj in enumerate(core.objects.ids):
             out[1 + ids.index(obj)] = p[1 + slot]
-        out = out.cpu().numpy()
+        result = out.cpu().numpy()
         for j, t in enumerate(indices):
-            yield t, out[:, j]
+            yield t, result[:, j]
 
-    def _background(self, index: int) -> tuple[int, np.ndarray]:
-        h, w = self._shape
+    def _background(self, index: int, shape: tuple[int, int]) -> tuple[int, np.ndarray]:
+        h, w = shape
         if self.output == "labels":
             return index, np.zeros((h, w), np.uint8)
         out = np.zeros((1 + len(self.object_ids), h, w), np.float32)
@@ -247,10 +232,10 @@ class Segmenter:
             if self._shape is None:
                 self._shape = (int(f.shape[0]), int(f.shape[1]))
                 self._proc = _processing_size(*self._shape, self.size)
-                for i, m in self._masks.items():
-                    if m.shape != self._shape:
+                for i, given in self._masks.items():
+                    if given.shape != self._shape:
                         raise ValueError(
-                            f"mask for frame {i}: size {m.shape[1]}x{m.shape[0]} differs from the "
+                            f"mask for frame {i}: size {given.shape[1]}x{given.shape[0]} differs from the "
                             f"frames' {self._shape[1]}x{self._shape[0]}"
                         )
             elif tuple(f.shape[:2]) != self._shape:
@@ -259,7 +244,7 @@ class Segmenter:
                     f"{self._shape[1]}x{self._shape[0]}"
                 )
             if t < min(self._masks):  # a mask may still arrive for an earlier frame while streaming
-                yield self._background(t)
+                yield self._background(t, self._shape)
                 continue
             buf_idx.append(t)
             buf_img.append(f)
@@ -338,10 +323,7 @@ def segment(
             raise ValueError(f"masks: mask for frame {index} has shape {m_arr.shape}, frames are {(h, w)}")
         seg.add_mask(int(index), m_arr)
     if adapt:
-        # after the checks above, so bad input fails before any training; imported here because
-        # the adaptation module imports this one
-        from pcvos.inference.adapt import adapt as adapt_model
-
+        # after the checks above, so bad input fails before any training
         seg.model = adapt_model(seg.model, arr, masks, adapt, seed=adapt_seed, size=size).eval()
     if output == "labels":
         out = np.zeros((t, h, w), np.uint8)

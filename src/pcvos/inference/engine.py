@@ -150,9 +150,8 @@ class InferenceCore:
                 for i in range(0, images.shape[0], step)
             ]
         key = torch.cat([p.key for p in parts]) if len(parts) > 1 else parts[0].key
-        local = None
-        if self.config.refine:
-            local = torch.cat([p.local for p in parts]) if len(parts) > 1 else parts[0].local
+        pieces = [p.local for p in parts if p.local is not None]  # every part's exactly with refine
+        local = (torch.cat(pieces) if len(pieces) > 1 else pieces[0]) if pieces else None
         return parts, key, local
 
     def _add_memory(
@@ -233,7 +232,7 @@ class InferenceCore:
         length = images.shape[0]
         if len(self.objects):
             readout = self._read_clip(key)
-            if self.config.refine:
+            if local is not None:  # config.refine
                 with self._net_precision():
                     readout = self.net.refine(local, readout)
             probs = aggregate(self._decode(readout, parts), dim=0)  # (1 + S, L, H, W)
@@ -281,6 +280,8 @@ class InferenceCore:
             self.memory.add(index, encoded[0], encoded[1], annotated=True)
             self.last_memory_frame = index
             return encoded
+        if image is None or onehot is None:
+            raise ValueError("add_keyframe: an image and a onehot mask are needed without encoded")
         obj = onehot.new_zeros(len(self.objects), *onehot.shape[1:])
         obj[slots] = onehot.to(obj.dtype)
         probs = aggregate(obj, dim=0)

@@ -58,10 +58,11 @@ class MemoryStore:
         self.key_dim, self.value_dim, self.max_frames = key_dim, value_dim, max_frames
         self.eviction = eviction
         self.frames: list[_FrameEntry] = []
-        self._keys: torch.Tensor | None = None
-        self._sq: torch.Tensor | None = None
-        self._vals: torch.Tensor | None = None
-        self._usage: torch.Tensor | None = None  # per row, moving average (see USAGE_DECAY)
+        # empty until the first frame: _grow allocates them on its device and dtype
+        self._keys = torch.empty(0, key_dim)
+        self._sq = torch.empty(0)
+        self._vals = torch.empty(0, 0)
+        self._usage = torch.empty(0)  # per row, moving average (see USAGE_DECAY)
         self._rows = 0
         self._slots = 0
         self._reads = 0
@@ -79,8 +80,8 @@ class MemoryStore:
         return self.max_frames is not None and self.eviction == "usage"
 
     def _grow(self, rows: int, slots: int, like: torch.Tensor, frame_rows: int) -> None:
-        cap = 0 if self._keys is None else self._keys.shape[0]
-        if self._keys is not None and rows <= cap and slots <= self._slots:
+        cap = self._keys.shape[0]
+        if rows <= cap and slots <= self._slots:
             return
         new_cap = 2 * cap
         if self.max_frames is not None:
@@ -92,7 +93,7 @@ class MemoryStore:
         sq = like.new_zeros(new_cap)
         usage = like.new_zeros(new_cap)
         vals = like.new_zeros(new_cap, max(slots, self._slots) * self.value_dim)
-        if self._keys is not None and self._rows:
+        if self._rows:
             keys[: self._rows] = self._keys[: self._rows]
             sq[: self._rows] = self._sq[: self._rows]
             usage[: self._rows] = self._usage[: self._rows]
@@ -116,7 +117,7 @@ class MemoryStore:
         self._rows += rows
         self.frames.append(_FrameEntry(frame_index, rows, annotated, self._reads))
         if self.max_frames is not None and len(self.frames) > self.max_frames:
-            victim = self._victim()
+            victim = self._victim(self.max_frames)
             if victim is not None:
                 self._drop(victim)
 
@@ -126,7 +127,7 @@ class MemoryStore:
         ``inf`` for a frame not read yet. Zeros unless usage is tracked (``tracks_usage``)."""
         scores = []
         totals = self._usage[: self._rows].split([e.rows for e in self.frames]) if self.frames else []
-        for entry, rows in zip(self.frames, totals):
+        for entry, rows in zip(self.frames, totals, strict=True):
             reads = self._reads - entry.born
             if not self.tracks_usage:
                 scores.append(0.0)
@@ -136,11 +137,11 @@ class MemoryStore:
                 scores.append(float(rows.sum()) / (1.0 - USAGE_DECAY**reads))
         return scores
 
-    def _victim(self) -> int | None:
+    def _victim(self, cap: int) -> int | None:
         """Position of the frame to drop: never an annotated one, nor one of the newest while the
-        cap leaves room for them beside the annotated frames (so the cap always holds)."""
+        ``cap`` leaves room for them beside the annotated frames (so the cap always holds)."""
         annotated = sum(e.annotated for e in self.frames)
-        keep_newest = max(0, min(KEEP_NEWEST, self.max_frames - annotated))
+        keep_newest = max(0, min(KEEP_NEWEST, cap - annotated))
         candidates = [
             pos for pos, e in enumerate(self.frames[: len(self.frames) - keep_newest]) if not e.annotated
         ]

@@ -14,7 +14,8 @@ import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -122,10 +123,12 @@ class _VideoFrames(_FrameCache):
                 raise VideoDecodeError(path, len(pts), str(err)) from err
         if not pts:
             raise ValueError(f"{path}: the video stream holds no decodable frames")
-        self._pts = pts
         # seeking needs distinct, increasing timestamps; otherwise windows decode from the start
-        self._seekable = all(p is not None for p in pts) and all(a < b for a, b in zip(pts, pts[1:]))
-        self._index = {p: i for i, p in enumerate(pts)} if self._seekable else {}
+        stamps = [p for p in pts if p is not None]
+        self._seekable = len(stamps) == len(pts) and all(a < b for a, b in pairwise(stamps))
+        self._pts = stamps  # every frame's when seekable
+        # looked up by decoded frames' pts, which may be None
+        self._index: dict[int | None, int] = {p: i for i, p in enumerate(stamps)} if self._seekable else {}
         super().__init__(len(pts), size, capacity)
 
     def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
@@ -385,7 +388,7 @@ class Session:
         return t, steps
 
     @staticmethod
-    def _frames_of(t: int, step: int, until: str, keyframes: Sequence[int] | set[int], n: int) -> list[int]:
+    def _frames_of(t: int, step: int, until: str, keyframes: Container[int], n: int) -> list[int]:
         out = []
         i = t + step
         while 0 <= i < n:

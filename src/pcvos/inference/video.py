@@ -5,6 +5,7 @@ This is the job behind ``pcvos segment``; it is usable from Python too (:func:`s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -35,8 +36,10 @@ from pcvos.data.overlay import overlay as draw_overlay
 from pcvos.data.overlay import rgba_cutout
 from pcvos.inference.adapt import adapt as adapt_model
 from pcvos.inference.adapt import read_keyframes
-from pcvos.inference.api import Segmenter, _processing_size, _resize_mask
+from pcvos.inference.api import Segmenter
+from pcvos.inference.engine import Precision
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
+from pcvos.inference.sizing import _processing_size, _resize_mask
 from pcvos.model.network import PCVOS
 
 log = logging.getLogger("pcvos")
@@ -74,7 +77,7 @@ class SegmentOptions:
     top_k: int = 20
     max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES
     device: str | None = None
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     overwrite: bool = False
     overlay: Path | None = None
     alpha: Path | None = None
@@ -189,7 +192,7 @@ def load_masks(
         out = np.zeros_like(labels)
         for src, dst in remap.items():
             out[labels == src] = dst
-        for src, dst in remap.items():
+        for dst in remap.values():
             if dst not in used:
                 objects.append({"id": dst, "first_frame": spec.frame, "mask": str(path), "kind": kind})
                 used.add(dst)
@@ -372,7 +375,7 @@ def _with_backward_fill(
                 results[k] = np.where(given > 0, given, results[k])
     frames = iter(source) if pending is not None else None
     for index in range(len(results)):
-        if frames is not None:
+        if pending is not None and frames is not None:
             pending[index] = next(frames)
         yield index, results.pop(index)
 
@@ -426,10 +429,10 @@ def segment_video(
 
     # outputs: checked only now that the input and masks are known to be good; nothing written yet
     inputs = [input_path, *(m.path for m in masks)]
-    for folder, what in ((out_dir, "--out"), (opt.alpha, "--alpha")):
-        if folder is not None and input_path.is_dir() and _inside(folder, input_path):
+    for target, what in ((out_dir, "--out"), (opt.alpha, "--alpha")):
+        if target is not None and input_path.is_dir() and _inside(target, input_path):
             raise InputError(
-                f"{folder}: {what} is inside the input folder {input_path}; choose a folder outside it"
+                f"{target}: {what} is inside the input folder {input_path}; choose a folder outside it"
             )
     if opt.alpha is not None and opt.alpha.resolve() == out_dir.resolve():
         raise InputError(f"{opt.alpha}: --alpha must be another folder than --out")
@@ -528,33 +531,30 @@ def segment_video(
             name = names[index] if names is not None else f"{index:05d}"
             if names is None and f"{name}.png" not in folders[0].planned:  # longer than its estimate
                 block = [f"{i:05d}" for i in range(index, 2 * index + 1)]
-                write(out_dir, lambda block=block: folders[0].claim({f"{n}.png" for n in block}))
+                write(out_dir, functools.partial(folders[0].claim, {f"{n}.png" for n in block}))
                 if opt.alpha is not None:
-                    write(
-                        opt.alpha,
-                        lambda block=block: folders[1].claim(
-                            {f"{o:03d}/{n}.png" for o in ids for n in block}
-                        ),
-                    )
-            write(out_dir / f"{name}.png", lambda: save_indexed_png(out_dir / f"{name}.png", labels))
-            frame = pending.pop(index, None)
-            if writer is not None:
-                write(opt.overlay, lambda: writer.write(draw_overlay(frame, labels)))
-            if opt.alpha is not None:
-                for obj in ids:
-                    cut = rgba_cutout(frame, labels, obj)
-                    path = opt.alpha / f"{obj:03d}" / f"{name}.png"
-                    write(
-                        path,
-                        lambda cut=cut, path=path: atomic_write(
-                            path, lambda tmp: Image.fromarray(cut, "RGBA").save(tmp, format="PNG")
-                        ),
-                    )
+                    cutouts = {f"{o:03d}/{n}.png" for o in ids for n in block}
+                    write(opt.alpha, functools.partial(folders[1].claim, cutouts))
+            write(
+                out_dir / f"{name}.png", functools.partial(save_indexed_png, out_dir / f"{name}.png", labels)
+            )
+            if writer is not None or opt.alpha is not None:  # the frame was kept for them
+                frame = pending.pop(index)
+                if writer is not None:
+                    write(writer.path, functools.partial(writer.write, draw_overlay(frame, labels)))
+                if opt.alpha is not None:
+                    for obj in ids:
+                        path = opt.alpha / f"{obj:03d}" / f"{name}.png"
+                        cut = Image.fromarray(rgba_cutout(frame, labels, obj), "RGBA")
+                        write(
+                            path,
+                            functools.partial(atomic_write, path, functools.partial(cut.save, format="PNG")),
+                        )
             done += 1
             if progress is not None:
                 progress(done, num_frames)
         if writer is not None:
-            write(opt.overlay, writer.close)
+            write(writer.path, writer.close)
     except BaseException:
         if writer is not None:
             writer.abort()

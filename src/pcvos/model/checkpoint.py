@@ -32,7 +32,8 @@ _WRAPPER_KEYS = ("state_dict", "model", "network", "net")
 _COMPUTED_BUFFERS = ("relative_position_index",)
 _RELEASED_HINT = (
     "The released checkpoints are not downloaded by pcvos: get saves/pcvos_*.pth from the PCVOS authors' "
-    "release (github.com/pkyong95/PCVOS) or stcn.pth from STCN's (github.com/hkchengrex/STCN) and pass its path "
+    "release (github.com/pkyong95/PCVOS) or stcn.pth from STCN's (github.com/hkchengrex/STCN) "
+    "and pass its path "
     "(load_model(PATH), or --weights PATH on the command line)."
 )
 

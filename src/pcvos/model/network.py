@@ -8,7 +8,7 @@ stages differently. Module names follow the released checkpoints so they load wi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from torch import nn
 from pcvos.model.decoder import Decoder
 from pcvos.model.encoders import ResNetKeyEncoder, ResNetValueEncoder
 from pcvos.model.refine import IntraClipRefiner
+
+if TYPE_CHECKING:  # imported when a light model is built (below)
+    from pcvos.model.efficientnet import EfficientNetLiteKeyEncoder, EfficientNetLiteValueEncoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +50,7 @@ class PCVOSConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PCVOSConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PCVOSConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -89,6 +92,11 @@ def aggregate(prob: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 class PCVOS(nn.Module):
     """PCVOS (with ICR) or STCN (``config.refine=False``)."""
+
+    key_encoder: ResNetKeyEncoder | EfficientNetLiteKeyEncoder
+    value_encoder: ResNetValueEncoder | EfficientNetLiteValueEncoder
+    pixel_mean: torch.Tensor  # buffers (registered in __init__)
+    pixel_std: torch.Tensor
 
     def __init__(self, config: PCVOSConfig | None = None) -> None:
         super().__init__()

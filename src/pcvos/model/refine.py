@@ -11,7 +11,9 @@ result equals the whole-clip computation. A GPU takes the whole clip in one pass
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import pairwise
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ def effective_window(size: Size3, window: Size3, shift: Size3) -> tuple[Size3, S
     for i, s in enumerate(size):
         if s <= window[i]:
             win[i], sh[i] = s, 0
-    return tuple(win), tuple(sh)  # type: ignore[return-value]
+    return (win[0], win[1], win[2]), (sh[0], sh[1], sh[2])
 
 
 def relative_position_index(window: Size3) -> torch.Tensor:
@@ -92,9 +94,7 @@ def temporal_groups(depth: int, window: int, shift: int) -> list[Group]:
     padded = -(-depth // window) * window
     bounds = sorted({0, padded} | set(range(shift, padded + 1, window)))
     return [
-        (a, b, window - shift if shift and a == 0 else 0)
-        for a, b in zip(bounds[:-1], bounds[1:])
-        if a < depth
+        (a, b, window - shift if shift and a == 0 else 0) for a, b in pairwise(bounds) if a < depth
     ]  # pad-only: outputs are cropped
 
 
@@ -162,6 +162,8 @@ class SpatialMasks:
 
 class WindowAttention3D(nn.Module):
     """Window attention with a shared query/key projection and a relative position bias."""
+
+    relative_position_index: torch.Tensor  # a buffer (registered below)
 
     def __init__(self, key_dim: int, value_dim: int, window: Size3, num_heads: int = 1) -> None:
         super().__init__()
@@ -234,14 +236,14 @@ class RefineBlock(nn.Module):
         pads = [(window[i] - s % window[i]) % window[i] for i, s in enumerate((d, h, w))]
         xn = F.pad(self.norm1(x), (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
         vn = F.pad(self.norm1_v(v), (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-        padded = tuple(xn.shape[:3])
+        padded: Size3 = (xn.shape[0], xn.shape[1], xn.shape[2])
         shifted = any(s > 0 for s in shift)
         if shifted:
             neg = tuple(-s for s in shift)
             xn = torch.roll(xn, shifts=neg, dims=(0, 1, 2))
             vn = torch.roll(vn, shifts=neg, dims=(1, 2, 3))
         out = self.attn(window_partition(xn, window), window_partition(vn, window), mask if shifted else None)
-        out = window_reverse(out, window, padded)  # type: ignore[arg-type]
+        out = window_reverse(out, window, padded)
         if shifted:
             out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
         return self.mlp_residual(v + out[:, :d, :h, :w])
@@ -333,8 +335,9 @@ class IntraClipRefiner(nn.Module):
         # of values is 3.3 MB per object and the MLP's hidden layer 4x that, so two frames (one
         # released temporal window) keep a chunk's temporaries near cache size; 2 measured faster than 4
         self.chunk_frames = chunk_frames
-        self.window = tuple(window)
-        self.shift = tuple(s // 2 for s in window)
+        d, h, w = window  # a list (from a config file) becomes a tuple
+        self.window: Size3 = (d, h, w)
+        self.shift: Size3 = (d // 2, h // 2, w // 2)
         self.layers = nn.ModuleList(
             [
                 _Stage(
@@ -352,33 +355,39 @@ class IntraClipRefiner(nn.Module):
         the whole clip at once, because the chunked path writes its result in place, and on a GPU
         too, where one large launch beats many small ones.
         """
-        size = tuple(x.shape[:3])
-        window, shift = effective_window(size, self.window, self.shift)  # type: ignore[arg-type]
+        size: Size3 = (x.shape[0], x.shape[1], x.shape[2])
+        window, shift = effective_window(size, self.window, self.shift)
         if self.chunk_frames and not torch.is_grad_enabled() and x.device.type == "cpu":
             return self._forward_chunked(x, v, window, shift, self.chunk_frames)
         no_shift = (0, 0, 0)
         mask = None
         if any(s > 0 for s in shift):
-            padded = tuple(-(-s // w) * w for s, w in zip(size, window))
-            mask = shifted_window_mask(padded, window, shift, device=x.device).to(x.dtype)
-        for stage in self.layers:
-            for i, block in enumerate(stage.blocks):
-                v = block(x, v, window, shift if i % 2 else no_shift, mask)
+            d, h, w = (-(-s // n) * n for s, n in zip(size, window, strict=True))
+            mask = shifted_window_mask((d, h, w), window, shift, device=x.device).to(x.dtype)
+        for i, block in self._blocks():
+            v = block(x, v, window, shift if i % 2 else no_shift, mask)
         return self.norm(v)
+
+    def _blocks(self) -> list[tuple[int, RefineBlock]]:
+        """Every block with its position in its stage (odd positions shift their windows)."""
+        # nn.ModuleList is not generic: its items are typed as Module
+        stages = cast(Iterable[_Stage], self.layers)
+        return [
+            (i, block)
+            for stage in stages
+            for i, block in enumerate(cast(Iterable[RefineBlock], stage.blocks))
+        ]
 
     def _forward_chunked(
         self, x: torch.Tensor, v: torch.Tensor, window: Size3, shift: Size3, chunk_frames: int
     ) -> torch.Tensor:
         """:meth:`forward` through :meth:`RefineBlock.forward_chunked`, updating one buffer in place."""
-        blocks = [(i, block) for stage in self.layers for i, block in enumerate(stage.blocks)]
+        blocks = self._blocks()
         if not blocks:
             return self.norm(v)
         h, w = x.shape[1:3]
         padded_hw = (-(-h // window[1]) * window[1], -(-w // window[2]) * window[2])
-        masks = {
-            s: SpatialMasks(padded_hw, window[1:], s[1:], x.dtype, x.device)  # type: ignore[arg-type]
-            for s in {shift, (0, 0, 0)}
-        }
+        masks = {s: SpatialMasks(padded_hw, window[1:], s[1:], x.dtype, x.device) for s in {shift, (0, 0, 0)}}
         # contiguous whatever the layout of v (the network passes a permuted view)
         out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
         src = v

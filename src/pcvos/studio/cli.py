@@ -29,7 +29,8 @@ def register(sub) -> None:
         "studio",
         help="a local browser page to draw, propagate, correct and export masks",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Serve a page on this machine to draw object masks on any frame, propagate them both ways,\n"
+        description="Serve a page on this machine to draw object masks on any frame, "
+        "propagate them both ways,\n"
         "correct drifting frames, re-propagate and export, at the video's original resolution.\n"
         "Frames and masks live in a workspace folder; opening it again restores the work.",
         epilog="examples:\n"
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from pcvos.studio.controller import Studio
     from pcvos.studio.workspace import Workspace, WorkspaceError
 
-    keep_freed_memory()  # as pcvos segment: propagation's large temporaries are reused, not page-faulted in again
+    # as pcvos segment: propagation's large temporaries are reused, not page-faulted in again
+    keep_freed_memory()
     apply_threads(args.threads)
     if args.input is None and args.workspace is None:
         return _fail("give a video or frame folder, or --workspace DIR to reopen a workspace")

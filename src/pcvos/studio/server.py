@@ -303,7 +303,8 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
 
     app = Starlette(
         routes=routes,
-        exception_handlers=handlers,
+        # Starlette types every handler as taking any Exception; each here takes its key's class
+        exception_handlers=handlers,  # type: ignore[arg-type]
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
         lifespan=lifespan,
     )

@@ -176,7 +176,7 @@ class Workspace:
                     finish_one()
             except ValueError as exc:  # VideoDecodeError and unreadable frames
                 raise WorkspaceError(str(exc)) from exc
-            finally:  # on an error, frames not yet encoded are dropped (the folder is redone on the next open)
+            finally:  # on an error, frames not yet encoded are dropped (redone on the next open)
                 for future in pending:
                     future.cancel()
         h, w = frames.size

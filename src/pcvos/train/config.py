@@ -234,7 +234,8 @@ STATIC_SOURCES = frozenset({"static", "davis_frames", "synthetic_static"})
 
 
 def check_sources(sources: Any, mode: str) -> None:
-    """Raise ConfigError unless ``sources`` is a list of known sources, each with its type's keys and fit for ``mode``."""
+    """Raise ConfigError unless ``sources`` is a list of known sources, each with its type's keys
+    and fit for ``mode``."""
     if not isinstance(sources, list):
         raise ConfigError(f"data.sources must be a list of sources, got {type(sources).__name__}")
     for i, src in enumerate(sources):
@@ -338,7 +339,7 @@ def _check_lists(cfg: dict) -> None:
 def _set(cfg: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node: Any = cfg
-    for i, p in enumerate(parts[:-1]):
+    for p in parts[:-1]:
         if isinstance(node, list):
             node = node[int(p)]
         else:

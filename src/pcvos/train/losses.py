@@ -116,8 +116,8 @@ def compute_losses(
     image = logits.new_zeros(())
     p = 1.0
     for f in range(nf):
-        l, p = ce(logits[:, f], labels[:, f], it)
-        image = image + l
+        frame_loss, p = ce(logits[:, f], labels[:, f], it)
+        image = image + frame_loss
     clip = logits.new_zeros(())
     if cfg.clip_weight != 0:
         for frames in out["clips"]:

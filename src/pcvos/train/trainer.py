@@ -33,11 +33,14 @@ from pcvos.data.io_utils import atomic_write_text
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos
 from pcvos.data.train_datasets import (
     ImageFolderSource,
+    ImageSource,
     MixedDataset,
+    SampleDataset,
     StaticDataset,
     TrainBatchSampler,
     VideoClipDataset,
     VideoFramesSource,
+    VideoSource,
     davis_source,
     youtube_source,
 )
@@ -97,7 +100,7 @@ class _Dist:
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
@@ -106,15 +109,16 @@ class _Dist:
 
 # -- RNG state (weights_only-loadable) ----------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    npst = np.random.get_state()
+    # the legacy tuple (the global RandomState is MT19937): its parts are tensors and numbers
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     st: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
-            "name": str(npst[0]),
-            "keys": torch.from_numpy(np.asarray(npst[1], dtype=np.int64)),
-            "pos": int(npst[2]),
-            "has_gauss": int(npst[3]),
-            "cached_gaussian": float(npst[4]),
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
         },
         "torch": torch.get_rng_state(),
     }
@@ -162,22 +166,23 @@ def build_dataset(cfg: dict) -> MixedDataset:
     d = cfg["data"]
     mode = d["mode"]
     crop = tuple(d["crop"])
-    parts = []
+    parts: list[tuple[SampleDataset, int]] = []
     if not d["sources"]:
         raise ConfigError("data.sources is empty: nothing to train on")
-    check_sources(
-        d["sources"], mode
-    )  # types, keys and mode, as load_config checks them (cfg may be built by hand)
+    # types, keys and mode, as load_config checks them (cfg may be built by hand)
+    check_sources(d["sources"], mode)
     for s in d["sources"]:
         s = dict(s)
         kind = s.get("type")
         repeat = int(s.get("repeat", 1))
         common = dict(min_pixels=d["min_pixels"], composite_prob=s.get("composite_prob", d["composite_prob"]))
+        ds: SampleDataset
         if kind in STATIC_SOURCES:
+            images: ImageSource
             if kind == "static":
-                src = ImageFolderSource(s["root"])
+                images = ImageFolderSource(s["root"])
             elif kind == "davis_frames":  # a video set's annotated frames, each a static image
-                src = VideoFramesSource(
+                images = VideoFramesSource(
                     davis_source(
                         s["root"],
                         s.get("subset", "train"),
@@ -188,7 +193,9 @@ def build_dataset(cfg: dict) -> MixedDataset:
                     int(s.get("every", 1)),
                 )
             else:
-                src = SyntheticImages(s.get("num_images", 16), tuple(s.get("size", crop)), s.get("seed", 0))
+                images = SyntheticImages(
+                    s.get("num_images", 16), tuple(s.get("size", crop)), s.get("seed", 0)
+                )
             aug = StaticAugment(
                 crop=crop,
                 resize_short=s.get(
@@ -196,7 +203,7 @@ def build_dataset(cfg: dict) -> MixedDataset:
                 ),
             )
             ds = StaticDataset(
-                src,
+                images,
                 crop,
                 d["static_frames"],
                 max_objects=s.get("max_objects", d["max_objects"]),
@@ -204,14 +211,15 @@ def build_dataset(cfg: dict) -> MixedDataset:
                 **common,
             )
         else:
+            videos: VideoSource
             if kind == "davis":
-                src = davis_source(
+                videos = davis_source(
                     s["root"], s.get("subset", "train"), s.get("year"), s.get("sequences"), s.get("exclude")
                 )
             elif kind == "youtube":
-                src = youtube_source(s["root"], s.get("videos"), s.get("exclude"))
+                videos = youtube_source(s["root"], s.get("videos"), s.get("exclude"))
             else:  # synthetic
-                src = SyntheticVideos(
+                videos = SyntheticVideos(
                     s.get("num_videos", 8),
                     s.get("num_frames", 24),
                     tuple(s.get("size", crop)),
@@ -219,7 +227,7 @@ def build_dataset(cfg: dict) -> MixedDataset:
                     s.get("seed", 0),
                 )
             ds = VideoClipDataset(
-                src,
+                videos,
                 crop,
                 d["clip_len"],
                 d["num_clips"],
@@ -426,8 +434,12 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
     writer = _make_writer(cfg, dd.main)
     history_path = out_dir / "history.jsonl"
     if dd.main and history_path.exists():  # drop records beyond the resume point (an interrupted run's tail)
-        keep = [l for l in history_path.read_text().splitlines() if l and json.loads(l)["iteration"] <= start]
-        atomic_write_text(history_path, "".join(l + "\n" for l in keep))
+        keep = [
+            line
+            for line in history_path.read_text().splitlines()
+            if line and json.loads(line)["iteration"] <= start
+        ]
+        atomic_write_text(history_path, "".join(line + "\n" for line in keep))
 
     bar = None
     if dd.main and tc["progress"]:

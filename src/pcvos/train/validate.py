@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -78,7 +79,7 @@ def validate_davis(
                 size=size,
                 device=device,
             )
-        for p, lab in zip(paths, labels):
+        for p, lab in zip(paths, labels, strict=True):
             save_indexed_png(out_dir / s / (p.stem + ".png"), np.asarray(lab, np.uint8))
     infer_s = time.time() - t0
     res = evaluate_davis(

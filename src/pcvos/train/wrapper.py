@@ -84,7 +84,7 @@ class PerClipTrainer(nn.Module):
         self.detach_memory_mask = bool(detach_memory_mask)
         self.freeze_bn = bool(freeze_bn)
 
-    def train(self, mode: bool = True) -> "PerClipTrainer":
+    def train(self, mode: bool = True) -> PerClipTrainer:
         super().train(mode)
         if mode and self.freeze_bn:
             # STCN trains with frozen BatchNorm statistics (small batches); affine parameters still learn
@@ -132,8 +132,12 @@ class PerClipTrainer(nn.Module):
         net = self.net
         images = net.normalize(frames.flatten(0, 1))  # (B*T, 3, H, W)
         feats = net.encode_key(images, with_local=self.use_refine)
-        unflat = lambda x: None if x is None else x.view(b, t, *x.shape[1:])  # noqa: E731
-        key, thin, local, f16, f8, f4 = (unflat(x) for x in feats)
+
+        def unflat(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, t, *x.shape[1:])
+
+        key, thin, f16, f8, f4 = (unflat(x) for x in (feats.key, feats.thin, feats.f16, feats.f8, feats.f4))
+        local = None if feats.local is None else unflat(feats.local)  # ICR keys: only with use_refine
         images = images.view(b, t, *images.shape[1:])
         counts = [int(n) for n in valid.sum(1).tolist()]
         validf = valid.to(frames.dtype)[:, :, None, None]
@@ -155,20 +159,20 @@ class PerClipTrainer(nn.Module):
             mv = mv.permute(0, 1, 3, 2, 4, 5).reshape(b, kmax * cv, -1)  # (B, K*Cv, M)
             q = self._flat(key[:, idx[0] : idx[-1] + 1])  # (B, Ck, L*h*w)
             r = read_full(mk, mv, q).view(b, kmax, cv, L, h, w).transpose(2, 3)  # (B, K, L, Cv, h, w)
-            clip_logits = []
+            per_sample = []
             for i in range(b):
                 n = counts[i]
                 ri = r[i, :n]
                 sl = slice(idx[0], idx[-1] + 1)
-                if self.use_refine:
+                if local is not None:
                     ri = net.refine(local[i, sl], ri)
                 fi = KeyFeatures(key[i, sl], thin[i, sl], None, f16[i, sl], f8[i, sl], f4[i, sl])
                 obj = net.decode(ri, fi)  # (n, L, H, W)
                 agg = aggregate_logits(obj, dim=0)  # (n+1, L, H, W)
                 if n < kmax:
                     agg = torch.cat([agg, agg.new_full((kmax - n, *agg.shape[1:]), PAD_LOGIT)])
-                clip_logits.append(agg.transpose(0, 1))  # (L, K+1, H, W)
-            clip_logits = torch.stack(clip_logits)  # (B, L, K+1, H, W)
+                per_sample.append(agg.transpose(0, 1))  # (L, K+1, H, W)
+            clip_logits = torch.stack(per_sample)  # (B, L, K+1, H, W)
             out_logits.append(clip_logits)
             clips.append(list(range(c * L, (c + 1) * L)))
             if c + 1 < n_clips:
