@@ -90,10 +90,11 @@ def test_stop_and_resume_is_exact(tmp_path):
 # Weights after Adam are not a sound comparison: Adam's first step moves every weight by lr *
 # sign(gradient), so rounding noise on a gradient that is ~0 (the key projection's bias: the affinity
 # is invariant to it, its gradient is rounding noise alone) moves that weight 2 * lr apart between the
-# set-ups (282 elements on one AMD EPYC), and being scale-invariant Adam does not see a gradient
-# summed instead of averaged at all. The losses are compared over every iteration: iteration 1 is the
-# forward's rounding alone; afterwards weights differ only where the gradient is at noise level, to
-# which the loss is insensitive to first order, while a wrong sample split would change it by O(10%).
+# set-ups (282 elements on one AMD EPYC), and Adam, invariant to the gradient's scale but for its
+# eps, hardly sees a gradient summed instead of averaged. The losses are compared over every
+# iteration: iteration 1 is the forward's rounding alone; afterwards the weights differ only where
+# the gradient is at noise level, to which the loss is insensitive to first order, while a wrong
+# sample split would change it by O(10%) (other samples).
 EPS32 = torch.finfo(torch.float32).eps
 _DDP_ITERS = 3
 
