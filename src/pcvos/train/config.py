@@ -87,6 +87,9 @@ DEFAULTS: dict[str, Any] = {
         "save_every": 5000,
         "keep_checkpoints": 3,
         "stop_at": None,  # stop this invocation at this iteration (checkpointed; continue with resume=auto)
+        # write this iteration's gradients, as the optimiser sees them (averaged over the processes,
+        # before clipping) to <output_dir>/grads_iter_<n>.pt; 0: off. For checking DDP against one process.
+        "dump_grads": 0,
         "progress": True,
         "tensorboard": True,
     },
@@ -414,6 +417,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg["output_dir"] = str(Path("runs") / str(cfg["name"]))
     if cfg["data"]["mode"] not in ("per_clip", "frame_wise", "static"):
         raise ConfigError(f"data.mode must be per_clip, frame_wise or static, got {cfg['data']['mode']!r}")
+    if cfg["train"]["dump_grads"] > cfg["train"]["iterations"]:
+        raise ConfigError(
+            f"train.dump_grads={cfg['train']['dump_grads']} is past train.iterations="
+            f"{cfg['train']['iterations']}: no gradients would be written"
+        )
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     check_sources(cfg["data"]["sources"], cfg["data"]["mode"])

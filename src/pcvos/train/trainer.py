@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pcvos.data.augment import StaticAugment, VideoAugment
-from pcvos.data.io_utils import atomic_write_text
+from pcvos.data.io_utils import atomic_write, atomic_write_text
 from pcvos.data.synthetic import SyntheticImages, SyntheticVideos
 from pcvos.data.train_datasets import (
     ImageFolderSource,
@@ -51,7 +51,15 @@ from pcvos.train.init import init_from_checkpoint, init_imagenet
 from pcvos.train.losses import LossConfig, compute_losses
 from pcvos.train.wrapper import PerClipTrainer
 
-__all__ = ["run_training", "build_dataset", "build_model", "rng_state", "set_rng_state", "param_checksum"]
+__all__ = [
+    "run_training",
+    "build_dataset",
+    "build_model",
+    "grads_path",
+    "rng_state",
+    "set_rng_state",
+    "param_checksum",
+]
 
 log = logging.getLogger("pcvos.train")
 
@@ -148,6 +156,24 @@ def param_checksum(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def grads_path(output_dir: str | Path, iteration: int) -> Path:
+    """Where ``train.dump_grads=<iteration>`` writes that iteration's gradients."""
+    return Path(output_dir) / f"grads_iter_{iteration:07d}.pt"
+
+
+def _dump_grads(path: Path, net: torch.nn.Module, scale: float) -> None:
+    """Each parameter's ``.grad`` (divided by the AMP loss scale) as float32 on the CPU, atomically.
+
+    Parameters that got no gradient this iteration are left out (DDP with unused parameters).
+    """
+    grads = {
+        name: (p.grad.detach().float() / scale).cpu()
+        for name, p in net.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
+    atomic_write(path, lambda tmp: torch.save(grads, tmp))
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -484,6 +510,9 @@ def _run(cfg: dict, dd: _Dist) -> dict[str, Any]:
         losses = compute_losses(out, batch, it, loss_cfg)
         opt.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
+        # DDP has averaged the gradients during backward(): every process holds the same, rank 0 writes them
+        if dd.main and it + 1 == int(tc["dump_grads"]):
+            _dump_grads(grads_path(out_dir, it + 1), net, float(scaler.get_scale()) if use_amp else 1.0)
         if tc["grad_clip"]:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, float(tc["grad_clip"]))
