@@ -14,12 +14,19 @@ so the model after N steps is exactly ``pcvos.adapt(..., steps=N)``'s. Adaptatio
 the run's setup plus its first N steps; inference seconds are timed apart. Masks go under
 ``--out/N<n>/<sequence>``; the table is printed and written to ``--out/adapt.md`` and
 ``--out/adapt.json``.
+
+Variants of the recipe (issue 24, chosen on ``select``): ``--schedule cosine`` warms the learning
+rate up linearly over ``--warmup`` steps, then decays it to 0 along a cosine over the rest of the
+run (one N only: the schedule spans the run); ``--tune decoder`` gives the optimiser the decoder's
+weights only (the encoders, projections and refiner keep the input model's; their gradients are
+still computed, so the seconds overstate what a decoder-only run would cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -86,6 +93,26 @@ def _time_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cosine(total: int, warmup: int):
+    """LambdaLR factor at step s: linear warm-up over ``warmup`` steps, then a cosine to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def _variant(run: Adaptation, args: argparse.Namespace, total: int):
+    """Apply ``--tune`` / ``--schedule`` to a fresh run; returns the scheduler to step after each step."""
+    if args.tune == "decoder":
+        run.optimizer = torch.optim.Adam(run.net.decoder.parameters(), lr=args.lr)
+    if args.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(run.optimizer, _cosine(total, args.warmup))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--davis-root", type=Path, required=True)
@@ -98,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--adapt-clip-len", type=int, default=DEFAULT_CLIP_LEN, help="frames per synthetic clip")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--schedule", choices=["constant", "cosine"], default="constant", help="learning-rate schedule"
+    )
+    p.add_argument("--warmup", type=int, default=5, help="warm-up steps of --schedule cosine")
+    p.add_argument("--tune", choices=["all", "decoder"], default="all", help="weights the optimiser moves")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/adapt"))
     p.add_argument(
@@ -116,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = sorted(set(args.steps))
     if steps[0] < 0:
         raise SystemExit("--steps: numbers of steps must be >= 0")
+    if args.schedule == "cosine" and len([n for n in steps if n > 0]) != 1:
+        raise SystemExit("--schedule cosine: give one N > 0 (plus 0 if wanted); the schedule spans the run")
     sequences = _sequences(args)
     model = pcvos.load_model(args.weights)
     adapt_s: dict[int, dict[str, float]] = {n: {} for n in steps}
@@ -134,11 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             run = Adaptation(
                 model, frames, masks, seed=args.seed, size=args.size, lr=args.lr, clip_len=args.adapt_clip_len
             )
+            scheduler = _variant(run, args, steps[-1])
             spent = time.perf_counter() - t0
             for n in steps:
                 t0 = time.perf_counter()
                 while run.steps_done < n:
                     run.step()
+                    if scheduler is not None:
+                        scheduler.step()
                 spent += time.perf_counter() - t0
                 net = run.result() if n > 0 else model  # N = 0 is the plain model, as segment(adapt=0)
                 t0 = time.perf_counter()
@@ -171,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     head = (
         f"{len(sequences)} sequences ({', '.join(sequences)}); L={args.clip_length}, size {args.size}, "
-        f"lr {args.lr:g}, synthetic clips of {args.adapt_clip_len}, seed {args.seed}, "
+        f"lr {args.lr:g} ({args.schedule}{f', warm-up {args.warmup}' if args.schedule == 'cosine' else ''}), "
+        f"tune {args.tune}, synthetic clips of {args.adapt_clip_len}, seed {args.seed}, "
         f"{torch.get_num_threads()} threads; frames per sequence {min(frames_of.values())}-"
         f"{max(frames_of.values())}"
     )

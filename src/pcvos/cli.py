@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pcvos.cli_types import (
+    add_adapt_arguments,
     add_precision_argument,
     add_threads_argument,
     apply_threads,
-    non_negative_int,
     positive_int,
     processing_size,
     resolve_size,
 )
-from pcvos.inference.adapt import DEFAULT_STEPS as DEFAULT_ADAPT_STEPS
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 
 EXIT_BAD_INPUT = 2
@@ -146,24 +145,7 @@ def _add_segment(sub) -> None:
         "--backward every frame's labels are held until the end and the frames before the "
         "last first mask are read and segmented a second time",
     )
-    p.add_argument(
-        "--adapt",
-        type=non_negative_int,
-        nargs="?",
-        const=DEFAULT_ADAPT_STEPS,
-        default=0,
-        metavar="N",
-        help="test-time adaptation: first fine-tune a copy of the model for N steps on clips "
-        f"synthesised from the annotated frames (N omitted: {DEFAULT_ADAPT_STEPS}; 0: off). Costs "
-        "seconds per step; when it pays: docs/keyframes-adaptation.md. Put it after INPUT",
-    )
-    p.add_argument(
-        "--adapt-seed",
-        type=non_negative_int,
-        default=0,
-        metavar="S",
-        help="seed of the synthesised clips (the same seed gives the same adapted model)",
-    )
+    add_adapt_arguments(p, hint=". Put it after INPUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=_run_segment)
 

@@ -62,6 +62,36 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_adapt_arguments(parser: argparse.ArgumentParser, *, where: str = "", hint: str = "") -> None:
+    """``--adapt [N]`` and ``--adapt-seed S`` as every inference command takes them.
+
+    ``where`` says which frames the synthesised clips come from; ``hint`` is appended to
+    ``--adapt``'s help (e.g. where to put an option whose number is optional).
+    """
+    # the default step count lives with the adaptation code; imported here, not at module level,
+    # so that building a parser stays free of torch until a command needs it
+    from pcvos.inference.adapt import DEFAULT_STEPS
+
+    parser.add_argument(
+        "--adapt",
+        type=non_negative_int,
+        nargs="?",
+        const=DEFAULT_STEPS,
+        default=0,
+        metavar="N",
+        help="test-time adaptation: first fine-tune a copy of the model for N steps on clips "
+        f"synthesised from {where or 'the annotated frames'} (N omitted: {DEFAULT_STEPS}; 0: off). "
+        f"Costs seconds per step; when it pays: docs/keyframes-adaptation.md{hint}",
+    )
+    parser.add_argument(
+        "--adapt-seed",
+        type=non_negative_int,
+        default=0,
+        metavar="S",
+        help="seed of the synthesised clips (the same seed gives the same adapted model)",
+    )
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads`` as every inference command takes it (applied with :func:`apply_threads`)."""
     parser.add_argument(

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from pcvos.cli_types import (
+    add_adapt_arguments,
     add_precision_argument,
+    add_threads_argument,
+    apply_threads,
     non_negative_int,
     positive_int,
     processing_size,
@@ -55,6 +58,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (default; under torchrun: the local GPU)"
     )
     add_precision_argument(p)
+    add_threads_argument(p)
+    add_adapt_arguments(
+        p,
+        where="each sequence's annotated frames (its first-frame masks; on YouTube-VOS "
+        "the frames where each object first appears), each sequence from the same weights",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -129,11 +138,24 @@ def _fail(msg: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import torch
+
     import pcvos
-    from pcvos.eval.runners import Distributed, Schedule, run_davis, run_youtube, zip_youtube_results
+    from pcvos.eval.runners import (
+        Distributed,
+        Schedule,
+        format_timings,
+        run_davis,
+        run_youtube,
+        write_run_summary,
+        zip_youtube_results,
+    )
     from pcvos.runtime import keep_freed_memory
 
     keep_freed_memory()  # a batch job: reuse freed memory instead of faulting it in again every clip
+    apply_threads(args.threads)
     try:
         model = pcvos.load_model(args.weights)
     except (FileNotFoundError, ValueError) as exc:
@@ -146,6 +168,8 @@ def _run(args: argparse.Namespace) -> int:
         size=resolve_size(args.size, model, otherwise=None if args.infer_command == "davis" else 480),
         max_memory_frames=args.max_memory_frames,
         precision=args.precision,
+        adapt=args.adapt,
+        adapt_seed=args.adapt_seed,
     )
     ctx = Distributed()
     device = ctx.device(args.device)
@@ -190,7 +214,28 @@ def _run(args: argparse.Namespace) -> int:
             f"{total.seconds:.1f} s inference, {total.fps:.2f} frames/s"
             f"{' per process' if ctx.world > 1 else ''}, "
             f"peak memory {total.peak_memory_mb:.0f} MB ({device.type})"
+            + (
+                f"; adapting ({args.adapt} steps, seed {args.adapt_seed}) {total.adapt_seconds:.1f} s"
+                if args.adapt
+                else ""
+            )
         )
+        if total.per_sequence:
+            print(format_timings(total.per_sequence))
+            # only a run that segmented something rewrites the summary: its settings are the latest run's
+            settings = {
+                "weights": args.weights or "default",
+                **asdict(schedule),
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "processes": ctx.world,
+            }
+            path, warning = write_run_summary(
+                args.out, total, benchmark=args.infer_command, settings=settings
+            )
+            if warning:
+                print(f"pcvos: warning: {warning}", file=sys.stderr)
+            print(f"per-sequence seconds: {path}")
         if args.infer_command == "youtube" and args.zip:
             path = zip_youtube_results(args.out, str(Path(args.out)) + ".zip")
             print(f"submission: {path}")

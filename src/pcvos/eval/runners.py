@@ -1,19 +1,25 @@
 """Benchmark inference runners: DAVIS and YouTube-VOS result folders, resumable and shardable.
 
 Each sequence is written into a hidden folder and renamed into place when complete, so an
-interrupted run leaves only whole sequences and a rerun skips them. Under ``torchrun`` the
+interrupted run leaves only whole sequences and a rerun skips them. With ``Schedule.adapt`` each
+sequence first fine-tunes its own copy of the model from its annotated frames
+(:func:`pcvos.inference.adapt.adapt`, as ``pcvos segment --adapt`` does); the model passed in is
+never changed, so every sequence adapts from the same weights. Per-sequence seconds (adapting,
+inference) are kept in :class:`RunStats` and written by :func:`write_run_summary`. Under ``torchrun`` the
 sequences are split across ranks (rank r takes every world-th one); each sequence is segmented
 by exactly one process with the same code, so the results equal a single-process run.
 """
 
 from __future__ import annotations
 
+import json
+import numbers
 import os
 import resource
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +29,67 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pcvos.data.davis import DavisDataset
-from pcvos.data.io_utils import save_indexed_png
+from pcvos.data.io_utils import atomic_write_text, save_indexed_png
 from pcvos.data.youtube import YouTubeVOSDataset, write_youtube_submission
+from pcvos.inference.adapt import adapt
 from pcvos.inference.api import segment
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.model.network import PCVOS
 
+# The run summary in the result folder (per-sequence seconds, settings); rewritten, merged, on resume.
+RUN_SUMMARY_NAME = "summary.json"
+
+
+@dataclass
+class SequenceTiming:
+    """One sequence's cost: seconds adapting (0 without adaptation) and seconds of inference."""
+
+    name: str
+    frames: int
+    adapt_steps: int
+    adapt_seed: int
+    adapt_seconds: float
+    inference_seconds: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.inference_seconds if self.inference_seconds > 0 else float("nan")
+
 
 @dataclass
 class RunStats:
-    """What one process did: sequences and frames segmented, inference seconds, peak memory."""
+    """What one process did: sequences and frames segmented, seconds (inference, adapting), peak memory."""
 
     sequences: int = 0
     skipped: int = 0
     frames: int = 0
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    adapt_seconds: float = 0.0
+    per_sequence: list[SequenceTiming] = field(default_factory=list)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
 
+    def add(self, timing: SequenceTiming) -> None:
+        """Count one segmented sequence."""
+        self.sequences += 1
+        self.frames += timing.frames
+        self.seconds += timing.inference_seconds
+        self.adapt_seconds += timing.adapt_seconds
+        self.per_sequence.append(timing)
+
     def merge(self, other: RunStats) -> RunStats:
-        # processes run side by side: frames add up, wall time is the slowest process's
+        # processes run side by side: frames add up, wall times are the slowest process's
         return RunStats(
             self.sequences + other.sequences,
             self.skipped + other.skipped,
             self.frames + other.frames,
             max(self.seconds, other.seconds),
             max(self.peak_memory_mb, other.peak_memory_mb),
+            max(self.adapt_seconds, other.adapt_seconds),
+            self.per_sequence + other.per_sequence,
         )
 
 
@@ -67,9 +105,18 @@ class Schedule:
     max_memory_frames: int | None = DEFAULT_MAX_MEMORY_FRAMES
     refine: bool | None = None  # None: ICR when the model has it
     precision: str = "fp32"  # "bf16" / "fp16": autocast the network (see pcvos.segment)
+    adapt: int = 0  # test-time adaptation steps per sequence (pcvos.adapt); 0: off
+    adapt_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for what, value in (("adapt", self.adapt), ("adapt_seed", self.adapt_seed)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"Schedule.{what} must be a non-negative integer, got {value!r}")
 
     def kwargs(self, model: PCVOS) -> dict[str, Any]:
+        """Keyword arguments of :func:`pcvos.segment` (adaptation is run, and timed, apart)."""
         d = asdict(self)
+        del d["adapt"], d["adapt_seed"]
         if self.refine is None:
             d["refine"] = model.has_refiner
         return d
@@ -128,6 +175,33 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _segment_timed(
+    model: PCVOS,
+    name: str,
+    frames: np.ndarray,
+    masks: dict[int, np.ndarray],
+    schedule: Schedule,
+    device: torch.device,
+) -> tuple[np.ndarray, SequenceTiming]:
+    """``pcvos.segment(..., adapt=schedule.adapt)`` with the adaptation and the inference timed apart."""
+    net, adapt_seconds = model, 0.0
+    if schedule.adapt:
+        _sync(device)
+        t0 = time.perf_counter()
+        # a fresh copy per sequence from the caller's weights: nothing learnt on one video reaches the next
+        net = adapt(model, frames, masks, schedule.adapt, seed=schedule.adapt_seed, size=schedule.size)
+        _sync(device)
+        adapt_seconds = time.perf_counter() - t0
+    _sync(device)
+    t0 = time.perf_counter()
+    labels = segment(net, frames, masks, device=device, **schedule.kwargs(model))
+    _sync(device)
+    timing = SequenceTiming(
+        name, len(frames), schedule.adapt, schedule.adapt_seed, adapt_seconds, time.perf_counter() - t0
+    )
+    return labels, timing
+
+
 def _write_sequence(
     final: Path, names: Iterable[str], labels: np.ndarray, keep: Callable[[int], bool]
 ) -> None:
@@ -177,13 +251,8 @@ def run_davis(
         frames = seq.frames()
         first = seq.first_mask()
         first = np.where(first == 255, 0, first).astype(np.uint8)
-        _sync(device)
-        t0 = time.perf_counter()
-        labels = segment(model, frames, {0: first}, device=device, **schedule.kwargs(model))
-        _sync(device)
-        stats.seconds += time.perf_counter() - t0
-        stats.frames += len(frames)
-        stats.sequences += 1
+        labels, timing = _segment_timed(model, name, frames, {0: first}, schedule, device)
+        stats.add(timing)
         _write_sequence(final, seq.frame_names, labels, lambda i: True)
         bar.set_postfix(fps=f"{stats.fps:.2f}")
     stats.peak_memory_mb = _peak_mb(device)
@@ -227,18 +296,71 @@ def run_youtube(
         video = ds[name]
         frames = video.frames()
         masks = {i: np.where(m == 255, 0, m).astype(np.uint8) for i, m in video.masks.items()}
-        _sync(device)
-        t0 = time.perf_counter()
-        labels = segment(model, frames, masks, device=device, **schedule.kwargs(model))
-        _sync(device)
-        stats.seconds += time.perf_counter() - t0
-        stats.frames += len(frames)
-        stats.sequences += 1
+        labels, timing = _segment_timed(model, name, frames, masks, schedule, device)
+        stats.add(timing)
         scored = set(video.scored_frames)
         _write_sequence(final, video.frame_names, labels, scored.__contains__)
         bar.set_postfix(fps=f"{stats.fps:.2f}")
     stats.peak_memory_mb = _peak_mb(device)
     return stats
+
+
+def write_run_summary(
+    out_dir: str | Path, stats: RunStats, *, benchmark: str, settings: dict[str, Any]
+) -> tuple[Path, str | None]:
+    """Write ``out_dir/summary.json``: per-sequence seconds (adapting, inference) and the settings.
+
+    Sequences segmented by earlier runs into the same folder keep their entries (each entry
+    names its adaptation steps and seed, so a folder filled by runs with different dials says
+    so). Returns the path and a warning when an earlier summary could not be read (it is then
+    replaced by this run's entries).
+    """
+    path = Path(out_dir) / RUN_SUMMARY_NAME
+    entries: dict[str, dict[str, Any]] = {}
+    warning = None
+    if path.is_file():
+        try:
+            entries = dict(json.loads(path.read_text(encoding="utf-8"))["sequences"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warning = f"{path}: unreadable earlier summary ({exc}); it now lists this run's sequences only"
+            entries = {}
+    for t in stats.per_sequence:
+        entries[t.name] = {
+            "frames": t.frames,
+            "adapt_steps": t.adapt_steps,
+            "adapt_seed": t.adapt_seed,
+            "adapt_seconds": round(t.adapt_seconds, 3),
+            "inference_seconds": round(t.inference_seconds, 3),
+            "frames_per_second": round(t.fps, 3),
+        }
+    entries = dict(sorted(entries.items()))
+    total = {
+        "sequences": len(entries),
+        "frames": sum(e["frames"] for e in entries.values()),
+        "adapt_seconds": round(sum(e["adapt_seconds"] for e in entries.values()), 3),
+        "inference_seconds": round(sum(e["inference_seconds"] for e in entries.values()), 3),
+    }
+    doc = {"benchmark": benchmark, "settings": settings, "sequences": entries, "total": total}
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return path, warning
+
+
+def format_timings(timings: list[SequenceTiming]) -> str:
+    """A table of per-sequence seconds (adapting, inference) and frames/s, with a total row."""
+    width = max([len("sequence"), len("total")] + [len(t.name) for t in timings])
+    rows = [f"{'sequence':<{width}}  frames  adapt s  infer s  frames/s"]
+    for t in sorted(timings, key=lambda t: t.name):
+        rows.append(
+            f"{t.name:<{width}}  {t.frames:6d}  {t.adapt_seconds:7.1f}  "
+            f"{t.inference_seconds:7.1f}  {t.fps:8.2f}"
+        )
+    frames = sum(t.frames for t in timings)
+    infer = sum(t.inference_seconds for t in timings)
+    rows.append(
+        f"{'total':<{width}}  {frames:6d}  {sum(t.adapt_seconds for t in timings):7.1f}  {infer:7.1f}  "
+        f"{frames / infer if infer > 0 else float('nan'):8.2f}"
+    )
+    return "\n".join(rows)
 
 
 def zip_youtube_results(out_dir: str | Path, zip_path: str | Path) -> Path:
