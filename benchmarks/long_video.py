@@ -88,12 +88,17 @@ def run(args: argparse.Namespace) -> None:
         for t in order:
             yield frames[t]
 
-    out = args.out / args.policy
+    out = args.out / (args.name or args.policy)
     out.mkdir(parents=True, exist_ok=True)
     packed = []
     windows = []
     ious: list[float] = []
+    # each frame's wall and CPU clock when it came out: any window's time per frame, afterwards.
+    # CPU time (this process, one thread) moves less than wall time with the other jobs' load.
+    wall: list[float] = []
+    cpu: list[float] = []
     start = last = time.perf_counter()
+    cpu_start = time.process_time()
     last_done = 0
     print(
         f"{args.policy}: {args.frames} frames of {args.sequence} ping-pong, size {args.size}, "
@@ -101,6 +106,8 @@ def run(args: argparse.Namespace) -> None:
         flush=True,
     )
     for index, labels in seg.process(video()):
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
         mask = labels > 0
         packed.append(np.packbits(mask))
         if index > 0:
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> None:
     )
     summary = {
         "policy": args.policy,
+        "name": args.name or args.policy,
         "sequence": args.sequence,
         "frames_requested": args.frames,
         "frames_done": len(packed),
@@ -139,6 +147,8 @@ def run(args: argparse.Namespace) -> None:
         "threads": args.threads,
         "windows": windows,
         "mean_iou_gt": float(np.mean(ious)),
+        "wall_s": [round(t, 4) for t in wall],
+        "cpu_s": [round(t, 4) for t in cpu],
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
     }
@@ -181,12 +191,46 @@ def read_cost(args: argparse.Namespace) -> None:
     )
 
 
+def per_frame_ms(clock: list[float], lo: int, hi: int) -> float:
+    """Mean milliseconds per frame over frames lo..hi-1 from each frame's output clock."""
+    return 1000 * (clock[hi - 1] - clock[lo - 1]) / (hi - lo)
+
+
+def drift_table(runs: dict, labels: dict, ref: list | None, args: argparse.Namespace) -> None:
+    """Time per frame at the end of the first N frames against early on, and IoU vs uncapped."""
+    lo, hi = args.early
+    print(
+        f"| run | cap | N | ms/frame, frames {lo}-{hi} | ms/frame, last {args.late} of N | last/first, wall | "
+        f"last/first, CPU | IoU vs uncapped, 1..N |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        if "wall_s" not in r:
+            continue
+        for n in args.lengths:
+            if len(r["wall_s"]) < n:
+                continue
+            ratios = [
+                per_frame_ms(r[c], n - args.late, n) / per_frame_ms(r[c], lo, hi) for c in ("wall_s", "cpu_s")
+            ]
+            vs_ref = ""
+            if ref is not None and len(ref) >= n:
+                vs_ref = f"{np.mean([iou(labels[name][t], ref[t]) for t in range(1, n)]):.4f}"
+            print(
+                f"| {name} | {r['max_memory_frames']} | {n} | {per_frame_ms(r['wall_s'], lo, hi):.0f} | "
+                f"{per_frame_ms(r['wall_s'], n - args.late, n):.0f} | {ratios[0]:.2f} | {ratios[1]:.2f} | {vs_ref} |"
+            )
+    print(
+        "\nms/frame here is wall time; last/first is the ratio of the late window's time per frame to the early "
+        "one's, by wall and by CPU time of the run's process (one thread: less moved by other jobs' load).\n"
+    )
+
+
 def report(args: argparse.Namespace) -> None:
     runs = {}
-    for policy in POLICIES:
-        path = args.out / policy / "summary.json"
-        if path.exists():
-            runs[policy] = json.loads(path.read_text())
+    found = [json.loads(p.read_text()) for p in sorted(args.out.glob("*/summary.json"))]
+    for r in sorted(found, key=lambda r: (POLICIES.index(r["policy"]), r.get("name", r["policy"]))):
+        runs[r.get("name", r["policy"])] = r
     if not runs:
         raise SystemExit(f"{args.out}: no runs")
     labels = {}
@@ -231,7 +275,7 @@ def report(args: argparse.Namespace) -> None:
         "less the labels the "
         f"benchmark keeps for scoring ({1024 * label_mib:.0f} KiB a frame).\n"
     )
-    ref = labels.get("uncapped")
+    ref = next((labels[k] for k, r in runs.items() if r["policy"] == "uncapped"), None)
     gt = load_sequence(args.davis_root, first["sequence"])[1] if args.davis_root else None
     print(
         "| policy | cap | frames done | IoU GT, all its frames | IoU vs uncapped, 1..N | IoU GT, 1..N | "
@@ -268,6 +312,8 @@ def report(args: argparse.Namespace) -> None:
         f"(frame {bound - 1} is memory frame {(bound - 1) // first['clip_length'] + 1}, "
         f"one every {first['clip_length']}); before it every policy's memory is the uncapped one."
     )
+    print()
+    drift_table(runs, labels, ref, args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -291,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--window", type=int, default=250, help="frames per timing window")
     r.add_argument("--max-seconds", type=float, default=float("inf"), help="stop after this long")
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--name", default=None, help="the run's folder under --out (default: the policy)")
     r.set_defaults(func=run)
     c = sub.add_parser("read-cost", help="time the memory read with and without usage collection")
     c.add_argument("--frames", type=int, default=128, help="memory frames")
@@ -304,6 +351,13 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("report", help="markdown tables from the runs in --out")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--davis-root", type=Path, default=None, help="to score every run against ground truth")
+    s.add_argument(
+        "--lengths", type=int, nargs="+", default=[1500, 3000], help="video lengths N for the drift table"
+    )
+    s.add_argument(
+        "--early", type=int, nargs=2, default=[50, 300], help="early window [lo, hi) (past the warm-up)"
+    )
+    s.add_argument("--late", type=int, default=250, help="frames at the end of N in the late window")
     s.set_defaults(func=report)
     args = p.parse_args(argv)
     if getattr(args, "max_memory_frames", 0) is None:

@@ -9,7 +9,12 @@ from PIL import Image
 import pcvos
 from pcvos.cli import build_parser, main
 from pcvos.inference.engine import MAX_CLIP_LENGTH, InferenceConfig
-from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES, MemoryStore
+from pcvos.inference.memory_store import (
+    DAVIS_LONGEST_FRAMES,
+    DEFAULT_MAX_MEMORY_FRAMES,
+    DEFAULT_MEMORY_INTERVAL,
+    MemoryStore,
+)
 
 # per-frame memory without ICR: the most memory frames a video of a given length can make
 PER_FRAME = dict(clip_length=1, memory_every=1, refine=False, pmm_segment=None)
@@ -43,6 +48,69 @@ def _record_memory_sizes(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(MemoryStore, "add", recording)
     return sizes
+
+
+# real frames at a small processing size: the memory schedule does not depend on the size
+SMALL = 64
+
+
+def _looped_bear(davis_root, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """DAVIS ``bear`` played forward and backward to ``length`` frames (as benchmarks/long_video.py),
+    downscaled 4x, with its first mask."""
+    seq = "bear"
+    paths = sorted((davis_root / "JPEGImages/480p" / seq).glob("*.jpg"))
+    period = 2 * len(paths) - 2
+    order = [t % period if t % period < len(paths) else period - t % period for t in range(length)]
+    frames = [np.asarray(Image.open(p).convert("RGB").reduce(4)) for p in paths]
+    first = Image.open(davis_root / "Annotations/480p" / seq / "00000.png")
+    mask = np.asarray(first.resize(frames[0].shape[1::-1], Image.NEAREST)) > 0
+    return np.stack([frames[t] for t in order]), mask.astype(np.uint8)
+
+
+def _record_reads(monkeypatch) -> list[tuple[int, int, int]]:
+    """(memory frames, memory rows, first memory frame's index) at every read."""
+    reads: list[tuple[int, int, int]] = []
+    read = MemoryStore.read
+
+    def recording(self, *args, **kwargs):
+        reads.append((len(self.frames), self.rows, self.frames[0].index))
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryStore, "read", recording)
+    return reads
+
+
+def test_default_cap_is_what_the_longest_davis_video_makes(davis_root, monkeypatch):
+    """A DAVIS-length real video at the default schedule keeps every memory frame under the
+    default cap, and so gives exactly the unbounded memory's result; the cap is that tight."""
+    assert InferenceConfig().memory_interval == DEFAULT_MEMORY_INTERVAL
+    model = pcvos.load_model()
+    frames, mask = _looped_bear(davis_root, DAVIS_LONGEST_FRAMES)
+    sizes = _record_memory_sizes(monkeypatch)
+    default = pcvos.segment(model, frames, {0: mask}, size=SMALL, output="probs")
+    assert max(sizes) == DEFAULT_MAX_MEMORY_FRAMES  # reached, nothing dropped: the cap is not looser
+    unbounded = pcvos.segment(model, frames, {0: mask}, size=SMALL, output="probs", max_memory_frames=None)
+    assert np.array_equal(default, unbounded)
+
+
+def test_read_stays_bounded_on_a_long_video(davis_root, monkeypatch):
+    """With the defaults, a real video making three times the cap in memory frames reads a memory
+    that fills up to the cap and then stays there: the read, and so time per frame, is flat."""
+    length = 3 * DEFAULT_MAX_MEMORY_FRAMES * DEFAULT_MEMORY_INTERVAL
+    frames, mask = _looped_bear(davis_root, length)
+    reads = _record_reads(monkeypatch)
+    seg = pcvos.Segmenter(pcvos.load_model(), size=SMALL)
+    seg.add_mask(0, mask)
+    labels = np.stack([lab for _, lab in seg.process(frames)])
+    assert len(labels) == length
+    counts = [n for n, _, _ in reads]
+    assert DEFAULT_MAX_MEMORY_FRAMES in counts  # the video outgrows the cap
+    full = counts.index(DEFAULT_MAX_MEMORY_FRAMES)
+    assert full < len(counts) / 3 and set(counts[full:]) == {DEFAULT_MAX_MEMORY_FRAMES}
+    rows_per_frame = reads[0][1]  # the given mask's frame alone
+    assert max(r for _, r, _ in reads) == DEFAULT_MAX_MEMORY_FRAMES * rows_per_frame
+    # the annotated frame stays to the end, and the object is still tracked there
+    assert {first for _, _, first in reads} == {0} and labels[-1].any()
 
 
 def test_memory_is_bounded_by_default():

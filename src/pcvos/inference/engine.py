@@ -41,7 +41,8 @@ class InferenceConfig:
     ``max_memory_frames`` bounds the memory on long videos (None: unbounded); beyond it the
     least-used memory frame that is neither annotated nor among the newest is dropped
     (``memory_eviction="oldest"``: the oldest such frame). The default keeps every memory frame
-    of videos shorter than ``DEFAULT_MAX_MEMORY_FRAMES`` memory intervals.
+    of videos shorter than ``DEFAULT_MAX_MEMORY_FRAMES`` memory intervals: every DAVIS sequence at
+    the default schedule (see ``memory_store``).
     """
 
     clip_length: int = 5
