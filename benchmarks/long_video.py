@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (benchmark table format strings)
 """Long videos: time per frame, RSS and accuracy along a looped real sequence, per memory policy.
 
 A DAVIS sequence played forward then backward (ping-pong) as often as needed makes a long video
