@@ -20,7 +20,7 @@ DEFAULT_MEMORY_INTERVAL = 5
 # result is that of the unbounded memory, bit for bit. Beyond it the read costs what it costs at
 # the end of a DAVIS video whatever the video's length: time per frame stays flat. Usage
 # eviction keeps the frames the reads use, so long videos stay close to the unbounded result
-# (measured in benchmarks/long_video.md).
+# (measured in docs/results/long_video.md).
 DEFAULT_MAX_MEMORY_FRAMES = DAVIS_LONGEST_FRAMES // DEFAULT_MEMORY_INTERVAL + 1
 # Usage is an exponential moving average over reads of the share of the read's softmax weight
 # each frame received. With one read per clip, 0.98 remembers about the last 50 reads (half-life
