@@ -27,7 +27,7 @@ import pcvos  # noqa: E402
 from pcvos.data.frames import VideoWriter  # noqa: E402
 from pcvos.data.palette import DAVIS_PALETTE  # noqa: E402
 from pcvos.studio.controller import Studio  # noqa: E402
-from pcvos.studio.server import MAX_UPLOAD_BYTES, ServerThread, create_app  # noqa: E402
+from pcvos.studio.server import MAX_UPLOAD_BYTES, TOKEN_HEADER, ServerThread, create_app  # noqa: E402
 from pcvos.studio.workspace import Workspace, WorkspaceError  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH, FPS = 48, 120, 160, 24
@@ -81,18 +81,23 @@ def open_studio(root: Path, video: Path | None, model) -> Studio:
 class Client:
     """Plain http.client requests (raw paths are sent as written: no client-side normalising)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         parsed = urllib.parse.urlparse(url)
         self.host, self.port = parsed.hostname, parsed.port
+        self.token = token  # sent as X-PCVOS-Token unless a request sets its own headers for it
 
     def request(
         self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
     ) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         headers = dict(headers or {})
+        if self.token is not None:
+            headers.setdefault(TOKEN_HEADER, self.token)
         if isinstance(body, dict):
             body = json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
+        elif body is not None:
+            headers.setdefault("Content-Type", "application/octet-stream")
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
@@ -109,7 +114,7 @@ class Client:
 def served(tmp_path, video, model):
     studio = open_studio(tmp_path / "ws", video, model)
     server = ServerThread(create_app(studio))
-    yield Client(server.url), studio
+    yield Client(server.url, server.token), studio
     server.stop()
     studio.close()
 
@@ -419,6 +424,56 @@ def test_path_traversal_and_hosts(served):
     assert client.request("GET", "/files/workspace.json")[0] == 403
     assert client.request("GET", "/files/frames/00000.jpg")[0] == 200
     assert client.request("GET", "/api/state", headers={"Host": "attacker.example"})[0] == 400
+
+
+STATE_CHANGING = [
+    ("POST", "/api/objects", b'{"name": "evil"}'),
+    ("PATCH", "/api/objects/1", b'{"name": "evil"}'),
+    ("DELETE", "/api/objects/1", None),
+    ("PUT", "/api/frames/0/labels", bytes(HEIGHT * WIDTH)),
+    ("POST", "/api/frames/0/grabcut", b'{"box": [10, 10, 60, 60]}'),
+    ("POST", "/api/frames/0/import?object=1", b"x"),
+    ("POST", "/api/propagate", b'{"frame": 0}'),
+    ("POST", "/api/export", b"{}"),
+    ("POST", "/api/cancel", b"{}"),
+]
+
+
+def test_writes_need_the_token_and_the_own_origin(served):
+    client, studio = served
+    studio.add_object("mine")
+    anonymous = Client(f"http://{client.host}:{client.port}/")  # no token
+    own = f"http://{client.host}:{client.port}"
+    refusals = [
+        ({}, "X-PCVOS-Token"),
+        ({TOKEN_HEADER: "x" * 43}, "X-PCVOS-Token"),
+        ({TOKEN_HEADER: client.token, "Origin": "http://127.0.0.1:1"}, "Origin"),
+        ({TOKEN_HEADER: client.token, "Origin": "null"}, "Origin"),
+        ({TOKEN_HEADER: client.token, "Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site"),
+        ({TOKEN_HEADER: client.token, "Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site"),
+    ]
+    for method, path, body in STATE_CHANGING:
+        for headers, words in refusals:
+            status, hdrs, data = anonymous.request(
+                method, path, body, {"Content-Type": "text/plain", **headers}
+            )
+            assert status == 403 and words in json.loads(data)["error"], (method, path, headers, status)
+            assert hdrs["x-frame-options"] == "DENY"
+    # with the token, a text/plain body (what a form or a no-cors fetch can send) is still refused
+    for method, path, body in STATE_CHANGING:
+        if body is None:
+            continue
+        status, _, data = client.request(method, path, body, {"Content-Type": "text/plain"})
+        assert status == 415 and "Content-Type" in json.loads(data)["error"], (method, path, status)
+    assert [o["name"] for o in studio.ws.objects] == ["mine"] and studio.job()["id"] == 0
+    assert not studio.ws.keyframes and not studio.ws.export_dir.exists()
+    # the page's own requests: token, same origin
+    ok = {"Origin": own, "Sec-Fetch-Site": "same-origin"}
+    status, obj = client.json("POST", "/api/objects", {"name": "second"}, ok)
+    assert status == 201 and obj["name"] == "second"
+    status, headers, page = client.request("GET", "/")
+    assert client.token.encode() in page and "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert anonymous.request("GET", "/api/state")[0] == 200  # reads need no token
 
 
 def test_reopen_restores_objects_keyframes_and_masks(tmp_path, video, model):

@@ -67,23 +67,49 @@ def browser():
         b.close()
 
 
+class Recorder:
+    """ASGI wrapper that records (method, path, status) of every HTTP request the server answers."""
+
+    def __init__(self, app) -> None:
+        self.app, self.state, self.seen = app, app.state, []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def record(message) -> None:
+            if message["type"] == "http.response.start":
+                self.seen.append((scope["method"], scope["path"], message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, record)
+
+
 @pytest.fixture()
-def studio_page(tmp_path, browser):
+def served_studio(tmp_path, browser):
+    """(page, studio, session, recorder): the studio's page open in Chromium, its server recording."""
     video = make_video(tmp_path / "clip.mp4")
     ws = Workspace.open_or_create(tmp_path / "ws", video)
     session = SlowSession(pcvos.Session(pcvos.load_model(), ws.frames_dir, clip_length=5))
     studio = Studio(ws, session)
-    server = ServerThread(create_app(studio))
+    recorder = Recorder(create_app(studio))
+    server = ServerThread(recorder)
     page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(server.url)
     page.wait_for_function("window.studio && window.studio.S.ready", timeout=15000)
-    yield page, studio, session
+    yield page, studio, session, recorder
     page.close()
     server.stop()
     studio.close()
     assert not errors, errors
+
+
+@pytest.fixture()
+def studio_page(served_studio):
+    return served_studio[:3]
 
 
 def to_page(page, x: float, y: float) -> tuple[float, float]:
@@ -368,3 +394,93 @@ def test_tools_objects_and_view(studio_page):
     wait_until(lambda: ws.object_ids() == [1] and not (disk_labels(studio, t) == 2).any(), "the removal")
     assert (disk_labels(studio, t) == 1).any()
     page.wait_for_function("window.studio.S.objects.length === 1")
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<iframe name="sink"></iframe>
+<form id="form-objects" method="POST" action="{studio}api/objects" enctype="text/plain" target="sink">
+<input name='{{"name":"added-by-evil-form","x":"' value='"}}'></form>
+<form id="form-export" method="POST" action="{studio}api/export" enctype="text/plain" target="sink">
+<input name='{{"a":"' value='"}}'></form>
+<script>
+const plain = (body) => ({{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body}});
+// a no-cors answer is opaque, or blocked outright (Cross-Origin-Resource-Policy): the request is sent either way
+const send = (url, init) => fetch(url, init).catch(() => null);
+async function attack() {{
+  await send("{studio}api/objects", plain('{{"name":"added-by-evil-site"}}'));
+  await send("{studio}api/export", plain("{{}}"));
+  await send("{studio}api/cancel", plain("{{}}"));
+  await send("{studio}api/frames/0/import", {{method: "POST", mode: "no-cors", body: new Blob(["x"])}});
+  // a CORS request with JSON and a guessed token is preflighted, and the preflight is not allowed
+  try {{
+    await fetch("{studio}api/objects", {{method: "POST", headers: {{"Content-Type": "application/json",
+      "X-PCVOS-Token": "guess"}}, body: '{{"name":"added-by-cors"}}'}});
+  }} catch (e) {{ /* blocked, as it should be */ }}
+}}
+window.attackDone = attack().then(() => true);
+</script></body></html>"""
+
+
+class _EvilHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    page = b""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def evil_site(served_studio):
+    """A page on another localhost port that tries to drive the studio (cross-origin, same site)."""
+    import http.server
+
+    page = served_studio[0]
+    studio_url = page.url
+    handler = type("Evil", (_EvilHandler,), {"page": EVIL_PAGE.format(studio=studio_url).encode()})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = __import__("threading").Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_other_origins_cannot_write(served_studio, evil_site, browser):
+    page, studio, _, recorder = served_studio
+    studio_url = page.url
+    before = len(recorder.seen)
+    evil = browser.new_page()
+    evil.goto(evil_site)
+    assert evil.evaluate("window.attackDone") is True
+    for form, path in (("form-objects", "api/objects"), ("form-export", "api/export")):
+        # a form post navigates the iframe: wait for the studio's answer to it
+        with evil.expect_response(
+            lambda r, path=path: r.url == studio_url + path and r.request.method == "POST"
+        ):
+            evil.evaluate(f"document.getElementById('{form}').submit()")
+    evil.close()
+    answered = recorder.seen[before:]
+    posts = [(p, s) for m, p, s in answered if m == "POST"]
+    expected = [
+        "/api/objects",
+        "/api/export",
+        "/api/cancel",
+        "/api/frames/0/import",
+        "/api/objects",
+        "/api/export",
+    ]
+    assert [p for p, _ in posts] == expected, answered  # every attempt reached the server...
+    assert all(s == 403 for _, s in posts), posts  # ...and was refused
+    assert [m for m, _, _ in answered if m != "POST"] in ([], ["OPTIONS"])  # the CORS try: preflight only
+    assert studio.ws.objects == [] and studio.job()["state"] == "idle" and studio.job()["id"] == 0
+    assert not studio.ws.export_dir.exists()
+    # the studio's own page still works
+    page.click("#add-object")
+    page.wait_for_function("window.studio.S.objects.length === 1")
+    assert [o["name"] for o in studio.ws.objects] == ["object 1"]

@@ -20,8 +20,10 @@ let saveChain = Promise.resolve();
 let switchToken = 0;
 
 // ---------------------------------------------------------------- API
+// The server refuses state-changing requests without this page's token (other pages cannot read it).
+const TOKEN = document.querySelector('meta[name="pcvos-token"]').content;
 async function api(method, path, body, type) {
-  const init = { method, headers: {} };
+  const init = { method, headers: { "X-PCVOS-Token": TOKEN } };
   if (body !== undefined) {
     if (type) { init.body = body; init.headers["Content-Type"] = type; }
     else { init.body = JSON.stringify(body); init.headers["Content-Type"] = "application/json"; }
