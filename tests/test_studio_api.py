@@ -363,6 +363,37 @@ def test_cancel_leaves_whole_frames(served):
     assert studio.wait(JOB_TIMEOUT_S)["id"] == 2
 
 
+def test_a_refused_export_keeps_the_running_ones_cancel(served, monkeypatch):
+    """POST /api/export while one runs is a 409, and must not undo the cancel asked of the running one."""
+    import pcvos.studio.controller as controller
+
+    client, studio = served
+    reached, release = threading.Event(), threading.Event()
+    real = controller.export_workspace
+
+    def gated(ws, progress=None, cancel=None):
+        def hold(done, total):
+            progress(done, total)
+            if done == 1:  # the first frame is written: hold the export here until the test says
+                reached.set()
+                release.wait(JOB_TIMEOUT_S)
+
+        return real(ws, progress=hold, cancel=cancel)
+
+    monkeypatch.setattr(controller, "export_workspace", gated)
+    assert client.json("POST", "/api/export")[0] == 202
+    assert reached.wait(JOB_TIMEOUT_S)
+    status, job = client.json("POST", "/api/cancel")
+    assert status == 200 and job["cancel_requested"] is True
+    status, err = client.json("POST", "/api/export")
+    assert status == 409 and "running" in err["error"]
+    assert client.json("GET", "/api/job")[1]["cancel_requested"] is True
+    release.set()
+    job = studio.wait(JOB_TIMEOUT_S)
+    assert job["state"] == "cancelled" and job["cancel_requested"] is True and job["done"] == 1
+    assert not studio.ws.export_dir.exists() and not list(studio.ws.root.glob(".export*"))
+
+
 def test_export_zip(served):
     client, studio = served
     client.json("POST", "/api/objects", {})

@@ -81,7 +81,9 @@ class Studio:
         self._job_lock = threading.Lock()
         self._job: dict[str, Any] = {"id": 0, "kind": None, "state": "idle"}
         self._thread: threading.Thread | None = None
-        self._export_cancel = threading.Event()
+        # one event per job, made when the job starts: a refused start (409) never touches the
+        # running job's cancel request
+        self._cancel = threading.Event()
         self._restore()
 
     def _restore(self) -> None:
@@ -97,7 +99,10 @@ class Studio:
         return self._thread is not None and self._thread.is_alive()
 
     def job(self) -> dict[str, Any]:
-        return dict(self._job)
+        job = dict(self._job)
+        if job["kind"] is not None:
+            job["cancel_requested"] = self._cancel.is_set()
+        return job
 
     def state(self) -> dict[str, Any]:
         return {**self.ws.state(), "job": self.job()}
@@ -191,9 +196,11 @@ class Studio:
         return labels
 
     # -- jobs -------------------------------------------------------------------------------------
-    def _start(self, kind: str, work: Callable[[], str], **info: Any) -> dict[str, Any]:
+    def _start(self, kind: str, work: Callable[[threading.Event], str], **info: Any) -> dict[str, Any]:
+        """Run ``work(cancel)`` in a worker thread as the new job; it returns the final state."""
         with self._job_lock:
             self._check_idle(f"start a {kind}")
+            self._cancel = cancel = threading.Event()
             # the id tells a client polling /api/job this job from the one before it
             self._job = {
                 "id": self._job["id"] + 1,
@@ -208,15 +215,15 @@ class Studio:
             }
             self._started = time.perf_counter()
             self._thread = threading.Thread(
-                target=self._run, args=(work,), name=f"pcvos-studio-{kind}", daemon=True
+                target=self._run, args=(work, cancel), name=f"pcvos-studio-{kind}", daemon=True
             )
             self._thread.start()
-            self.hub.publish({"type": "job", **self._job})
+            self.hub.publish({"type": "job", **self.job()})
             return self.job()
 
-    def _run(self, work: Callable[[], str]) -> None:
+    def _run(self, work: Callable[[threading.Event], str], cancel: threading.Event) -> None:
         try:
-            state = work()
+            state = work(cancel)
             error = None
         except Exception as exc:  # reported to the page; the server keeps running
             log.exception("studio %s failed", self._job["kind"])
@@ -224,14 +231,14 @@ class Studio:
         # jobs are replaced, never mutated: readers in other threads copy them at any time
         self._job = {**self._job, "state": state, "error": error, "eta_s": 0 if state == "done" else None}
         self.ws.save()
-        self.hub.publish({"type": "job", **self._job})
+        self.hub.publish({"type": "job", **self.job()})
 
     def _progress(self, done: int, total: int | None, frame: int | None = None) -> None:
         elapsed = time.perf_counter() - self._started
         fps = done / elapsed if elapsed > 0 else None
         eta = (total - done) / fps if fps and total is not None else None
         self._job = {**self._job, "done": done, "total": total, "fps": fps, "eta_s": eta}
-        self.hub.publish({"type": "progress", **self._job, "frame": frame})
+        self.hub.publish({"type": "progress", **self.job(), "frame": frame})
 
     def propagate(
         self, t: Any, direction: Any = "both", until: Any = "keyframe", objects: Iterable[Any] | None = None
@@ -254,7 +261,7 @@ class Studio:
         total = len(self.session.plan(t, direction, until))
         iterator = self.session.propagate(t, direction=direction, until=until, objects=objects)
 
-        def work() -> str:
+        def work(cancel: threading.Event) -> str:
             done, last_save = 0, time.perf_counter()
             for index, labels in iterator:
                 if objects is not None:
@@ -265,7 +272,7 @@ class Studio:
                 if time.perf_counter() - last_save > SAVE_EVERY_S:
                     self.ws.save()
                     last_save = time.perf_counter()
-            return "cancelled" if self._job.get("cancel_requested") else "done"
+            return "cancelled" if cancel.is_set() else "done"
 
         return self._start(
             "propagation", work, total=total, start=t, direction=direction, until=until, objects=objects
@@ -285,13 +292,10 @@ class Studio:
 
     def export(self) -> dict[str, Any]:
         """Start writing the export (see :mod:`pcvos.studio.exporter`) in the background."""
-        self._export_cancel.clear()
 
-        def work() -> str:
+        def work(cancel: threading.Event) -> str:
             try:
-                export_workspace(
-                    self.ws, progress=lambda d, n: self._progress(d, n), cancel=self._export_cancel
-                )
+                export_workspace(self.ws, progress=lambda d, n: self._progress(d, n), cancel=cancel)
             except ExportCancelled:
                 return "cancelled"
             return "done"
@@ -300,12 +304,11 @@ class Studio:
 
     def cancel(self) -> dict[str, Any]:
         """Ask the running job to stop (a propagation stops within a clip)."""
-        if self.busy:
-            self._job = {**self._job, "cancel_requested": True}
-            if self._job["kind"] == "propagation":
-                self.session.cancel()
-            else:
-                self._export_cancel.set()
+        with self._job_lock:
+            if self.busy:
+                self._cancel.set()
+                if self._job["kind"] == "propagation":
+                    self.session.cancel()
         return self.job()
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
