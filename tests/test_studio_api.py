@@ -436,6 +436,76 @@ def test_export_zip(served):
     assert not list(studio.ws.root.glob(".export*"))
 
 
+KILLED_WRITER = """
+import os, signal, sys
+from pcvos.data.io_utils import temp_path_for
+from pcvos.studio.exporter import export_workspace
+from pcvos.studio.workspace import Workspace
+
+ws, mode = Workspace(sys.argv[1]), sys.argv[2]
+die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+if mode == "export":  # killed three frames into an export
+    export_workspace(ws, progress=lambda done, total: done == 3 and die())
+elif mode == "swap":  # killed between moving the old export aside and moving the new one in
+    real = os.replace
+    def replace(a, b):
+        real(a, b)
+        if os.path.basename(b).startswith(".export-old-"):
+            die()
+    os.replace = replace
+    export_workspace(ws)
+else:  # killed while an upload and a mask write are in flight
+    with ws.upload_folder() as tmp:
+        (tmp / "upload.png").write_bytes(b"partial")
+        temp_path_for(ws.mask_path(2)).write_bytes(b"partial")
+        die()
+"""
+
+
+def test_restart_removes_what_a_killed_studio_left(tmp_path, video, model):
+    root = tmp_path / "ws"
+    studio = open_studio(root, video, model)
+    studio.add_object("square")
+    studio.set_labels(0, square_mask(0).astype(np.uint8))
+    studio.export()
+    assert studio.wait(JOB_TIMEOUT_S)["state"] == "done"
+    first_zip = (root / "export" / "pcvos_export.zip").read_bytes()
+    studio.close()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for mode in ("export", "upload", "swap"):
+        res = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root), mode], env=env, timeout=120)
+        assert res.returncode == -9, mode
+    left = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+    assert len([n for n in left if n.startswith(".export-")]) == 3  # two half-built exports, one swapped out
+    assert len([n for n in left if n.startswith(".import-")]) == 1 and list(root.glob("masks/.00002.png.*"))
+    assert not (root / "export").exists()  # the kill came between the two renames
+    # look-alikes that are not the studio's own, or belong to a live process: kept
+    (root / ".export-notes").mkdir()
+    (root / ".export-99999999-0000abcd").mkdir()
+    (root / ".export-99999999-0000abcd" / "mine.txt").write_text("mine")
+    live = root / f".export-{os.getppid()}-0000abcd"
+    live.mkdir()
+    (live / ".pcvos-export").write_text("")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (root / ".export-99999999-0000beef").symlink_to(outside, target_is_directory=True)
+    (root / "masks" / ".notes.99999999-0000abcd.txt").mkdir()
+    reopened = open_studio(root, None, model)
+    remaining = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+    assert remaining == sorted(
+        [".export-notes", ".export-99999999-0000abcd", live.name, ".export-99999999-0000beef"]
+    )
+    assert (outside / "keep.txt").read_text() == "keep" and (
+        root / "masks" / ".notes.99999999-0000abcd.txt"
+    ).is_dir()
+    assert not list(root.glob("masks/.00002.png.*"))
+    # the export the user had before the interrupted swap is back, untouched
+    assert (root / "export" / "pcvos_export.zip").read_bytes() == first_zip
+    assert reopened.state()["keyframes"] == [0]
+    reopened.close()
+
+
 def test_path_traversal_and_hosts(served):
     client, studio = served
     (studio.ws.root.parent / "secret.txt").write_text("secret")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -22,7 +20,7 @@ import numpy as np
 from pcvos.data.masks import object_ids, parse_mask, resize_labels
 from pcvos.data.palette import VOID_LABEL
 from pcvos.studio.exporter import ExportCancelled, export_workspace
-from pcvos.studio.workspace import Workspace, WorkspaceError
+from pcvos.studio.workspace import UPLOAD_NAME, Workspace, WorkspaceError
 
 __all__ = ["Studio", "EventHub", "BusyError", "DIRECTIONS", "UNTIL"]
 
@@ -84,6 +82,9 @@ class Studio:
         # one event per job, made when the job starts: a refused start (409) never touches the
         # running job's cancel request
         self._cancel = threading.Event()
+        removed = self.ws.remove_leftovers()  # what a killed studio left (an export half-built, ...)
+        if removed:
+            log.info("removed what an earlier studio left in %s: %s", self.ws.root, ", ".join(removed))
         self._restore()
 
     def _restore(self) -> None:
@@ -169,8 +170,8 @@ class Studio:
         An indexed PNG keeps its ids (unknown ids become new objects); any other mask with a
         single object is painted as ``object_id``; colour masks with several objects keep their ids.
         """
-        with tempfile.TemporaryDirectory(dir=self.ws.root, prefix=".import-") as tmp:
-            path = Path(tmp) / "upload.png"
+        with self.ws.upload_folder() as tmp:
+            path = tmp / UPLOAD_NAME
             path.write_bytes(data)
             try:
                 labels, kind = parse_mask(path)
