@@ -28,7 +28,7 @@ from pcvos.data.frames import VideoWriter  # noqa: E402
 from pcvos.data.palette import DAVIS_PALETTE  # noqa: E402
 from pcvos.studio.controller import Studio  # noqa: E402
 from pcvos.studio.server import MAX_UPLOAD_BYTES, TOKEN_HEADER, ServerThread, create_app  # noqa: E402
-from pcvos.studio.workspace import Workspace, WorkspaceError  # noqa: E402
+from pcvos.studio.workspace import MAX_OBJECTS, Workspace, WorkspaceError  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH, FPS = 48, 120, 160, 24
 SQUARE = 30  # side of the moving square
@@ -247,18 +247,36 @@ def test_import_mask(served):
     assert np.array_equal(
         np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH), square_mask(0).astype(np.uint8)
     )
-    # an indexed PNG keeps its ids; unknown ones become objects; half size is resized (same aspect ratio)
-    indexed = np.zeros((HEIGHT // 2, WIDTH // 2), np.uint8)
-    indexed[:10, :10] = 7
+    # an indexed PNG keeps its ids; unknown ones become objects; 255 is void (background)
+    indexed = np.zeros((HEIGHT, WIDTH), np.uint8)
+    indexed[:20, :20] = 7
+    indexed[-5:] = 255
     status, _, data = client.request("POST", "/api/frames/0/import", png_bytes(indexed, "L", palette=True))
-    assert status == 200 and 7 in studio.ws.object_ids()
-    assert (np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH)[:20, :20] == 7).all()
+    assert status == 200 and studio.ws.object_ids() == [1, 7]
+    imported = np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH)
+    assert (imported[:20, :20] == 7).all() and not imported[-5:].any()
+    # a mask of another size is refused, never stretched: half size, 1x1, transposed
+    for shape in ((HEIGHT // 2, WIDTH // 2), (1, 1), (WIDTH, HEIGHT)):
+        small = np.full(shape, 3, np.uint8)
+        status, _, data = client.request("POST", "/api/frames/0/import", png_bytes(small, "L", palette=True))
+        assert status == 400 and "not resized" in json.loads(data)["error"], shape
+    assert studio.ws.object_ids() == [1, 7]
+    # ids 1..254 in one indexed PNG: refused whole (the cap), nothing added
+    many = (np.arange(HEIGHT * WIDTH) % 254 + 1).astype(np.uint8).reshape(HEIGHT, WIDTH)
+    status, _, data = client.request("POST", "/api/frames/0/import", png_bytes(many, "L", palette=True))
+    assert status == 400 and f"at most {MAX_OBJECTS}" in json.loads(data)["error"]
+    assert studio.ws.object_ids() == [1, 7]
+    assert client.json("POST", "/api/objects", {})[0] == 201  # adding objects still works
     status, _, data = client.request("POST", "/api/frames/0/import?object=1", b"\x89PNG\r\n\x1a\nbroken")
     assert status == 400 and "uploaded mask" in json.loads(data)["error"]
     wrong = np.zeros((50, 50), np.uint8)
     wrong[:5] = 255
     assert client.request("POST", "/api/frames/0/import?object=1", png_bytes(wrong, "L"))[0] == 400
-    assert client.request("POST", "/api/frames/0/import?object=9", png_bytes(binary, "L"))[0] == 404
+    for _ in range(MAX_OBJECTS - len(studio.ws.objects)):  # up to the cap, then a clear refusal
+        assert client.json("POST", "/api/objects", {})[0] == 201
+    status, err = client.json("POST", "/api/objects", {})
+    assert status == 400 and f"at most {MAX_OBJECTS} objects" in err["error"]
+    assert client.request("POST", "/api/frames/0/import?object=99", png_bytes(binary, "L"))[0] == 404
     assert client.request("POST", "/api/frames/0/import?object=1", b"")[0] == 400
     status, _, data = client.request("POST", "/api/frames/0/import?object=1", b"\0" * (MAX_UPLOAD_BYTES + 1))
     assert status == 413

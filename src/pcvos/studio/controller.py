@@ -8,6 +8,7 @@ run in a worker thread; their progress goes to every subscriber of :class:`Event
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 import time
@@ -16,11 +17,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from pcvos.data.masks import object_ids, parse_mask, resize_labels
+from pcvos.data.masks import object_ids, parse_mask
 from pcvos.data.palette import VOID_LABEL
 from pcvos.studio.exporter import ExportCancelled, export_workspace
-from pcvos.studio.workspace import UPLOAD_NAME, Workspace, WorkspaceError
+from pcvos.studio.workspace import MAX_OBJECTS, UPLOAD_NAME, Workspace, WorkspaceError
 
 __all__ = ["Studio", "EventHub", "BusyError", "DIRECTIONS", "UNTIL"]
 
@@ -165,11 +167,25 @@ class Studio:
         return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
 
     def import_mask(self, data: bytes, object_id: int | None) -> np.ndarray:
-        """Read an uploaded mask image into labels at the frame size.
+        """Read an uploaded mask image into labels of the frame size.
 
         An indexed PNG keeps its ids (unknown ids become new objects); any other mask with a
         single object is painted as ``object_id``; colour masks with several objects keep their ids.
+        Label 255 is void: not an object, read as background. The mask must have the frames' exact
+        size (it is never stretched), and the objects it brings may not take the workspace over
+        ``MAX_OBJECTS``; either is refused before anything changes.
         """
+        frame_size = f"{self.ws.width}x{self.ws.height}"
+        try:  # the header alone: a wrong size is refused before the pixels are decoded
+            with Image.open(io.BytesIO(data)) as probe:
+                declared = probe.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            declared = None  # parse_mask below says what is wrong with it
+        if declared is not None and sorted(declared) != sorted((self.ws.width, self.ws.height)):
+            raise WorkspaceError(
+                f"uploaded mask is {declared[0]}x{declared[1]} but the frames are {frame_size}; "
+                "masks are not resized: export it at the frame size"
+            )
         with self.ws.upload_folder() as tmp:
             path = tmp / UPLOAD_NAME
             path.write_bytes(data)
@@ -177,23 +193,26 @@ class Studio:
                 labels, kind = parse_mask(path)
             except ValueError as exc:
                 raise WorkspaceError(str(exc).replace(str(path), "uploaded mask")) from None
+        if labels.shape != (self.ws.height, self.ws.width):
+            raise WorkspaceError(
+                f"uploaded mask is {labels.shape[1]}x{labels.shape[0]} but the frames are {frame_size}; "
+                "masks are not resized: export it at the frame size"
+            )
         labels = np.where(labels == VOID_LABEL, 0, labels).astype(np.uint8)
-        h, w = labels.shape
-        if (h, w) != (self.ws.height, self.ws.width):
-            if abs(h * self.ws.width - w * self.ws.height) > max(self.ws.height, self.ws.width):
-                raise WorkspaceError(
-                    f"uploaded mask is {w}x{h} but the frames are {self.ws.width}x{self.ws.height}"
-                )
-            labels = resize_labels(labels, (self.ws.height, self.ws.width))
         ids = object_ids(labels)
         if not ids:
             raise WorkspaceError("uploaded mask holds no object (every pixel is background)")
         if not kind.startswith("indexed") and len(ids) == 1:
-            labels = np.where(labels > 0, self.ws.check_object(object_id), 0).astype(np.uint8)
-        else:
-            for i in ids:
-                if i not in self.ws.object_ids():
-                    self.ws.add_object(object_id=i)
+            return np.where(labels > 0, self.ws.check_object(object_id), 0).astype(np.uint8)
+        known = self.ws.object_ids()
+        new = [i for i in ids if i not in known]
+        if len(known) + len(new) > MAX_OBJECTS:
+            raise WorkspaceError(
+                f"uploaded mask holds {len(ids)} objects ({len(new)} new); a workspace holds at most "
+                f"{MAX_OBJECTS} and has {len(known)}: merge or remove objects first"
+            )
+        for i in new:
+            self.ws.add_object(object_id=i)
         return labels
 
     # -- jobs -------------------------------------------------------------------------------------

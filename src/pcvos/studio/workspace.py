@@ -37,7 +37,7 @@ from pcvos.data.masks import object_ids
 from pcvos.data.palette import VOID_LABEL, colour_for
 from pcvos.studio.exporter import EXPORT_ENTRIES, EXPORT_MARKER
 
-__all__ = ["WorkspaceError", "Workspace", "MAX_OBJECT_ID", "FRAME_SUFFIX"]
+__all__ = ["WorkspaceError", "Workspace", "MAX_OBJECT_ID", "MAX_OBJECTS", "FRAME_SUFFIX"]
 
 WORKSPACE_FILE = "workspace.json"
 WORKSPACE_FORMAT = 1
@@ -46,6 +46,10 @@ FRAME_SUFFIX = ".jpg"
 JPEG_QUALITY = 95
 #: Object ids 1..254: 0 is background and 255 the DAVIS void label.
 MAX_OBJECT_ID = VOID_LABEL - 1
+#: Most objects one workspace holds. Propagation's time and memory grow with every object (each is a
+#: plane through the whole network), and a hand-annotated video rarely has more than a dozen; an
+#: indexed PNG with ids 1..254 would otherwise add 254 objects at once.
+MAX_OBJECTS = 32
 #: Longest object name kept (names are labels in a list, not documents).
 MAX_NAME_LENGTH = 80
 #: Threads encoding cached frames; more than a few only queue behind the single decoding thread.
@@ -364,6 +368,10 @@ class Workspace:
     def add_object(self, name: str | None = None, object_id: int | None = None) -> dict[str, Any]:
         with self._lock:
             used = set(self.object_ids())
+            if len(used) >= MAX_OBJECTS:
+                raise WorkspaceError(
+                    f"a workspace holds at most {MAX_OBJECTS} objects; remove one before adding another"
+                )
             if object_id is None:
                 free = [i for i in range(1, MAX_OBJECT_ID + 1) if i not in used]
                 if not free:
