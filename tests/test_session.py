@@ -247,6 +247,17 @@ def test_bad_input(lite, video):
         empty.propagate(0)
 
 
+@pytest.mark.parametrize(
+    "name", ["clip_length", "top_k", "memory_every", "max_memory_frames", "size", "cache_frames"]
+)
+@pytest.mark.parametrize("value", [2.5, 3.0, True, "3"])
+def test_counts_are_whole_numbers(lite, video, tmp_path, name, value):
+    """Session(..., clip_length=2.5) ran the whole video as one clip, past the 50-frame cap."""
+    frames, _ = video
+    with pytest.raises(ValueError, match=name):
+        pcvos.Session(lite, frames, **{"clip_length": CLIP, name: value})
+
+
 def test_a_changed_keyframe_is_re_encoded(lite, video):
     frames, masks = video
     s = _session(lite, frames)

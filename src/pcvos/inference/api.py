@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
+from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision, is_whole
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES
 from pcvos.data.palette import VOID_LABEL
 from pcvos.model.network import PCVOS, pad_to_multiple, unpad
@@ -21,6 +21,8 @@ FrameLike = np.ndarray | torch.Tensor
 def _processing_size(h: int, w: int, size: int | None) -> tuple[int, int]:
     if size is None:
         return h, w
+    if not is_whole(size):
+        raise ValueError(f"size must be a whole number of pixels or None, got {size!r}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     scale = size / min(h, w)
@@ -98,6 +100,8 @@ class Segmenter:
         )
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.config.validate(self.device.type)  # before the model moves: bad settings fail fast
+        if size is not None:
+            _processing_size(16, 16, size)  # the same check, before any frame arrives
         self.model = model.to(self.device).eval()
         self.size = size
         self.output = output

@@ -24,7 +24,7 @@ import torch
 
 from pcvos.data.frames import FrameFolder, VideoDecodeError, open_frames, read_frame
 from pcvos.inference.api import Segmenter, _check_frame, _processing_size
-from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
+from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision, is_whole
 from pcvos.model.network import PCVOS
 
 Direction = Literal["both", "forward", "backward"]
@@ -43,8 +43,8 @@ class _FrameCache:
     """
 
     def __init__(self, num_frames: int, size: tuple[int, int], capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"cache_frames must be at least 1, got {capacity}")
+        if not is_whole(capacity) or capacity < 1:
+            raise ValueError(f"cache_frames must be a positive whole number, got {capacity!r}")
         self.num_frames, self.size, self.capacity = num_frames, size, capacity
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last: int | None = None
@@ -240,6 +240,8 @@ class Session:
         frame_batch: int | None = None,
         cache_frames: int = DEFAULT_CACHE_FRAMES,
     ) -> None:
+        if not is_whole(cache_frames) or cache_frames < 1:
+            raise ValueError(f"cache_frames must be a positive whole number, got {cache_frames!r}")
         # the Segmenter validates the settings, places the model and owns the frame and mask
         # preprocessing, so a session computes exactly what pcvos.segment does
         self._seg = Segmenter(
