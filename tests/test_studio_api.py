@@ -694,6 +694,50 @@ def test_cli_serves_the_page(tmp_path, video):
     assert rc == 0
 
 
+def test_ctrl_c_during_a_propagation_with_the_page_open(tmp_path, video):
+    """Ctrl+C while a propagation runs and a page listens to the events: one line, no traceback
+    (the open event stream held the shutdown for its grace period, then its cancellation was logged)."""
+    from pcvos.studio.server import read_token
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pcvos", "studio", str(video), "--workspace", str(tmp_path / "ws")]
+        + ["--port", "0", "--no-browser"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        url = None
+        for line in proc.stderr:
+            if "http://127.0.0.1:" in line:
+                url = line.split()[2]
+                break
+        assert url is not None, "no URL printed"
+        client = Client(url)
+        client.token = read_token(client.request("GET", "/")[2].decode())
+        client.json("POST", "/api/objects", {})
+        assert put_labels(client, 0, square_mask(0).astype(np.uint8))[0] == 200
+        events: list[dict] = []
+        ready = threading.Event()
+        reader = threading.Thread(target=read_events, args=(client, set(), events, ready), daemon=True)
+        reader.start()
+        assert ready.wait(30)
+        assert client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})[0] == 202
+        wait_for = time.monotonic() + JOB_TIMEOUT_S
+        while not any(e["type"] == "progress" for e in events) and time.monotonic() < wait_for:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(2)  # SIGINT, as Ctrl+C
+        rest = proc.stderr.read()
+        rc = proc.wait(60)
+    assert rc == 0
+    lines = rest.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pcvos studio: stopped"), rest
+    reader.join(30)
+    assert not reader.is_alive()  # the event stream was ended, not left hanging
+
+
 def test_a_video_breaking_part_way_leaves_no_workspace(tmp_path, broken_mp4):
     """Frames are encoded by worker threads while the video decodes: a decode error part-way still
     stops with the file and frame named, no workspace.json and no temporary file."""

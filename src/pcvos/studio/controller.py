@@ -338,6 +338,11 @@ class Studio:
             thread.join(timeout)
         return self.job()
 
+    def interrupt(self) -> None:
+        """Stop quickly (Ctrl+C): cancel the running job and end the event streams; does not wait."""
+        self.cancel()
+        self.hub.publish(None)
+
     def close(self) -> None:
         """Cancel any job and wait for it (server shutdown)."""
         self.cancel()

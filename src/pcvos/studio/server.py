@@ -451,12 +451,22 @@ GRACEFUL_SHUTDOWN_S = 2
 
 
 def make_server(app: Starlette):
+    """A uvicorn server for ``app`` whose Ctrl+C stops at once: the running job is cancelled and the
+    event streams end as the signal arrives, so no open page holds the shutdown (which then
+    cancelled the stream after the grace period and logged its traceback)."""
     import uvicorn
+
+    class StudioServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            first = not self.should_exit
+            super().handle_exit(sig, frame)
+            if first:  # in a thread: the signal may land while this thread holds the studio's lock
+                threading.Thread(target=app.state.studio.interrupt, name="pcvos-studio-stop").start()
 
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on"
     )
-    return uvicorn.Server(config)
+    return StudioServer(config)
 
 
 class ServerThread:
