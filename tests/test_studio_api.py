@@ -162,9 +162,19 @@ def test_state_page_and_frames(served):
     status, err = client.json("GET", f"/api/frames/{FRAMES}/labels")
     assert status == 404 and "out of range" in err["error"]
     status, err = client.json("GET", "/api/frames/-1/image")
-    assert status == 404
+    assert status == 400  # not a frame number at all
     status, err = client.json("GET", "/api/frames/ten/image")
-    assert status == 400 and "integer" in err["error"]
+    assert status == 400 and "whole number" in err["error"]
+    # only ASCII digits: int() would read ' 1', '+3', '1_0' (as 10) and Arabic-Indic or full-width digits
+    for raw in ("%201", "1%20", "+3", "1_0", "%D9%A1", "%EF%BC%91", "0x1", "1e1", "-0", "", "1234567890"):
+        for path in (f"/api/frames/{raw}/image", f"/api/frames/{raw}/labels"):
+            status, _, data = client.request("GET", path)
+            assert status in (400, 404) and b"error" in data, (path, status)
+            assert status == 400 or raw == "", (path, status)  # '' is no route at all
+    status, _, data = client.request("PATCH", "/api/objects/1_0", {"name": "x"})
+    assert status == 400 and b"digits" in data
+    status, _, data = client.request("POST", "/api/frames/0/import?object=%2B1", b"x")
+    assert status == 400 and b"object must be" in data
     status, err = client.json("GET", "/api/nothing-here")
     assert status == 404 and "error" in err
 
@@ -232,6 +242,14 @@ def test_grabcut_finds_the_square(served):
     assert client.json("POST", "/api/frames/5/grabcut", {"box": [1, 2, 3]})[0] == 400
     assert client.json("POST", "/api/frames/5/grabcut", {"box": [10, 10, 11, 11]})[0] == 400
     assert client.json("POST", "/api/frames/5/grabcut", {"box": "all"})[0] == 400
+    # non-finite numbers: JSON's non-standard Infinity/NaN, and a literal that overflows to inf
+    for box in (b"[Infinity, 0, 50, 50]", b"[NaN, 0, 50, 50]", b"[1e999, 0, 50, 50]", b"[-1e999, 0, 50, 50]"):
+        status, _, data = client.request(
+            "POST", "/api/frames/5/grabcut", b'{"box": ' + box + b"}", {"Content-Type": "application/json"}
+        )
+        assert status == 400 and b"Traceback" not in data and b"error" in data, (box, status)
+    status, _, data = client.request("POST", "/api/frames/5/grabcut", {"box": [10**400, 0, 50, 50]})
+    assert status == 200  # a huge but finite corner is clipped to the frame
     assert (
         client.json("POST", "/api/frames/5/grabcut", b"{not json", {"Content-Type": "application/json"})[0]
         == 400
@@ -342,8 +360,16 @@ def test_propagate_bad_requests(served):
     cases = [
         ({"frame": 11}, 400, "not a keyframe"),
         ({"frame": 99}, 404, "out of range"),
-        ({"frame": "0"}, 404, "out of range"),
-        ({}, 404, "out of range"),
+        ({"frame": "0"}, 400, "frame must be a whole number"),
+        ({"frame": True}, 400, "frame must be a whole number"),
+        ({"frame": None}, 400, "frame must be a whole number"),
+        ({"frame": 10.0}, 400, "frame must be a whole number"),
+        ({}, 400, "frame is required"),
+        ({"frame": 10, "direction": ["both"]}, 400, "direction must be a string"),
+        ({"frame": 10, "until": 1}, 400, "until must be a string"),
+        ({"frame": 10, "objects": ["1"]}, 400, "objects must be a list"),
+        ({"frame": 10, "objects": [True]}, 400, "objects must be a list"),
+        ({"frame": 10, "objects": 1}, 400, "objects must be a list"),
         ({"frame": 10, "direction": "sideways"}, 400, "direction"),
         ({"frame": 10, "until": "never"}, 400, "until"),
         ({"frame": 10, "objects": [3]}, 404, "unknown object"),

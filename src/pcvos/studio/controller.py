@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -144,9 +145,14 @@ class Studio:
         if (
             not isinstance(box, (list, tuple))
             or len(box) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+            or not all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and (isinstance(v, int) or math.isfinite(v))
+                for v in box
+            )
         ):
-            raise WorkspaceError("box must be [x0, y0, x1, y1] in pixels")
+            raise WorkspaceError("box must be [x0, y0, x1, y1]: four finite numbers, in pixels")
         x0, x1 = sorted((int(round(box[0])), int(round(box[2]))))
         y0, y1 = sorted((int(round(box[1])), int(round(box[3]))))
         x0, y0 = max(x0, 0), max(y0, 0)

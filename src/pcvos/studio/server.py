@@ -93,12 +93,54 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+#: Longest index accepted in a path or query (a frame or object number; more digits are a mistake).
+MAX_INDEX_DIGITS = 9
+_INDEX = re.compile(rf"[0-9]{{1,{MAX_INDEX_DIGITS}}}")
+
+
+def _index(text: str, what: str) -> int:
+    """A frame or object number written in ASCII digits only: int() also takes ' 1', '+3', '1_0'
+    (as 10) and other scripts' digits, none of which the page writes."""
+    if not _INDEX.fullmatch(text):
+        raise ApiError(400, f"{what} must be a whole number written in digits 0-9, got {text!r}")
+    return int(text)
+
+
 def _frame(request: Request) -> int:
-    text = request.path_params["t"]
-    try:
-        return int(text)
-    except ValueError:
-        raise ApiError(400, f"frame index must be an integer, got {text!r}") from None
+    return _index(request.path_params["t"], "frame index")
+
+
+_MISSING = object()
+
+
+def _whole(body: dict[str, Any], name: str, default: Any = _MISSING) -> int:
+    """Field ``name`` of a JSON body as an integer (not a bool, float or string): else 400 naming it."""
+    value = body.get(name, default)
+    if value is _MISSING:
+        raise ApiError(400, f"{name} is required (a whole number)")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(400, f"{name} must be a whole number, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _text(body: dict[str, Any], name: str, default: str | None) -> str | None:
+    value = body.get(name, default)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _objects(body: dict[str, Any]) -> list[int] | None:
+    value = body.get("objects")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ApiError(400, "objects must be a list of object ids (whole numbers), or null for all")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -136,8 +178,8 @@ async def _json(request: Request) -> dict[str, Any]:
     if not data:
         return {}
     try:
-        value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        value = json.loads(data, parse_constant=_reject_constant)  # no NaN / Infinity
+    except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, NaN, nesting too deep
         raise ApiError(400, "request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "request body must be a JSON object")
@@ -261,10 +303,7 @@ def create_app(
     async def import_mask(request: Request) -> Response:
         ws.check_index(_frame(request))
         raw = request.query_params.get("object")
-        try:
-            object_id = int(raw) if raw is not None else None
-        except ValueError:
-            raise ApiError(400, f"object must be an integer id, got {raw!r}") from None
+        object_id = _index(raw, "object") if raw else None  # the page sends object= when none is chosen
         _require_type(request, BINARY_TYPE, "image/png")
         data = await _body(request, MAX_UPLOAD_BYTES)
         if not data:
@@ -274,19 +313,15 @@ def create_app(
 
     async def add_object(request: Request) -> Response:
         body = await _json(request)
-        return JSONResponse(studio.add_object(body.get("name")), status_code=201)
+        return JSONResponse(studio.add_object(_text(body, "name", None)), status_code=201)
 
     def _object_id(request: Request) -> int:
-        text = request.path_params["oid"]
-        try:
-            return int(text)
-        except ValueError:
-            raise ApiError(400, f"object id must be an integer, got {text!r}") from None
+        return _index(request.path_params["oid"], "object id")
 
     async def patch_object(request: Request) -> Response:
         oid = _object_id(request)
         body = await _json(request)
-        return JSONResponse(studio.rename_object(oid, body.get("name")))
+        return JSONResponse(studio.rename_object(oid, _text(body, "name", None)))
 
     async def delete_object(request: Request) -> Response:
         oid = _object_id(request)
@@ -297,10 +332,10 @@ def create_app(
     async def propagate(request: Request) -> Response:
         body = await _json(request)
         job = studio.propagate(
-            body.get("frame"),
-            body.get("direction", "both"),
-            body.get("until", "keyframe"),
-            body.get("objects"),
+            _whole(body, "frame"),
+            _text(body, "direction", "both"),
+            _text(body, "until", "keyframe"),
+            _objects(body),
         )
         return JSONResponse(job, status_code=202)
 
