@@ -219,6 +219,12 @@ def test_put_labels_makes_a_keyframe_on_disk(served):
     assert status == 400 and "bytes" in err["error"]
     status, err = put_labels(client, 3, labels * 5)
     assert status == 400 and "unknown object" in err["error"]
+    void = labels.copy()
+    void[:4] = 255  # void, as Session.set_mask and pcvos segment read it: background, not object 255
+    assert put_labels(client, 4, void)[0] == 200
+    assert np.array_equal(np.array(Image.open(studio.ws.mask_path(4))), np.where(void == 255, 0, void))
+    assert np.array_equal(studio.session.labels(4), np.where(void == 255, 0, void))
+    assert [o["id"] for o in studio.ws.objects] == [1]
     big = b"\0" * (HEIGHT * WIDTH + 1)
     status, _, data = client.request(
         "PUT", "/api/frames/3/labels", big, {"Content-Type": "application/octet-stream"}

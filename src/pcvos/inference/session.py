@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pcvos.data.frames import FrameFolder, VideoDecodeError, open_frames, read_frame
+from pcvos.data.palette import VOID_LABEL
 from pcvos.inference.api import Segmenter, _check_frame, _processing_size
 from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision, is_whole
 from pcvos.model.network import PCVOS
@@ -330,13 +331,18 @@ class Session:
             )
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise ValueError(f"{what} for frame {t}: labels must lie in 0..255")
-        return arr.astype(np.uint8)  # always a copy: the caller may go on editing its array
+        # void is not an object (DAVIS, pcvos segment, Segmenter.add_mask); always a copy: the
+        # caller may go on editing its array
+        return np.where(arr == VOID_LABEL, 0, arr).astype(np.uint8)
 
     def set_mask(self, t: int, label_map: np.ndarray | torch.Tensor) -> None:
         """Make frame ``t`` a keyframe holding exactly ``label_map``: (H, W) integer ids, 0 = background.
 
-        Ids are the user's (1..255, need not be contiguous); an object may be new at any keyframe,
+        Ids are the user's (1..254, need not be contiguous); an object may be new at any keyframe,
         and an object missing from a keyframe is absent there. An all-background map is allowed.
+        255 is void, as everywhere in pcvos (DAVIS's convention, ``pcvos segment``'s mask files,
+        :meth:`pcvos.Segmenter.add_mask`, the studio): not an object, its pixels are stored as
+        background.
         """
         t = self._check_index(t)
         arr = self._check_map(t, label_map, "mask")
@@ -348,7 +354,8 @@ class Session:
     def set_labels(self, t: int, label_map: np.ndarray | torch.Tensor) -> None:
         """Store ``label_map`` as frame ``t``'s labels *without* making it a keyframe (restoring
         saved work, or results from elsewhere): runs may change it, and ``objects=`` runs keep
-        the other objects' pixels from it. ``ValueError`` if ``t`` is a keyframe."""
+        the other objects' pixels from it. 255 is void, stored as background (see :meth:`set_mask`).
+        ``ValueError`` if ``t`` is a keyframe."""
         t = self._check_index(t)
         arr = self._check_map(t, label_map, "labels")
         with self._lock:

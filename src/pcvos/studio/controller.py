@@ -117,8 +117,10 @@ class Studio:
 
     # -- edits ------------------------------------------------------------------------------------
     def set_labels(self, t: int, labels: np.ndarray) -> None:
-        """Frame ``t`` becomes a keyframe holding exactly ``labels``."""
+        """Frame ``t`` becomes a keyframe holding exactly ``labels``; 255 is void (stored as background,
+        as :meth:`pcvos.Session.set_mask` and ``pcvos segment`` read it)."""
         self.ws.check_index(t)
+        labels = np.where(labels == VOID_LABEL, 0, labels).astype(np.uint8)
         self.ws.check_labels(labels)
         with self._job_lock:  # no run may start between the check and the write
             self._check_idle("edit masks")

@@ -332,9 +332,10 @@ class Workspace:
                 f"labels must be {self.width}x{self.height} uint8, got shape {labels.shape} {labels.dtype}"
             )
         unknown = sorted(set(object_ids(labels)) - set(self.object_ids()))
-        if unknown or (labels == VOID_LABEL).any():
-            bad = unknown or [VOID_LABEL]
-            raise WorkspaceError(f"labels hold unknown object id(s) {bad}; add the objects first")
+        if unknown:
+            raise WorkspaceError(f"labels hold unknown object id(s) {unknown}; add the objects first")
+        if (labels == VOID_LABEL).any():  # callers map void to background first (Studio.set_labels)
+            raise WorkspaceError(f"labels hold the void label {VOID_LABEL}; store it as background (0)")
         return labels
 
     # -- frames and labels ------------------------------------------------------------------------
