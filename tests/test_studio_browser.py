@@ -29,7 +29,18 @@ import pcvos  # noqa: E402
 from pcvos.studio.controller import Studio  # noqa: E402
 from pcvos.studio.server import ServerThread, create_app  # noqa: E402
 from pcvos.studio.workspace import Workspace  # noqa: E402
-from test_studio_api import FRAMES, HEIGHT, SQUARE, SQUARE_Y, WIDTH, iou, make_video, square_mask, square_x  # noqa: E402
+from test_studio_api import (  # noqa: E402
+    FRAMES,
+    HEIGHT,
+    SQUARE,
+    SQUARE_Y,
+    WIDTH,
+    Client,
+    iou,
+    make_video,
+    square_mask,
+    square_x,
+)
 
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1280, "height": 800}
@@ -142,7 +153,8 @@ def disk_labels(studio: Studio, t: int) -> np.ndarray:
 
 
 def frame_number(page) -> int:
-    return int(page.input_value("#frame-number"))
+    """The frame the header shows, as a 0-based index (the page numbers frames 1..N)."""
+    return int(page.input_value("#frame-number")) - 1
 
 
 def saved(page, studio: Studio, t: int) -> np.ndarray:
@@ -212,7 +224,7 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
 
     # correct the middle frame: paint a blob with the brush, erase a band, undo and redo the erase
     mid = FRAMES // 2
-    page.fill("#frame-number", str(mid))
+    page.fill("#frame-number", str(mid + 1))  # the page numbers frames from 1
     page.press("#frame-number", "Enter")
     page.wait_for_function(f"window.studio.S.shown === {mid}")
     before = disk_labels(studio, mid)
@@ -484,3 +496,59 @@ def test_other_origins_cannot_write(served_studio, evil_site, browser):
     page.click("#add-object")
     page.wait_for_function("window.studio.S.objects.length === 1")
     assert [o["name"] for o in studio.ws.objects] == ["object 1"]
+
+
+def test_the_page_follows_changes_made_elsewhere(served_studio):
+    """Objects, labels and jobs changed by another client (a script, another tab) show up in the page;
+    the header counts frames 1..N; tools wait for an object; messages go when they stop being true;
+    propagating on a propagated frame starts from the nearest keyframe."""
+    page, studio, _, recorder = served_studio
+    other = Client(page.url, recorder.state.token)
+    assert page.input_value("#frame-number") == "1" and page.text_content("#frame-count") == str(FRAMES)
+    for control in ("[data-tool=brush]", "[data-tool=polygon]", "#undo", "#import", "#propagate"):
+        assert page.is_disabled(control), control
+    page.mouse.click(*to_page(page, 50, 50))  # drawing with no object: told what to do...
+    assert page.text_content("#message") == "add an object first"
+
+    assert other.json("POST", "/api/objects", {"name": "from a script"})[0] == 201
+    page.wait_for_function("window.studio.S.objects.length === 1")
+    assert page.input_value("#objects li[data-id='1'] input") == "from a script"
+    page.wait_for_function("document.querySelector('#message').textContent === ''")  # ...until it is done
+    assert not page.is_disabled("[data-tool=brush]") and not page.is_disabled("#import")
+    assert page.is_disabled("#propagate")  # no keyframe yet
+
+    # labels put on the frame on screen appear on it
+    labels = square_mask(0).astype(np.uint8)
+    status, _ = other.json(
+        "PUT", "/api/frames/0/labels", labels.tobytes(), {"Content-Type": "application/octet-stream"}
+    )
+    assert status == 200
+    y, x = np.argwhere(labels == 1)[0]
+    page.wait_for_function(f"window.studio.S.labels && window.studio.S.labels[{y * WIDTH + x}] === 1")
+    page.wait_for_function("document.querySelector('#frame-kind').textContent === 'keyframe'")
+    assert overlay_alpha(page, int(x) + 2, int(y) + 2) > 0 and not page.is_disabled("#propagate")
+
+    # a propagation started elsewhere is followed live
+    before = studio.job()["id"]
+    assert other.json("POST", "/api/propagate", {"frame": 0, "until": "end"})[0] == 202
+    wait_job(studio, "done", before)
+    page.wait_for_function(
+        "document.querySelector('#progress-text').textContent.includes('propagation: done')"
+    )
+
+    # on a propagated frame, propagate starts from the nearest keyframe (0), not an error
+    page.keyboard.press("End")
+    page.wait_for_function(f"window.studio.S.shown === {FRAMES - 1}")
+    assert page.input_value("#frame-number") == str(FRAMES)  # frame 48 of 48
+    assert page.text_content("#frame-kind") == "propagated"
+    before = studio.job()["id"]
+    page.click("#propagate")
+    job = wait_job(studio, "done", before)
+    assert job["start"] == 0 and job["total"] == FRAMES - 1
+    assert page.get_attribute("#message", "class") != "error"
+
+    # the object removed elsewhere leaves the page: list, masks and tools
+    assert other.json("DELETE", "/api/objects/1")[0] == 200
+    page.wait_for_function("window.studio.S.objects.length === 0")
+    page.wait_for_function("window.studio.S.labels === null || window.studio.S.labels.every((v) => v === 0)")
+    assert page.is_disabled("[data-tool=brush]")

@@ -85,6 +85,8 @@ class Studio:
         # one event per job, made when the job starts: a refused start (409) never touches the
         # running job's cancel request
         self._cancel = threading.Event()
+        self._version = 0  # counts changes to objects and labels: pages tell their view is stale by it
+        self._version_lock = threading.Lock()
         removed = self.ws.remove_leftovers()  # what a killed studio left (an export half-built, ...)
         if removed:
             log.info("removed what an earlier studio left in %s: %s", self.ws.root, ", ".join(removed))
@@ -109,7 +111,17 @@ class Studio:
         return job
 
     def state(self) -> dict[str, Any]:
-        return {**self.ws.state(), "job": self.job()}
+        return {**self.ws.state(), "job": self.job(), "version": self._version}
+
+    def changed(self, frames: list[int] | None = None, by: str | None = None) -> int:
+        """Say that objects or labels changed (``frames``: whose labels; None: any frame may have):
+        every page gets a ``changed`` event with the new version and ``by``, the client that made
+        the change (so that page need not reload what it already shows). Returns the version."""
+        with self._version_lock:
+            self._version += 1
+            version = self._version
+        self.hub.publish({"type": "changed", "version": version, "frames": frames, "by": by})
+        return version
 
     def _check_idle(self, what: str) -> None:
         if self.busy:

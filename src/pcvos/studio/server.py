@@ -67,6 +67,9 @@ TOKEN_META = re.compile(r'<meta name="pcvos-token" content="([A-Za-z0-9_-]+)">')
 #: Random bytes of a token (256 bits: not guessable by a page that tries many).
 TOKEN_BYTES = 32
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Header naming the page that sent a change, echoed in the ``changed`` event it causes.
+CLIENT_HEADER = "X-PCVOS-Client"
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 #: Sent with every response: no other page may frame, embed or sniff the studio's answers.
@@ -292,6 +295,7 @@ def create_app(
             )
         labels = np.frombuffer(data, np.uint8).reshape(ws.height, ws.width).copy()
         await run_in_threadpool(studio.set_labels, t, labels)
+        _changed(request, [t])
         return JSONResponse({"frame": t, "keyframes": sorted(ws.keyframes)})
 
     async def grabcut(request: Request) -> Response:
@@ -308,12 +312,17 @@ def create_app(
         data = await _body(request, MAX_UPLOAD_BYTES)
         if not data:
             raise ApiError(400, "empty upload: send the mask image as the request body")
+        before = ws.object_ids()
         labels = await run_in_threadpool(studio.import_mask, data, object_id)
+        if ws.object_ids() != before:  # the mask brought new objects (its labels are saved by a PUT)
+            _changed(request, [])
         return _labels_response(labels)
 
     async def add_object(request: Request) -> Response:
         body = await _json(request)
-        return JSONResponse(studio.add_object(_text(body, "name", None)), status_code=201)
+        obj = studio.add_object(_text(body, "name", None))
+        _changed(request, [])
+        return JSONResponse(obj, status_code=201)
 
     def _object_id(request: Request) -> int:
         return _index(request.path_params["oid"], "object id")
@@ -321,13 +330,20 @@ def create_app(
     async def patch_object(request: Request) -> Response:
         oid = _object_id(request)
         body = await _json(request)
-        return JSONResponse(studio.rename_object(oid, _text(body, "name", None)))
+        obj = studio.rename_object(oid, _text(body, "name", None))
+        _changed(request, [])
+        return JSONResponse(obj)
 
     async def delete_object(request: Request) -> Response:
         oid = _object_id(request)
         await _json(request)
         await run_in_threadpool(studio.remove_object, oid)
+        _changed(request, None)  # its pixels left every mask
         return JSONResponse(studio.state())
+
+    def _changed(request: Request, frames: list[int] | None) -> None:
+        client = request.headers.get(CLIENT_HEADER)
+        studio.changed(frames, client if client and _CLIENT_ID.fullmatch(client) else None)
 
     async def propagate(request: Request) -> Response:
         body = await _json(request)
