@@ -45,6 +45,7 @@ from starlette.staticfiles import StaticFiles
 
 from pcvos.studio.controller import BusyError, Studio
 from pcvos.studio.exporter import ZIP_NAME
+from pcvos.studio.openapi import openapi
 from pcvos.studio.workspace import WorkspaceError
 
 __all__ = ["create_app", "ServerThread", "MAX_UPLOAD_BYTES", "LOOPBACK_HOSTS", "TOKEN_HEADER", "read_token"]
@@ -366,6 +367,9 @@ def create_app(
     async def job(request: Request) -> Response:
         return JSONResponse(studio.job())
 
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi())
+
     async def download(request: Request) -> Response:
         path = ws.export_dir / ZIP_NAME
         if not path.is_file():
@@ -431,6 +435,7 @@ def create_app(
     routes = [
         Route("/", index),
         Route("/api/state", state),
+        Route("/api/openapi.json", openapi_json),
         Route("/api/job", job),
         Route("/api/events", events),
         Route("/api/frames/{t}/image", frame_image),
