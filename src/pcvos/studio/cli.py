@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled: stopping is the normal way out
         pass
     finally:
-        interrupted = studio.busy
+        interrupted = studio.interrupted or studio.busy
         studio.close()
         sock.close()
     job = studio.job()

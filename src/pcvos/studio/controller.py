@@ -85,6 +85,7 @@ class Studio:
         # one event per job, made when the job starts: a refused start (409) never touches the
         # running job's cancel request
         self._cancel = threading.Event()
+        self.interrupted = False  # set by interrupt(): a job was running when the server was stopped
         self._version = 0  # counts changes to objects and labels: pages tell their view is stale by it
         self._version_lock = threading.Lock()
         removed = self.ws.remove_leftovers()  # what a killed studio left (an export half-built, ...)
@@ -359,7 +360,9 @@ class Studio:
         return self.job()
 
     def interrupt(self) -> None:
-        """Stop quickly (Ctrl+C): cancel the running job and end the event streams; does not wait."""
+        """Stop quickly (Ctrl+C): cancel the running job and end the event streams; does not wait.
+        :attr:`interrupted` then says whether a job was running."""
+        self.interrupted = self.busy
         self.cancel()
         self.hub.publish(None)
 
