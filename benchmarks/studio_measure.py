@@ -69,6 +69,20 @@ def start_studio(args: list[str]) -> tuple[subprocess.Popen, str, float]:
     raise RuntimeError(f"pcvos studio exited with {proc.wait()}")
 
 
+_TOKENS: dict[str, str] = {}
+
+
+def _token(url: str) -> str:
+    """The studio's write token, read from its page as the page itself does."""
+    from pcvos.studio.server import read_token
+
+    root = url.split("/api/", 1)[0] + "/"
+    if root not in _TOKENS:
+        with urllib.request.urlopen(root) as resp:
+            _TOKENS[root] = read_token(resp.read().decode())
+    return _TOKENS[root]
+
+
 def api(url: str, method: str = "GET", body: bytes | dict | None = None, ctype: str | None = None):
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     headers = {
@@ -76,6 +90,8 @@ def api(url: str, method: str = "GET", body: bytes | dict | None = None, ctype: 
         if isinstance(body, dict)
         else (ctype or "application/octet-stream")
     }
+    if method != "GET":
+        headers["X-PCVOS-Token"] = _token(url)
     with urllib.request.urlopen(
         urllib.request.Request(url, data=data, method=method, headers=headers)
     ) as resp:

@@ -163,6 +163,36 @@ def test_bad_masks(pcvos_model):
         pcvos.segment(pcvos_model, frames, {0: one}, clip_length=0)
 
 
+WHOLE_NUMBER_SETTINGS = [
+    "clip_length",
+    "top_k",
+    "memory_every",
+    "pmm_segment",
+    "max_memory_frames",
+    "frame_batch",
+    "size",
+]
+
+
+@pytest.mark.parametrize("name", WHOLE_NUMBER_SETTINGS)
+@pytest.mark.parametrize("value", [2.5, 5.0, True, "5", np.float32(3)])
+def test_counts_are_whole_numbers(pcvos_model, name, value):
+    """clip_length=2.5 made clips of 1 and 19 frames (truncated here, compared as a float there)."""
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    one = np.ones((32, 32), np.uint8)
+    with pytest.raises(ValueError, match=name):
+        pcvos.segment(pcvos_model, frames, {0: one}, **{name: value})
+    with pytest.raises(ValueError, match=name):
+        pcvos.Segmenter(pcvos_model, **{name: value})
+
+
+def test_numpy_integers_are_whole_numbers(pcvos_model):
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    one = np.ones((32, 32), np.uint8)
+    out = pcvos.segment(pcvos_model, frames, {0: one}, clip_length=np.int64(2), top_k=np.int32(20))
+    assert out.shape == (3, 32, 32)
+
+
 def test_refine_requires_a_refiner(stcn_model):
     frames = np.zeros((2, 32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match="refine=False"):

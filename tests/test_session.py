@@ -247,6 +247,37 @@ def test_bad_input(lite, video):
         empty.propagate(0)
 
 
+@pytest.mark.parametrize(
+    "name", ["clip_length", "top_k", "memory_every", "max_memory_frames", "size", "cache_frames"]
+)
+@pytest.mark.parametrize("value", [2.5, 3.0, True, "3"])
+def test_counts_are_whole_numbers(lite, video, tmp_path, name, value):
+    """Session(..., clip_length=2.5) ran the whole video as one clip, past the 50-frame cap."""
+    frames, _ = video
+    with pytest.raises(ValueError, match=name):
+        pcvos.Session(lite, frames, **{"clip_length": CLIP, name: value})
+
+
+def test_label_255_is_void_not_an_object(lite, video):
+    """One rule with Segmenter.add_mask, pcvos segment and the studio: 255 is background, not object 255."""
+    frames, masks = video
+    s = _session(lite, frames)
+    given = masks[0].copy()
+    given[:5] = 255
+    s.set_mask(0, given)
+    expected = np.where(given == 255, 0, given)
+    assert s.object_ids == sorted(int(i) for i in np.unique(expected) if i) and 255 not in s.object_ids
+    assert np.array_equal(s.labels(0), expected)
+    s.set_labels(1, given)
+    assert np.array_equal(s.labels(1), expected)
+    with pytest.raises(ValueError, match="unknown object id 255"):
+        s.propagate(0, objects=[255])
+    plain = _session(lite, frames)
+    plain.set_mask(0, expected)
+    assert [int(t) for t, _ in s.propagate(0, until="end")][:3] == [1, 2, 3]
+    assert all(np.array_equal(s.labels(t), lab) for t, lab in plain.propagate(0, until="end"))
+
+
 def test_a_changed_keyframe_is_re_encoded(lite, video):
     frames, masks = video
     s = _session(lite, frames)

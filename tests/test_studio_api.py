@@ -27,8 +27,8 @@ import pcvos  # noqa: E402
 from pcvos.data.frames import VideoWriter  # noqa: E402
 from pcvos.data.palette import DAVIS_PALETTE  # noqa: E402
 from pcvos.studio.controller import Studio  # noqa: E402
-from pcvos.studio.server import MAX_UPLOAD_BYTES, ServerThread, create_app  # noqa: E402
-from pcvos.studio.workspace import Workspace, WorkspaceError  # noqa: E402
+from pcvos.studio.server import MAX_UPLOAD_BYTES, TOKEN_HEADER, ServerThread, create_app  # noqa: E402
+from pcvos.studio.workspace import MAX_OBJECTS, Workspace, WorkspaceError  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH, FPS = 48, 120, 160, 24
 SQUARE = 30  # side of the moving square
@@ -81,18 +81,23 @@ def open_studio(root: Path, video: Path | None, model) -> Studio:
 class Client:
     """Plain http.client requests (raw paths are sent as written: no client-side normalising)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         parsed = urllib.parse.urlparse(url)
         self.host, self.port = parsed.hostname, parsed.port
+        self.token = token  # sent as X-PCVOS-Token unless a request sets its own headers for it
 
     def request(
         self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None
     ) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         headers = dict(headers or {})
+        if self.token is not None:
+            headers.setdefault(TOKEN_HEADER, self.token)
         if isinstance(body, dict):
             body = json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
+        elif body is not None:
+            headers.setdefault("Content-Type", "application/octet-stream")
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
@@ -109,7 +114,7 @@ class Client:
 def served(tmp_path, video, model):
     studio = open_studio(tmp_path / "ws", video, model)
     server = ServerThread(create_app(studio))
-    yield Client(server.url), studio
+    yield Client(server.url, server.token), studio
     server.stop()
     studio.close()
 
@@ -157,9 +162,19 @@ def test_state_page_and_frames(served):
     status, err = client.json("GET", f"/api/frames/{FRAMES}/labels")
     assert status == 404 and "out of range" in err["error"]
     status, err = client.json("GET", "/api/frames/-1/image")
-    assert status == 404
+    assert status == 400  # not a frame number at all
     status, err = client.json("GET", "/api/frames/ten/image")
-    assert status == 400 and "integer" in err["error"]
+    assert status == 400 and "whole number" in err["error"]
+    # only ASCII digits: int() would read ' 1', '+3', '1_0' (as 10) and Arabic-Indic or full-width digits
+    for raw in ("%201", "1%20", "+3", "1_0", "%D9%A1", "%EF%BC%91", "0x1", "1e1", "-0", "", "1234567890"):
+        for path in (f"/api/frames/{raw}/image", f"/api/frames/{raw}/labels"):
+            status, _, data = client.request("GET", path)
+            assert status in (400, 404) and b"error" in data, (path, status)
+            assert status == 400 or raw == "", (path, status)  # '' is no route at all
+    status, _, data = client.request("PATCH", "/api/objects/1_0", {"name": "x"})
+    assert status == 400 and b"digits" in data
+    status, _, data = client.request("POST", "/api/frames/0/import?object=%2B1", b"x")
+    assert status == 400 and b"object must be" in data
     status, err = client.json("GET", "/api/nothing-here")
     assert status == 404 and "error" in err
 
@@ -204,6 +219,12 @@ def test_put_labels_makes_a_keyframe_on_disk(served):
     assert status == 400 and "bytes" in err["error"]
     status, err = put_labels(client, 3, labels * 5)
     assert status == 400 and "unknown object" in err["error"]
+    void = labels.copy()
+    void[:4] = 255  # void, as Session.set_mask and pcvos segment read it: background, not object 255
+    assert put_labels(client, 4, void)[0] == 200
+    assert np.array_equal(np.array(Image.open(studio.ws.mask_path(4))), np.where(void == 255, 0, void))
+    assert np.array_equal(studio.session.labels(4), np.where(void == 255, 0, void))
+    assert [o["id"] for o in studio.ws.objects] == [1]
     big = b"\0" * (HEIGHT * WIDTH + 1)
     status, _, data = client.request(
         "PUT", "/api/frames/3/labels", big, {"Content-Type": "application/octet-stream"}
@@ -227,6 +248,14 @@ def test_grabcut_finds_the_square(served):
     assert client.json("POST", "/api/frames/5/grabcut", {"box": [1, 2, 3]})[0] == 400
     assert client.json("POST", "/api/frames/5/grabcut", {"box": [10, 10, 11, 11]})[0] == 400
     assert client.json("POST", "/api/frames/5/grabcut", {"box": "all"})[0] == 400
+    # non-finite numbers: JSON's non-standard Infinity/NaN, and a literal that overflows to inf
+    for box in (b"[Infinity, 0, 50, 50]", b"[NaN, 0, 50, 50]", b"[1e999, 0, 50, 50]", b"[-1e999, 0, 50, 50]"):
+        status, _, data = client.request(
+            "POST", "/api/frames/5/grabcut", b'{"box": ' + box + b"}", {"Content-Type": "application/json"}
+        )
+        assert status == 400 and b"Traceback" not in data and b"error" in data, (box, status)
+    status, _, data = client.request("POST", "/api/frames/5/grabcut", {"box": [10**400, 0, 50, 50]})
+    assert status == 200  # a huge but finite corner is clipped to the frame
     assert (
         client.json("POST", "/api/frames/5/grabcut", b"{not json", {"Content-Type": "application/json"})[0]
         == 400
@@ -242,18 +271,36 @@ def test_import_mask(served):
     assert np.array_equal(
         np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH), square_mask(0).astype(np.uint8)
     )
-    # an indexed PNG keeps its ids; unknown ones become objects; half size is resized (same aspect ratio)
-    indexed = np.zeros((HEIGHT // 2, WIDTH // 2), np.uint8)
-    indexed[:10, :10] = 7
+    # an indexed PNG keeps its ids; unknown ones become objects; 255 is void (background)
+    indexed = np.zeros((HEIGHT, WIDTH), np.uint8)
+    indexed[:20, :20] = 7
+    indexed[-5:] = 255
     status, _, data = client.request("POST", "/api/frames/0/import", png_bytes(indexed, "L", palette=True))
-    assert status == 200 and 7 in studio.ws.object_ids()
-    assert (np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH)[:20, :20] == 7).all()
+    assert status == 200 and studio.ws.object_ids() == [1, 7]
+    imported = np.frombuffer(data, np.uint8).reshape(HEIGHT, WIDTH)
+    assert (imported[:20, :20] == 7).all() and not imported[-5:].any()
+    # a mask of another size is refused, never stretched: half size, 1x1, transposed
+    for shape in ((HEIGHT // 2, WIDTH // 2), (1, 1), (WIDTH, HEIGHT)):
+        small = np.full(shape, 3, np.uint8)
+        status, _, data = client.request("POST", "/api/frames/0/import", png_bytes(small, "L", palette=True))
+        assert status == 400 and "not resized" in json.loads(data)["error"], shape
+    assert studio.ws.object_ids() == [1, 7]
+    # ids 1..254 in one indexed PNG: refused whole (the cap), nothing added
+    many = (np.arange(HEIGHT * WIDTH) % 254 + 1).astype(np.uint8).reshape(HEIGHT, WIDTH)
+    status, _, data = client.request("POST", "/api/frames/0/import", png_bytes(many, "L", palette=True))
+    assert status == 400 and f"at most {MAX_OBJECTS}" in json.loads(data)["error"]
+    assert studio.ws.object_ids() == [1, 7]
+    assert client.json("POST", "/api/objects", {})[0] == 201  # adding objects still works
     status, _, data = client.request("POST", "/api/frames/0/import?object=1", b"\x89PNG\r\n\x1a\nbroken")
     assert status == 400 and "uploaded mask" in json.loads(data)["error"]
     wrong = np.zeros((50, 50), np.uint8)
     wrong[:5] = 255
     assert client.request("POST", "/api/frames/0/import?object=1", png_bytes(wrong, "L"))[0] == 400
-    assert client.request("POST", "/api/frames/0/import?object=9", png_bytes(binary, "L"))[0] == 404
+    for _ in range(MAX_OBJECTS - len(studio.ws.objects)):  # up to the cap, then a clear refusal
+        assert client.json("POST", "/api/objects", {})[0] == 201
+    status, err = client.json("POST", "/api/objects", {})
+    assert status == 400 and f"at most {MAX_OBJECTS} objects" in err["error"]
+    assert client.request("POST", "/api/frames/0/import?object=99", png_bytes(binary, "L"))[0] == 404
     assert client.request("POST", "/api/frames/0/import?object=1", b"")[0] == 400
     status, _, data = client.request("POST", "/api/frames/0/import?object=1", b"\0" * (MAX_UPLOAD_BYTES + 1))
     assert status == 413
@@ -319,8 +366,16 @@ def test_propagate_bad_requests(served):
     cases = [
         ({"frame": 11}, 400, "not a keyframe"),
         ({"frame": 99}, 404, "out of range"),
-        ({"frame": "0"}, 404, "out of range"),
-        ({}, 404, "out of range"),
+        ({"frame": "0"}, 400, "frame must be a whole number"),
+        ({"frame": True}, 400, "frame must be a whole number"),
+        ({"frame": None}, 400, "frame must be a whole number"),
+        ({"frame": 10.0}, 400, "frame must be a whole number"),
+        ({}, 400, "frame is required"),
+        ({"frame": 10, "direction": ["both"]}, 400, "direction must be a string"),
+        ({"frame": 10, "until": 1}, 400, "until must be a string"),
+        ({"frame": 10, "objects": ["1"]}, 400, "objects must be a list"),
+        ({"frame": 10, "objects": [True]}, 400, "objects must be a list"),
+        ({"frame": 10, "objects": 1}, 400, "objects must be a list"),
         ({"frame": 10, "direction": "sideways"}, 400, "direction"),
         ({"frame": 10, "until": "never"}, 400, "until"),
         ({"frame": 10, "objects": [3]}, 404, "unknown object"),
@@ -356,6 +411,37 @@ def test_cancel_leaves_whole_frames(served):
     status, again = client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})
     assert status == 202 and again["id"] == 2 and again["state"] == "running"
     assert studio.wait(JOB_TIMEOUT_S)["id"] == 2
+
+
+def test_a_refused_export_keeps_the_running_ones_cancel(served, monkeypatch):
+    """POST /api/export while one runs is a 409, and must not undo the cancel asked of the running one."""
+    import pcvos.studio.controller as controller
+
+    client, studio = served
+    reached, release = threading.Event(), threading.Event()
+    real = controller.export_workspace
+
+    def gated(ws, progress=None, cancel=None):
+        def hold(done, total):
+            progress(done, total)
+            if done == 1:  # the first frame is written: hold the export here until the test says
+                reached.set()
+                release.wait(JOB_TIMEOUT_S)
+
+        return real(ws, progress=hold, cancel=cancel)
+
+    monkeypatch.setattr(controller, "export_workspace", gated)
+    assert client.json("POST", "/api/export")[0] == 202
+    assert reached.wait(JOB_TIMEOUT_S)
+    status, job = client.json("POST", "/api/cancel")
+    assert status == 200 and job["cancel_requested"] is True
+    status, err = client.json("POST", "/api/export")
+    assert status == 409 and "running" in err["error"]
+    assert client.json("GET", "/api/job")[1]["cancel_requested"] is True
+    release.set()
+    job = studio.wait(JOB_TIMEOUT_S)
+    assert job["state"] == "cancelled" and job["cancel_requested"] is True and job["done"] == 1
+    assert not studio.ws.export_dir.exists() and not list(studio.ws.root.glob(".export*"))
 
 
 def test_export_zip(served):
@@ -400,6 +486,76 @@ def test_export_zip(served):
     assert not list(studio.ws.root.glob(".export*"))
 
 
+KILLED_WRITER = """
+import os, signal, sys
+from pcvos.data.io_utils import temp_path_for
+from pcvos.studio.exporter import export_workspace
+from pcvos.studio.workspace import Workspace
+
+ws, mode = Workspace(sys.argv[1]), sys.argv[2]
+die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+if mode == "export":  # killed three frames into an export
+    export_workspace(ws, progress=lambda done, total: done == 3 and die())
+elif mode == "swap":  # killed between moving the old export aside and moving the new one in
+    real = os.replace
+    def replace(a, b):
+        real(a, b)
+        if os.path.basename(b).startswith(".export-old-"):
+            die()
+    os.replace = replace
+    export_workspace(ws)
+else:  # killed while an upload and a mask write are in flight
+    with ws.upload_folder() as tmp:
+        (tmp / "upload.png").write_bytes(b"partial")
+        temp_path_for(ws.mask_path(2)).write_bytes(b"partial")
+        die()
+"""
+
+
+def test_restart_removes_what_a_killed_studio_left(tmp_path, video, model):
+    root = tmp_path / "ws"
+    studio = open_studio(root, video, model)
+    studio.add_object("square")
+    studio.set_labels(0, square_mask(0).astype(np.uint8))
+    studio.export()
+    assert studio.wait(JOB_TIMEOUT_S)["state"] == "done"
+    first_zip = (root / "export" / "pcvos_export.zip").read_bytes()
+    studio.close()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for mode in ("export", "upload", "swap"):
+        res = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root), mode], env=env, timeout=120)
+        assert res.returncode == -9, mode
+    left = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+    assert len([n for n in left if n.startswith(".export-")]) == 3  # two half-built exports, one swapped out
+    assert len([n for n in left if n.startswith(".import-")]) == 1 and list(root.glob("masks/.00002.png.*"))
+    assert not (root / "export").exists()  # the kill came between the two renames
+    # look-alikes that are not the studio's own, or belong to a live process: kept
+    (root / ".export-notes").mkdir()
+    (root / ".export-99999999-0000abcd").mkdir()
+    (root / ".export-99999999-0000abcd" / "mine.txt").write_text("mine")
+    live = root / f".export-{os.getppid()}-0000abcd"
+    live.mkdir()
+    (live / ".pcvos-export").write_text("")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (root / ".export-99999999-0000beef").symlink_to(outside, target_is_directory=True)
+    (root / "masks" / ".notes.99999999-0000abcd.txt").mkdir()
+    reopened = open_studio(root, None, model)
+    remaining = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+    assert remaining == sorted(
+        [".export-notes", ".export-99999999-0000abcd", live.name, ".export-99999999-0000beef"]
+    )
+    assert (outside / "keep.txt").read_text() == "keep" and (
+        root / "masks" / ".notes.99999999-0000abcd.txt"
+    ).is_dir()
+    assert not list(root.glob("masks/.00002.png.*"))
+    # the export the user had before the interrupted swap is back, untouched
+    assert (root / "export" / "pcvos_export.zip").read_bytes() == first_zip
+    assert reopened.state()["keyframes"] == [0]
+    reopened.close()
+
+
 def test_path_traversal_and_hosts(served):
     client, studio = served
     (studio.ws.root.parent / "secret.txt").write_text("secret")
@@ -419,6 +575,56 @@ def test_path_traversal_and_hosts(served):
     assert client.request("GET", "/files/workspace.json")[0] == 403
     assert client.request("GET", "/files/frames/00000.jpg")[0] == 200
     assert client.request("GET", "/api/state", headers={"Host": "attacker.example"})[0] == 400
+
+
+STATE_CHANGING = [
+    ("POST", "/api/objects", b'{"name": "evil"}'),
+    ("PATCH", "/api/objects/1", b'{"name": "evil"}'),
+    ("DELETE", "/api/objects/1", None),
+    ("PUT", "/api/frames/0/labels", bytes(HEIGHT * WIDTH)),
+    ("POST", "/api/frames/0/grabcut", b'{"box": [10, 10, 60, 60]}'),
+    ("POST", "/api/frames/0/import?object=1", b"x"),
+    ("POST", "/api/propagate", b'{"frame": 0}'),
+    ("POST", "/api/export", b"{}"),
+    ("POST", "/api/cancel", b"{}"),
+]
+
+
+def test_writes_need_the_token_and_the_own_origin(served):
+    client, studio = served
+    studio.add_object("mine")
+    anonymous = Client(f"http://{client.host}:{client.port}/")  # no token
+    own = f"http://{client.host}:{client.port}"
+    refusals = [
+        ({}, "X-PCVOS-Token"),
+        ({TOKEN_HEADER: "x" * 43}, "X-PCVOS-Token"),
+        ({TOKEN_HEADER: client.token, "Origin": "http://127.0.0.1:1"}, "Origin"),
+        ({TOKEN_HEADER: client.token, "Origin": "null"}, "Origin"),
+        ({TOKEN_HEADER: client.token, "Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site"),
+        ({TOKEN_HEADER: client.token, "Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site"),
+    ]
+    for method, path, body in STATE_CHANGING:
+        for headers, words in refusals:
+            status, hdrs, data = anonymous.request(
+                method, path, body, {"Content-Type": "text/plain", **headers}
+            )
+            assert status == 403 and words in json.loads(data)["error"], (method, path, headers, status)
+            assert hdrs["x-frame-options"] == "DENY"
+    # with the token, a text/plain body (what a form or a no-cors fetch can send) is still refused
+    for method, path, body in STATE_CHANGING:
+        if body is None:
+            continue
+        status, _, data = client.request(method, path, body, {"Content-Type": "text/plain"})
+        assert status == 415 and "Content-Type" in json.loads(data)["error"], (method, path, status)
+    assert [o["name"] for o in studio.ws.objects] == ["mine"] and studio.job()["id"] == 0
+    assert not studio.ws.keyframes and not studio.ws.export_dir.exists()
+    # the page's own requests: token, same origin
+    ok = {"Origin": own, "Sec-Fetch-Site": "same-origin"}
+    status, obj = client.json("POST", "/api/objects", {"name": "second"}, ok)
+    assert status == 201 and obj["name"] == "second"
+    status, headers, page = client.request("GET", "/")
+    assert client.token.encode() in page and "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert anonymous.request("GET", "/api/state")[0] == 200  # reads need no token
 
 
 def test_reopen_restores_objects_keyframes_and_masks(tmp_path, video, model):
@@ -518,6 +724,50 @@ def test_cli_serves_the_page(tmp_path, video):
         proc.send_signal(2)  # SIGINT, as Ctrl+C
         rc = proc.wait(30)
     assert rc == 0
+
+
+def test_ctrl_c_during_a_propagation_with_the_page_open(tmp_path, video):
+    """Ctrl+C while a propagation runs and a page listens to the events: one line, no traceback
+    (the open event stream held the shutdown for its grace period, then its cancellation was logged)."""
+    from pcvos.studio.server import read_token
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pcvos", "studio", str(video), "--workspace", str(tmp_path / "ws")]
+        + ["--port", "0", "--no-browser"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        url = None
+        for line in proc.stderr:
+            if "http://127.0.0.1:" in line:
+                url = line.split()[2]
+                break
+        assert url is not None, "no URL printed"
+        client = Client(url)
+        client.token = read_token(client.request("GET", "/")[2].decode())
+        client.json("POST", "/api/objects", {})
+        assert put_labels(client, 0, square_mask(0).astype(np.uint8))[0] == 200
+        events: list[dict] = []
+        ready = threading.Event()
+        reader = threading.Thread(target=read_events, args=(client, set(), events, ready), daemon=True)
+        reader.start()
+        assert ready.wait(30)
+        assert client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})[0] == 202
+        wait_for = time.monotonic() + JOB_TIMEOUT_S
+        while not any(e["type"] == "progress" for e in events) and time.monotonic() < wait_for:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(2)  # SIGINT, as Ctrl+C
+        rest = proc.stderr.read()
+        rc = proc.wait(60)
+    assert rc == 0
+    lines = rest.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pcvos studio: stopped"), rest
+    reader.join(30)
+    assert not reader.is_alive()  # the event stream was ended, not left hanging
 
 
 def test_a_video_breaking_part_way_leaves_no_workspace(tmp_path, broken_mp4):

@@ -24,7 +24,18 @@ pytest.importorskip("playwright.sync_api", reason="playwright is not installed: 
 pytest.importorskip("starlette", reason="the studio extra (starlette, uvicorn) is not installed")
 
 from playwright.sync_api import sync_playwright  # noqa: E402
-from test_studio_api import FRAMES, HEIGHT, SQUARE, SQUARE_Y, WIDTH, iou, make_video, square_mask, square_x  # noqa: E402
+from test_studio_api import (  # noqa: E402
+    FRAMES,
+    HEIGHT,
+    SQUARE,
+    SQUARE_Y,
+    WIDTH,
+    Client,
+    iou,
+    make_video,
+    square_mask,
+    square_x,
+)
 
 import pcvos  # noqa: E402
 from pcvos.studio.controller import Studio  # noqa: E402
@@ -67,23 +78,49 @@ def browser():
         b.close()
 
 
+class Recorder:
+    """ASGI wrapper that records (method, path, status) of every HTTP request the server answers."""
+
+    def __init__(self, app) -> None:
+        self.app, self.state, self.seen = app, app.state, []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def record(message) -> None:
+            if message["type"] == "http.response.start":
+                self.seen.append((scope["method"], scope["path"], message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, record)
+
+
 @pytest.fixture()
-def studio_page(tmp_path, browser):
+def served_studio(tmp_path, browser):
+    """(page, studio, session, recorder): the studio's page open in Chromium, its server recording."""
     video = make_video(tmp_path / "clip.mp4")
     ws = Workspace.open_or_create(tmp_path / "ws", video)
     session = SlowSession(pcvos.Session(pcvos.load_model(), ws.frames_dir, clip_length=5))
     studio = Studio(ws, session)
-    server = ServerThread(create_app(studio))
+    recorder = Recorder(create_app(studio))
+    server = ServerThread(recorder)
     page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(server.url)
     page.wait_for_function("window.studio && window.studio.S.ready", timeout=15000)
-    yield page, studio, session
+    yield page, studio, session, recorder
     page.close()
     server.stop()
     studio.close()
     assert not errors, errors
+
+
+@pytest.fixture()
+def studio_page(served_studio):
+    return served_studio[:3]
 
 
 def to_page(page, x: float, y: float) -> tuple[float, float]:
@@ -116,7 +153,8 @@ def disk_labels(studio: Studio, t: int) -> np.ndarray:
 
 
 def frame_number(page) -> int:
-    return int(page.input_value("#frame-number"))
+    """The frame the header shows, as a 0-based index (the page numbers frames 1..N)."""
+    return int(page.input_value("#frame-number")) - 1
 
 
 def saved(page, studio: Studio, t: int) -> np.ndarray:
@@ -186,7 +224,7 @@ def test_draw_propagate_correct_cancel_export(studio_page, tmp_path):
 
     # correct the middle frame: paint a blob with the brush, erase a band, undo and redo the erase
     mid = FRAMES // 2
-    page.fill("#frame-number", str(mid))
+    page.fill("#frame-number", str(mid + 1))  # the page numbers frames from 1
     page.press("#frame-number", "Enter")
     page.wait_for_function(f"window.studio.S.shown === {mid}")
     before = disk_labels(studio, mid)
@@ -368,3 +406,152 @@ def test_tools_objects_and_view(studio_page):
     wait_until(lambda: ws.object_ids() == [1] and not (disk_labels(studio, t) == 2).any(), "the removal")
     assert (disk_labels(studio, t) == 1).any()
     page.wait_for_function("window.studio.S.objects.length === 1")
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<iframe name="sink"></iframe>
+<form id="form-objects" method="POST" action="{studio}api/objects" enctype="text/plain" target="sink">
+<input name='{{"name":"added-by-evil-form","x":"' value='"}}'></form>
+<form id="form-export" method="POST" action="{studio}api/export" enctype="text/plain" target="sink">
+<input name='{{"a":"' value='"}}'></form>
+<script>
+const plain = (body) => ({{
+  method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body,
+}});
+// a no-cors answer is opaque, or blocked outright (Cross-Origin-Resource-Policy):
+// the request is sent either way
+const send = (url, init) => fetch(url, init).catch(() => null);
+async function attack() {{
+  await send("{studio}api/objects", plain('{{"name":"added-by-evil-site"}}'));
+  await send("{studio}api/export", plain("{{}}"));
+  await send("{studio}api/cancel", plain("{{}}"));
+  await send("{studio}api/frames/0/import", {{method: "POST", mode: "no-cors", body: new Blob(["x"])}});
+  // a CORS request with JSON and a guessed token is preflighted, and the preflight is not allowed
+  try {{
+    await fetch("{studio}api/objects", {{method: "POST", headers: {{"Content-Type": "application/json",
+      "X-PCVOS-Token": "guess"}}, body: '{{"name":"added-by-cors"}}'}});
+  }} catch (e) {{ /* blocked, as it should be */ }}
+}}
+window.attackDone = attack().then(() => true);
+</script></body></html>"""
+
+
+class _EvilHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    page = b""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def evil_site(served_studio):
+    """A page on another localhost port that tries to drive the studio (cross-origin, same site)."""
+    import http.server
+
+    page = served_studio[0]
+    studio_url = page.url
+    handler = type("Evil", (_EvilHandler,), {"page": EVIL_PAGE.format(studio=studio_url).encode()})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = __import__("threading").Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_other_origins_cannot_write(served_studio, evil_site, browser):
+    page, studio, _, recorder = served_studio
+    studio_url = page.url
+    before = len(recorder.seen)
+    evil = browser.new_page()
+    evil.goto(evil_site)
+    assert evil.evaluate("window.attackDone") is True
+    for form, path in (("form-objects", "api/objects"), ("form-export", "api/export")):
+        # a form post navigates the iframe: wait for the studio's answer to it
+        with evil.expect_response(
+            lambda r, path=path: r.url == studio_url + path and r.request.method == "POST"
+        ):
+            evil.evaluate(f"document.getElementById('{form}').submit()")
+    evil.close()
+    answered = recorder.seen[before:]
+    posts = [(p, s) for m, p, s in answered if m == "POST"]
+    expected = [
+        "/api/objects",
+        "/api/export",
+        "/api/cancel",
+        "/api/frames/0/import",
+        "/api/objects",
+        "/api/export",
+    ]
+    assert [p for p, _ in posts] == expected, answered  # every attempt reached the server...
+    assert all(s == 403 for _, s in posts), posts  # ...and was refused
+    assert [m for m, _, _ in answered if m != "POST"] in ([], ["OPTIONS"])  # the CORS try: preflight only
+    assert studio.ws.objects == [] and studio.job()["state"] == "idle" and studio.job()["id"] == 0
+    assert not studio.ws.export_dir.exists()
+    # the studio's own page still works
+    page.click("#add-object")
+    page.wait_for_function("window.studio.S.objects.length === 1")
+    assert [o["name"] for o in studio.ws.objects] == ["object 1"]
+
+
+def test_the_page_follows_changes_made_elsewhere(served_studio):
+    """Objects, labels and jobs changed by another client (a script, another tab) show up in the page;
+    the header counts frames 1..N; tools wait for an object; messages go when they stop being true;
+    propagating on a propagated frame starts from the nearest keyframe."""
+    page, studio, _, recorder = served_studio
+    other = Client(page.url, recorder.state.token)
+    assert page.input_value("#frame-number") == "1" and page.text_content("#frame-count") == str(FRAMES)
+    for control in ("[data-tool=brush]", "[data-tool=polygon]", "#undo", "#import", "#propagate"):
+        assert page.is_disabled(control), control
+    page.mouse.click(*to_page(page, 50, 50))  # drawing with no object: told what to do...
+    assert page.text_content("#message") == "add an object first"
+
+    assert other.json("POST", "/api/objects", {"name": "from a script"})[0] == 201
+    page.wait_for_function("window.studio.S.objects.length === 1")
+    assert page.input_value("#objects li[data-id='1'] input") == "from a script"
+    page.wait_for_function("document.querySelector('#message').textContent === ''")  # ...until it is done
+    assert not page.is_disabled("[data-tool=brush]") and not page.is_disabled("#import")
+    assert page.is_disabled("#propagate")  # no keyframe yet
+
+    # labels put on the frame on screen appear on it
+    labels = square_mask(0).astype(np.uint8)
+    status, _ = other.json(
+        "PUT", "/api/frames/0/labels", labels.tobytes(), {"Content-Type": "application/octet-stream"}
+    )
+    assert status == 200
+    y, x = np.argwhere(labels == 1)[0]
+    page.wait_for_function(f"window.studio.S.labels && window.studio.S.labels[{y * WIDTH + x}] === 1")
+    page.wait_for_function("document.querySelector('#frame-kind').textContent === 'keyframe'")
+    assert overlay_alpha(page, int(x) + 2, int(y) + 2) > 0 and not page.is_disabled("#propagate")
+
+    # a propagation started elsewhere is followed live
+    before = studio.job()["id"]
+    assert other.json("POST", "/api/propagate", {"frame": 0, "until": "end"})[0] == 202
+    wait_job(studio, "done", before)
+    page.wait_for_function(
+        "document.querySelector('#progress-text').textContent.includes('propagation: done')"
+    )
+
+    # on a propagated frame, propagate starts from the nearest keyframe (0), not an error
+    page.keyboard.press("End")
+    page.wait_for_function(f"window.studio.S.shown === {FRAMES - 1}")
+    assert page.input_value("#frame-number") == str(FRAMES)  # frame 48 of 48
+    assert page.text_content("#frame-kind") == "propagated"
+    before = studio.job()["id"]
+    page.click("#propagate")
+    job = wait_job(studio, "done", before)
+    assert job["start"] == 0 and job["total"] == FRAMES - 1
+    assert page.get_attribute("#message", "class") != "error"
+
+    # the object removed elsewhere leaves the page: list, masks and tools
+    assert other.json("DELETE", "/api/objects/1")[0] == 200
+    page.wait_for_function("window.studio.S.objects.length === 0")
+    page.wait_for_function("window.studio.S.labels === null || window.studio.S.labels.every((v) => v === 0)")
+    assert page.is_disabled("[data-tool=brush]")

@@ -84,6 +84,8 @@ class Segmenter:
         )
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.config.validate(self.device.type)  # before the model moves: bad settings fail fast
+        if size is not None:
+            _processing_size(16, 16, size)  # the same check, before any frame arrives
         self.model = model.to(self.device).eval()
         self.size = size
         self.output = output

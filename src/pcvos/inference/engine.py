@@ -15,6 +15,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from pcvos.inference.memory_store import DEFAULT_MAX_MEMORY_FRAMES, Eviction, MemoryStore
@@ -28,6 +29,11 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # longest clip the paper evaluates (25); beyond it clips are not faster (README, Speed).
 MAX_CLIP_LENGTH = 50
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), not a bool or a float."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass
@@ -57,11 +63,15 @@ class InferenceConfig:
     precision: Precision = "fp32"  # "bf16"/"fp16": the network's convolutions and matmuls autocast to it
 
     def validate(self, device_type: str | None = None) -> None:
-        """Raise ValueError on a bad setting; with ``device_type``, also on one that device cannot run."""
+        """Raise ValueError on a bad setting; with ``device_type``, also on one that device cannot run.
+
+        Counts are whole numbers only (int or a numpy integer; not bool, not 2.5 or 5.0): a float
+        clip length would otherwise be truncated in one place and compared as a float in another."""
         for name in ("clip_length", "top_k"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if int(self.clip_length) > MAX_CLIP_LENGTH:
+            value = getattr(self, name)
+            if not is_whole(value) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if self.clip_length > MAX_CLIP_LENGTH:
             raise ValueError(
                 f"clip_length must be at most {MAX_CLIP_LENGTH} (a clip's features stay in memory "
                 f"until it is decoded, so RAM grows with it), got {self.clip_length}"
@@ -70,8 +80,8 @@ class InferenceConfig:
             raise ValueError(f"memory_eviction must be 'usage' or 'oldest', got {self.memory_eviction!r}")
         for name in ("memory_every", "pmm_segment", "max_memory_frames", "frame_batch"):
             value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+            if value is not None and (not is_whole(value) or value < 1):
+                raise ValueError(f"{name} must be a positive whole number or None, got {value!r}")
         if self.precision not in ("fp32", *_AUTOCAST_DTYPES):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if device_type is not None and self.precision == "fp16" and device_type != "cuda":

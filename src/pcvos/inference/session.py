@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from pcvos.data.frames import FrameFolder, VideoDecodeError, open_frames, read_frame
+from pcvos.data.palette import VOID_LABEL
 from pcvos.inference.api import Segmenter, _check_frame, _processing_size
-from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision
+from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision, is_whole
 from pcvos.model.network import PCVOS
 
 Direction = Literal["both", "forward", "backward"]
@@ -44,8 +45,8 @@ class _FrameCache:
     """
 
     def __init__(self, num_frames: int, size: tuple[int, int], capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"cache_frames must be at least 1, got {capacity}")
+        if not is_whole(capacity) or capacity < 1:
+            raise ValueError(f"cache_frames must be a positive whole number, got {capacity!r}")
         self.num_frames, self.size, self.capacity = num_frames, size, capacity
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last: int | None = None
@@ -243,6 +244,8 @@ class Session:
         frame_batch: int | None = None,
         cache_frames: int = DEFAULT_CACHE_FRAMES,
     ) -> None:
+        if not is_whole(cache_frames) or cache_frames < 1:
+            raise ValueError(f"cache_frames must be a positive whole number, got {cache_frames!r}")
         # the Segmenter validates the settings, places the model and owns the frame and mask
         # preprocessing, so a session computes exactly what pcvos.segment does
         self._seg = Segmenter(
@@ -331,13 +334,18 @@ class Session:
             )
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise ValueError(f"{what} for frame {t}: labels must lie in 0..255")
-        return arr.astype(np.uint8)  # always a copy: the caller may go on editing its array
+        # void is not an object (DAVIS, pcvos segment, Segmenter.add_mask); always a copy: the
+        # caller may go on editing its array
+        return np.where(arr == VOID_LABEL, 0, arr).astype(np.uint8)
 
     def set_mask(self, t: int, label_map: np.ndarray | torch.Tensor) -> None:
         """Make frame ``t`` a keyframe holding exactly ``label_map``: (H, W) integer ids, 0 = background.
 
-        Ids are the user's (1..255, need not be contiguous); an object may be new at any keyframe,
+        Ids are the user's (1..254, need not be contiguous); an object may be new at any keyframe,
         and an object missing from a keyframe is absent there. An all-background map is allowed.
+        255 is void, as everywhere in pcvos (DAVIS's convention, ``pcvos segment``'s mask files,
+        :meth:`pcvos.Segmenter.add_mask`, the studio): not an object, its pixels are stored as
+        background.
         """
         t = self._check_index(t)
         arr = self._check_map(t, label_map, "mask")
@@ -349,7 +357,8 @@ class Session:
     def set_labels(self, t: int, label_map: np.ndarray | torch.Tensor) -> None:
         """Store ``label_map`` as frame ``t``'s labels *without* making it a keyframe (restoring
         saved work, or results from elsewhere): runs may change it, and ``objects=`` runs keep
-        the other objects' pixels from it. ``ValueError`` if ``t`` is a keyframe."""
+        the other objects' pixels from it. 255 is void, stored as background (see :meth:`set_mask`).
+        ``ValueError`` if ``t`` is a keyframe."""
         t = self._check_index(t)
         arr = self._check_map(t, label_map, "labels")
         with self._lock:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pcvos.inference.engine import is_whole
+
 # The network's stride: a smaller side would leave no feature map.
 MIN_PROCESSING_SIDE = 16
 
@@ -17,6 +19,8 @@ def _processing_size(h: int, w: int, size: int | None) -> tuple[int, int]:
     """(height, width) with the shorter side ``size`` pixels, aspect kept (None: ``(h, w)``)."""
     if size is None:
         return h, w
+    if not is_whole(size):
+        raise ValueError(f"size must be a whole number of pixels or None, got {size!r}")
     if size < MIN_PROCESSING_SIDE:
         raise ValueError(f"size must be at least {MIN_PROCESSING_SIDE} pixels, got {size}")
     scale = size / min(h, w)

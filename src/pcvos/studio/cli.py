@@ -173,6 +173,16 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled: stopping is the normal way out
         pass
     finally:
+        interrupted = studio.interrupted or studio.busy
         studio.close()
         sock.close()
+    job = studio.job()
+    if interrupted and job["state"] == "cancelled":
+        print(
+            f"pcvos studio: stopped; the {job['kind']} was cancelled after {job['done']} of {job['total']} "
+            "frames (those are saved)",
+            file=sys.stderr,
+        )
+    else:
+        print("pcvos studio: stopped", file=sys.stderr)
     return 0

@@ -8,21 +8,22 @@ run in a worker thread; their progress goes to every subscriber of :class:`Event
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
-import tempfile
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from pcvos.data.masks import object_ids, parse_mask, resize_labels
+from pcvos.data.masks import object_ids, parse_mask
 from pcvos.data.palette import VOID_LABEL
 from pcvos.studio.exporter import ExportCancelled, export_workspace
-from pcvos.studio.workspace import Workspace, WorkspaceError
+from pcvos.studio.workspace import MAX_OBJECTS, UPLOAD_NAME, Workspace, WorkspaceError
 
 __all__ = ["Studio", "EventHub", "BusyError", "DIRECTIONS", "UNTIL"]
 
@@ -81,7 +82,15 @@ class Studio:
         self._job_lock = threading.Lock()
         self._job: dict[str, Any] = {"id": 0, "kind": None, "state": "idle"}
         self._thread: threading.Thread | None = None
-        self._export_cancel = threading.Event()
+        # one event per job, made when the job starts: a refused start (409) never touches the
+        # running job's cancel request
+        self._cancel = threading.Event()
+        self.interrupted = False  # set by interrupt(): a job was running when the server was stopped
+        self._version = 0  # counts changes to objects and labels: pages tell their view is stale by it
+        self._version_lock = threading.Lock()
+        removed = self.ws.remove_leftovers()  # what a killed studio left (an export half-built, ...)
+        if removed:
+            log.info("removed what an earlier studio left in %s: %s", self.ws.root, ", ".join(removed))
         self._restore()
 
     def _restore(self) -> None:
@@ -97,10 +106,23 @@ class Studio:
         return self._thread is not None and self._thread.is_alive()
 
     def job(self) -> dict[str, Any]:
-        return dict(self._job)
+        job = dict(self._job)
+        if job["kind"] is not None:
+            job["cancel_requested"] = self._cancel.is_set()
+        return job
 
     def state(self) -> dict[str, Any]:
-        return {**self.ws.state(), "job": self.job()}
+        return {**self.ws.state(), "job": self.job(), "version": self._version}
+
+    def changed(self, frames: list[int] | None = None, by: str | None = None) -> int:
+        """Say that objects or labels changed (``frames``: whose labels; None: any frame may have):
+        every page gets a ``changed`` event with the new version and ``by``, the client that made
+        the change (so that page need not reload what it already shows). Returns the version."""
+        with self._version_lock:
+            self._version += 1
+            version = self._version
+        self.hub.publish({"type": "changed", "version": version, "frames": frames, "by": by})
+        return version
 
     def _check_idle(self, what: str) -> None:
         if self.busy:
@@ -108,8 +130,10 @@ class Studio:
 
     # -- edits ------------------------------------------------------------------------------------
     def set_labels(self, t: int, labels: np.ndarray) -> None:
-        """Frame ``t`` becomes a keyframe holding exactly ``labels``."""
+        """Frame ``t`` becomes a keyframe holding exactly ``labels``; 255 is void (stored as background,
+        as :meth:`pcvos.Session.set_mask` and ``pcvos segment`` read it)."""
         self.ws.check_index(t)
+        labels = np.where(labels == VOID_LABEL, 0, labels).astype(np.uint8)
         self.ws.check_labels(labels)
         with self._job_lock:  # no run may start between the check and the write
             self._check_idle("edit masks")
@@ -136,9 +160,14 @@ class Studio:
         if (
             not isinstance(box, (list, tuple))
             or len(box) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+            or not all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and (isinstance(v, int) or math.isfinite(v))
+                for v in box
+            )
         ):
-            raise WorkspaceError("box must be [x0, y0, x1, y1] in pixels")
+            raise WorkspaceError("box must be [x0, y0, x1, y1]: four finite numbers, in pixels")
         x0, x1 = sorted((int(round(box[0])), int(round(box[2]))))
         y0, y1 = sorted((int(round(box[1])), int(round(box[3]))))
         x0, y0 = max(x0, 0), max(y0, 0)
@@ -159,41 +188,60 @@ class Studio:
         return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
 
     def import_mask(self, data: bytes, object_id: int | None) -> np.ndarray:
-        """Read an uploaded mask image into labels at the frame size.
+        """Read an uploaded mask image into labels of the frame size.
 
         An indexed PNG keeps its ids (unknown ids become new objects); any other mask with a
         single object is painted as ``object_id``; colour masks with several objects keep their ids.
+        Label 255 is void: not an object, read as background. The mask must have the frames' exact
+        size (it is never stretched), and the objects it brings may not take the workspace over
+        ``MAX_OBJECTS``; either is refused before anything changes.
         """
-        with tempfile.TemporaryDirectory(dir=self.ws.root, prefix=".import-") as tmp:
-            path = Path(tmp) / "upload.png"
+        frame_size = f"{self.ws.width}x{self.ws.height}"
+        try:  # the header alone: a wrong size is refused before the pixels are decoded
+            with Image.open(io.BytesIO(data)) as probe:
+                declared = probe.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            declared = None  # parse_mask below says what is wrong with it
+        if declared is not None and sorted(declared) != sorted((self.ws.width, self.ws.height)):
+            raise WorkspaceError(
+                f"uploaded mask is {declared[0]}x{declared[1]} but the frames are {frame_size}; "
+                "masks are not resized: export it at the frame size"
+            )
+        with self.ws.upload_folder() as tmp:
+            path = tmp / UPLOAD_NAME
             path.write_bytes(data)
             try:
                 labels, kind = parse_mask(path)
             except ValueError as exc:
                 raise WorkspaceError(str(exc).replace(str(path), "uploaded mask")) from None
+        if labels.shape != (self.ws.height, self.ws.width):
+            raise WorkspaceError(
+                f"uploaded mask is {labels.shape[1]}x{labels.shape[0]} but the frames are {frame_size}; "
+                "masks are not resized: export it at the frame size"
+            )
         labels = np.where(labels == VOID_LABEL, 0, labels).astype(np.uint8)
-        h, w = labels.shape
-        if (h, w) != (self.ws.height, self.ws.width):
-            if abs(h * self.ws.width - w * self.ws.height) > max(self.ws.height, self.ws.width):
-                raise WorkspaceError(
-                    f"uploaded mask is {w}x{h} but the frames are {self.ws.width}x{self.ws.height}"
-                )
-            labels = resize_labels(labels, (self.ws.height, self.ws.width))
         ids = object_ids(labels)
         if not ids:
             raise WorkspaceError("uploaded mask holds no object (every pixel is background)")
         if not kind.startswith("indexed") and len(ids) == 1:
-            labels = np.where(labels > 0, self.ws.check_object(object_id), 0).astype(np.uint8)
-        else:
-            for i in ids:
-                if i not in self.ws.object_ids():
-                    self.ws.add_object(object_id=i)
+            return np.where(labels > 0, self.ws.check_object(object_id), 0).astype(np.uint8)
+        known = self.ws.object_ids()
+        new = [i for i in ids if i not in known]
+        if len(known) + len(new) > MAX_OBJECTS:
+            raise WorkspaceError(
+                f"uploaded mask holds {len(ids)} objects ({len(new)} new); a workspace holds at most "
+                f"{MAX_OBJECTS} and has {len(known)}: merge or remove objects first"
+            )
+        for i in new:
+            self.ws.add_object(object_id=i)
         return labels
 
     # -- jobs -------------------------------------------------------------------------------------
-    def _start(self, kind: str, work: Callable[[], str], **info: Any) -> dict[str, Any]:
+    def _start(self, kind: str, work: Callable[[threading.Event], str], **info: Any) -> dict[str, Any]:
+        """Run ``work(cancel)`` in a worker thread as the new job; it returns the final state."""
         with self._job_lock:
             self._check_idle(f"start a {kind}")
+            self._cancel = cancel = threading.Event()
             # the id tells a client polling /api/job this job from the one before it
             self._job = {
                 "id": self._job["id"] + 1,
@@ -208,15 +256,15 @@ class Studio:
             }
             self._started = time.perf_counter()
             self._thread = threading.Thread(
-                target=self._run, args=(work,), name=f"pcvos-studio-{kind}", daemon=True
+                target=self._run, args=(work, cancel), name=f"pcvos-studio-{kind}", daemon=True
             )
             self._thread.start()
-            self.hub.publish({"type": "job", **self._job})
+            self.hub.publish({"type": "job", **self.job()})
             return self.job()
 
-    def _run(self, work: Callable[[], str]) -> None:
+    def _run(self, work: Callable[[threading.Event], str], cancel: threading.Event) -> None:
         try:
-            state = work()
+            state = work(cancel)
             error = None
         except Exception as exc:  # reported to the page; the server keeps running
             log.exception("studio %s failed", self._job["kind"])
@@ -224,14 +272,14 @@ class Studio:
         # jobs are replaced, never mutated: readers in other threads copy them at any time
         self._job = {**self._job, "state": state, "error": error, "eta_s": 0 if state == "done" else None}
         self.ws.save()
-        self.hub.publish({"type": "job", **self._job})
+        self.hub.publish({"type": "job", **self.job()})
 
     def _progress(self, done: int, total: int | None, frame: int | None = None) -> None:
         elapsed = time.perf_counter() - self._started
         fps = done / elapsed if elapsed > 0 else None
         eta = (total - done) / fps if fps and total is not None else None
         self._job = {**self._job, "done": done, "total": total, "fps": fps, "eta_s": eta}
-        self.hub.publish({"type": "progress", **self._job, "frame": frame})
+        self.hub.publish({"type": "progress", **self.job(), "frame": frame})
 
     def propagate(
         self, t: Any, direction: Any = "both", until: Any = "keyframe", objects: Iterable[Any] | None = None
@@ -254,7 +302,7 @@ class Studio:
         total = len(self.session.plan(t, direction, until))
         iterator = self.session.propagate(t, direction=direction, until=until, objects=objects)
 
-        def work() -> str:
+        def work(cancel: threading.Event) -> str:
             done, last_save = 0, time.perf_counter()
             for index, labels in iterator:
                 if objects is not None:
@@ -265,7 +313,7 @@ class Studio:
                 if time.perf_counter() - last_save > SAVE_EVERY_S:
                     self.ws.save()
                     last_save = time.perf_counter()
-            return "cancelled" if self._job.get("cancel_requested") else "done"
+            return "cancelled" if cancel.is_set() else "done"
 
         return self._start(
             "propagation", work, total=total, start=t, direction=direction, until=until, objects=objects
@@ -285,13 +333,10 @@ class Studio:
 
     def export(self) -> dict[str, Any]:
         """Start writing the export (see :mod:`pcvos.studio.exporter`) in the background."""
-        self._export_cancel.clear()
 
-        def work() -> str:
+        def work(cancel: threading.Event) -> str:
             try:
-                export_workspace(
-                    self.ws, progress=lambda d, n: self._progress(d, n), cancel=self._export_cancel
-                )
+                export_workspace(self.ws, progress=lambda d, n: self._progress(d, n), cancel=cancel)
             except ExportCancelled:
                 return "cancelled"
             return "done"
@@ -300,12 +345,11 @@ class Studio:
 
     def cancel(self) -> dict[str, Any]:
         """Ask the running job to stop (a propagation stops within a clip)."""
-        if self.busy:
-            self._job = {**self._job, "cancel_requested": True}
-            if self._job["kind"] == "propagation":
-                self.session.cancel()
-            else:
-                self._export_cancel.set()
+        with self._job_lock:
+            if self.busy:
+                self._cancel.set()
+                if self._job["kind"] == "propagation":
+                    self.session.cancel()
         return self.job()
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
@@ -314,6 +358,13 @@ class Studio:
         if thread is not None:
             thread.join(timeout)
         return self.job()
+
+    def interrupt(self) -> None:
+        """Stop quickly (Ctrl+C): cancel the running job and end the event streams; does not wait.
+        :attr:`interrupted` then says whether a job was running."""
+        self.interrupted = self.busy
+        self.cancel()
+        self.hub.publish(None)
 
     def close(self) -> None:
         """Cancel any job and wait for it (server shutdown)."""

@@ -2,8 +2,10 @@
 
 ``export/`` holds ``masks/NNNNN.png`` (indexed, DAVIS palette), ``objects/<id>/NNNNN.png`` (0/255
 per object), ``cutouts/<id>/NNNNN.png`` (RGBA), ``overlay.mp4`` (H.264 at the source frame rate)
-and ``pcvos_export.zip`` with all of them. An export is built in a hidden sibling folder and
-swapped in when complete, so a cancelled or failed export leaves the previous one as it was.
+and ``pcvos_export.zip`` with all of them. An export is built in a hidden sibling folder
+(``.export-<pid>-<random>``, holding the marker file ``.pcvos-export`` from its start) and swapped in
+when complete, so a cancelled or failed export leaves the previous one as it was; what a killed
+export leaves is removed by :meth:`~pcvos.studio.workspace.Workspace.remove_leftovers`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,20 @@ from pcvos.data.frames import VideoWriter
 from pcvos.data.io_utils import atomic_write, save_indexed_png
 from pcvos.data.overlay import overlay, rgba_cutout
 
-__all__ = ["export_workspace", "ExportCancelled", "ZIP_NAME", "DEFAULT_FPS"]
+__all__ = [
+    "export_workspace",
+    "ExportCancelled",
+    "ZIP_NAME",
+    "DEFAULT_FPS",
+    "EXPORT_MARKER",
+    "EXPORT_ENTRIES",
+]
 
 ZIP_NAME = "pcvos_export.zip"
+#: Written first into every folder an export builds: tells the studio's clean-up the folder is its own.
+EXPORT_MARKER = ".pcvos-export"
+#: Everything an export folder holds (besides the marker and atomic temporary files).
+EXPORT_ENTRIES = frozenset({"masks", "objects", "cutouts", "overlay.mp4", ZIP_NAME})
 #: Frame rate of the overlay video when the source (a frame folder) has none.
 DEFAULT_FPS = 24.0
 
@@ -51,7 +64,9 @@ def export_workspace(
     build = ws.root / f".export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ids = ws.object_ids()
     total = ws.num_frames
+    build.mkdir()
     try:
+        (build / EXPORT_MARKER).write_text(f"pcvos studio export of process {os.getpid()}\n")
         with VideoWriter(build / "overlay.mp4", fps=ws.fps or DEFAULT_FPS) as writer:
             for t in range(total):
                 if cancel is not None and cancel.is_set():
@@ -75,7 +90,7 @@ def export_workspace(
                 if progress is not None:
                     progress(t + 1, total)
         _write_zip(build, build / ZIP_NAME)
-        old = ws.root / f".export-old-{uuid.uuid4().hex[:8]}"
+        old = ws.root / f".export-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if final.exists():
             os.replace(final, old)
         os.replace(build, final)

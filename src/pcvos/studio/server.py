@@ -5,14 +5,27 @@ travel as raw bytes (H*W uint8, row-major): exact, and trivial for the page to r
 A job (``/api/job``, the events) carries a serial ``id``, so a client that starts one and then
 polls can tell it from the job that ran before.
 Needs the ``studio`` extra (Starlette, uvicorn).
+
+Security model (the studio listens on this machine, but every web page the user has open can send
+requests to it): a request that changes anything (any method but GET/HEAD/OPTIONS) is refused with
+403 unless it carries the per-server token (``X-PCVOS-Token``; the page reads it from a ``<meta>`` tag
+of ``/``, which other origins cannot read), comes from the studio's own origin (``Origin`` equal to
+the page's, ``Sec-Fetch-Site: same-origin`` when the browser sends it), and has the content type its
+route expects (``application/json``, or ``application/octet-stream`` for label and mask bytes;
+else 415). A custom header and those content types also make a browser ask first (a CORS preflight)
+before any cross-origin request, and the studio never allows one. The ``Host`` header must be a
+loopback name (DNS rebinding), and no page may frame the studio (clickjacking).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import re
+import secrets
 import socket
 import threading
 from importlib import resources
@@ -32,9 +45,10 @@ from starlette.staticfiles import StaticFiles
 
 from pcvos.studio.controller import BusyError, Studio
 from pcvos.studio.exporter import ZIP_NAME
+from pcvos.studio.openapi import openapi
 from pcvos.studio.workspace import WorkspaceError
 
-__all__ = ["create_app", "ServerThread", "MAX_UPLOAD_BYTES", "LOOPBACK_HOSTS"]
+__all__ = ["create_app", "ServerThread", "MAX_UPLOAD_BYTES", "LOOPBACK_HOSTS", "TOKEN_HEADER", "read_token"]
 
 log = logging.getLogger("pcvos.studio")
 
@@ -46,6 +60,30 @@ MAX_JSON_BYTES = 64 * 1024
 KEEPALIVE_S = 15.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 STATIC = resources.files("pcvos.studio") / "static"
+#: Header carrying the per-server token on every state-changing request.
+TOKEN_HEADER = "X-PCVOS-Token"
+#: Where index.html receives the token (a same-origin read only).
+TOKEN_PLACEHOLDER = "{{PCVOS_TOKEN}}"
+TOKEN_META = re.compile(r'<meta name="pcvos-token" content="([A-Za-z0-9_-]+)">')
+#: Random bytes of a token (256 bits: not guessable by a page that tries many).
+TOKEN_BYTES = 32
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Header naming the page that sent a change, echoed in the ``changed`` event it causes.
+CLIENT_HEADER = "X-PCVOS-Client"
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+#: Sent with every response: no other page may frame, embed or sniff the studio's answers.
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+]
 
 
 class ApiError(Exception):
@@ -59,12 +97,54 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+#: Longest index accepted in a path or query (a frame or object number; more digits are a mistake).
+MAX_INDEX_DIGITS = 9
+_INDEX = re.compile(rf"[0-9]{{1,{MAX_INDEX_DIGITS}}}")
+
+
+def _index(text: str, what: str) -> int:
+    """A frame or object number written in ASCII digits only: int() also takes ' 1', '+3', '1_0'
+    (as 10) and other scripts' digits, none of which the page writes."""
+    if not _INDEX.fullmatch(text):
+        raise ApiError(400, f"{what} must be a whole number written in digits 0-9, got {text!r}")
+    return int(text)
+
+
 def _frame(request: Request) -> int:
-    text = request.path_params["t"]
-    try:
-        return int(text)
-    except ValueError:
-        raise ApiError(400, f"frame index must be an integer, got {text!r}") from None
+    return _index(request.path_params["t"], "frame index")
+
+
+_MISSING = object()
+
+
+def _whole(body: dict[str, Any], name: str, default: Any = _MISSING) -> int:
+    """Field ``name`` of a JSON body as an integer (not a bool, float or string): else 400 naming it."""
+    value = body.get(name, default)
+    if value is _MISSING:
+        raise ApiError(400, f"{name} is required (a whole number)")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(400, f"{name} must be a whole number, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _text(body: dict[str, Any], name: str, default: str | None) -> str | None:
+    value = body.get(name, default)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _objects(body: dict[str, Any]) -> list[int] | None:
+    value = body.get("objects")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ApiError(400, "objects must be a list of object ids (whole numbers), or null for all")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -81,13 +161,29 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _media_type(request: Request) -> str | None:
+    value = request.headers.get("content-type")
+    return None if value is None else value.split(";", 1)[0].strip().lower()
+
+
+def _require_type(request: Request, *allowed: str) -> None:
+    """415 unless the request declares one of ``allowed`` (a text/plain body, which a page on another
+    origin can send without asking, never reaches a handler)."""
+    media = _media_type(request)
+    if media not in allowed:
+        raise ApiError(415, f"Content-Type must be {' or '.join(allowed)}, got {media or 'none'}")
+
+
 async def _json(request: Request) -> dict[str, Any]:
     data = await _body(request, MAX_JSON_BYTES)
+    if not data and _media_type(request) is None:
+        return {}  # no body at all (e.g. POST /api/export)
+    _require_type(request, JSON_TYPE)
     if not data:
         return {}
     try:
-        value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        value = json.loads(data, parse_constant=_reject_constant)  # no NaN / Infinity
+    except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, NaN, nesting too deep
         raise ApiError(400, "request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "request body must be a JSON object")
@@ -103,16 +199,72 @@ def _labels_response(labels: np.ndarray) -> Response:
     )
 
 
-def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Starlette:
-    """The Starlette app of one studio. ``allowed_hosts`` guards against DNS rebinding (default: loopback)."""
+class _Guard:
+    """ASGI middleware: the security headers on every response, and the origin/token rule on every
+    state-changing request (see the module docstring), before any route runs."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def _refusal(self, scope) -> str | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        site = headers.get("sec-fetch-site")
+        if site is not None and site != "same-origin":
+            return f"cross-origin request refused (Sec-Fetch-Site: {site})"
+        origin = headers.get("origin")
+        if origin is not None:
+            own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+            if origin.lower() != own.lower():
+                return f"cross-origin request refused (Origin {origin} is not {own})"
+        sent = headers.get(TOKEN_HEADER.lower(), "").encode("latin-1")
+        if not hmac.compare_digest(sent, self.token):
+            return f"missing or wrong {TOKEN_HEADER}: reload the studio page"
+        return None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secure(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        if scope["method"] not in SAFE_METHODS:
+            reason = self._refusal(scope)
+            if reason is not None:
+                await _error(403, reason)(scope, receive, send_secure)
+                return
+        await self.app(scope, receive, send_secure)
+
+
+def read_token(page_html: str) -> str:
+    """The token in the studio page's HTML (for scripts that drive a running studio: GET / first)."""
+    match = TOKEN_META.search(page_html)
+    if match is None:
+        raise ValueError("no pcvos-token in this page: is it a pcvos studio page?")
+    return match.group(1)
+
+
+def create_app(
+    studio: Studio, *, allowed_hosts: list[str] | None = None, token: str | None = None
+) -> Starlette:
+    """The Starlette app of one studio. ``allowed_hosts`` guards against DNS rebinding (default:
+    loopback); ``token`` is the secret state-changing requests must carry (default: a new random one,
+    in ``app.state.token``)."""
     ws = studio.ws
+    token = token if token is not None else secrets.token_urlsafe(TOKEN_BYTES)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,}", token):
+        raise ValueError("token must be at least 16 characters of A-Z, a-z, 0-9, '_' or '-'")
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    if TOKEN_PLACEHOLDER not in page:
+        raise RuntimeError("studio index.html has no token placeholder")
+    page = page.replace(TOKEN_PLACEHOLDER, token)
 
     async def index(request: Request) -> Response:
-        return Response(
-            (STATIC / "index.html").read_text(encoding="utf-8"),
-            media_type="text/html",
-            headers={"Cache-Control": "no-store"},
-        )
+        return Response(page, media_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def state(request: Request) -> Response:
         return JSONResponse(studio.state())
@@ -135,6 +287,7 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
 
     async def put_labels(request: Request) -> Response:
         t = ws.check_index(_frame(request))
+        _require_type(request, BINARY_TYPE)
         expected = ws.height * ws.width
         data = await _body(request, expected)
         if len(data) != expected:
@@ -143,6 +296,7 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
             )
         labels = np.frombuffer(data, np.uint8).reshape(ws.height, ws.width).copy()
         await run_in_threadpool(studio.set_labels, t, labels)
+        _changed(request, [t])
         return JSONResponse({"frame": t, "keyframes": sorted(ws.keyframes)})
 
     async def grabcut(request: Request) -> Response:
@@ -154,55 +308,67 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
     async def import_mask(request: Request) -> Response:
         ws.check_index(_frame(request))
         raw = request.query_params.get("object")
-        try:
-            object_id = int(raw) if raw is not None else None
-        except ValueError:
-            raise ApiError(400, f"object must be an integer id, got {raw!r}") from None
+        object_id = _index(raw, "object") if raw else None  # the page sends object= when none is chosen
+        _require_type(request, BINARY_TYPE, "image/png")
         data = await _body(request, MAX_UPLOAD_BYTES)
         if not data:
             raise ApiError(400, "empty upload: send the mask image as the request body")
+        before = ws.object_ids()
         labels = await run_in_threadpool(studio.import_mask, data, object_id)
+        if ws.object_ids() != before:  # the mask brought new objects (its labels are saved by a PUT)
+            _changed(request, [])
         return _labels_response(labels)
 
     async def add_object(request: Request) -> Response:
         body = await _json(request)
-        return JSONResponse(studio.add_object(body.get("name")), status_code=201)
+        obj = studio.add_object(_text(body, "name", None))
+        _changed(request, [])
+        return JSONResponse(obj, status_code=201)
 
     def _object_id(request: Request) -> int:
-        text = request.path_params["oid"]
-        try:
-            return int(text)
-        except ValueError:
-            raise ApiError(400, f"object id must be an integer, got {text!r}") from None
+        return _index(request.path_params["oid"], "object id")
 
     async def patch_object(request: Request) -> Response:
         oid = _object_id(request)
         body = await _json(request)
-        return JSONResponse(studio.rename_object(oid, body.get("name")))
+        obj = studio.rename_object(oid, _text(body, "name", None))
+        _changed(request, [])
+        return JSONResponse(obj)
 
     async def delete_object(request: Request) -> Response:
         oid = _object_id(request)
+        await _json(request)
         await run_in_threadpool(studio.remove_object, oid)
+        _changed(request, None)  # its pixels left every mask
         return JSONResponse(studio.state())
+
+    def _changed(request: Request, frames: list[int] | None) -> None:
+        client = request.headers.get(CLIENT_HEADER)
+        studio.changed(frames, client if client and _CLIENT_ID.fullmatch(client) else None)
 
     async def propagate(request: Request) -> Response:
         body = await _json(request)
         job = studio.propagate(
-            body.get("frame"),
-            body.get("direction", "both"),
-            body.get("until", "keyframe"),
-            body.get("objects"),
+            _whole(body, "frame"),
+            _text(body, "direction", "both"),
+            _text(body, "until", "keyframe"),
+            _objects(body),
         )
         return JSONResponse(job, status_code=202)
 
     async def export(request: Request) -> Response:
+        await _json(request)  # no fields; a body, if any, must still be JSON
         return JSONResponse(studio.export(), status_code=202)
 
     async def cancel(request: Request) -> Response:
+        await _json(request)
         return JSONResponse(studio.cancel())
 
     async def job(request: Request) -> Response:
         return JSONResponse(studio.job())
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi())
 
     async def download(request: Request) -> Response:
         path = ws.export_dir / ZIP_NAME
@@ -269,6 +435,7 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
     routes = [
         Route("/", index),
         Route("/api/state", state),
+        Route("/api/openapi.json", openapi_json),
         Route("/api/job", job),
         Route("/api/events", events),
         Route("/api/frames/{t}/image", frame_image),
@@ -305,10 +472,14 @@ def create_app(studio: Studio, *, allowed_hosts: list[str] | None = None) -> Sta
         routes=routes,
         # Starlette types every handler as taking any Exception; each here takes its key's class
         exception_handlers=handlers,  # type: ignore[arg-type]
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        middleware=[
+            Middleware(_Guard, token=token),
+            Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+        ],
         lifespan=lifespan,
     )
     app.state.studio = studio
+    app.state.token = token
     return app
 
 
@@ -337,12 +508,22 @@ GRACEFUL_SHUTDOWN_S = 2
 
 
 def make_server(app: Starlette):
+    """A uvicorn server for ``app`` whose Ctrl+C stops at once: the running job is cancelled and the
+    event streams end as the signal arrives, so no open page holds the shutdown (which then
+    cancelled the stream after the grace period and logged its traceback)."""
     import uvicorn
+
+    class StudioServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            first = not self.should_exit
+            super().handle_exit(sig, frame)
+            if first:  # in a thread: the signal may land while this thread holds the studio's lock
+                threading.Thread(target=app.state.studio.interrupt, name="pcvos-studio-stop").start()
 
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on"
     )
-    return uvicorn.Server(config)
+    return StudioServer(config)
 
 
 class ServerThread:
@@ -351,6 +532,7 @@ class ServerThread:
     def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = bind(host, port)
         self.url = url_for(self.sock)
+        self.token: str = app.state.token
         self.server = make_server(app)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, name="pcvos-studio-server", daemon=True

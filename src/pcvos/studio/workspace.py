@@ -14,8 +14,12 @@ that exists and is not a keyframe is a propagated frame.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -31,8 +35,9 @@ from pcvos.data.frames import open_frames
 from pcvos.data.io_utils import PathLike, atomic_write, atomic_write_text, save_indexed_png
 from pcvos.data.masks import object_ids
 from pcvos.data.palette import VOID_LABEL, colour_for
+from pcvos.studio.exporter import EXPORT_ENTRIES, EXPORT_MARKER
 
-__all__ = ["WorkspaceError", "Workspace", "MAX_OBJECT_ID", "FRAME_SUFFIX"]
+__all__ = ["WorkspaceError", "Workspace", "MAX_OBJECT_ID", "MAX_OBJECTS", "FRAME_SUFFIX"]
 
 WORKSPACE_FILE = "workspace.json"
 WORKSPACE_FORMAT = 1
@@ -41,12 +46,40 @@ FRAME_SUFFIX = ".jpg"
 JPEG_QUALITY = 95
 #: Object ids 1..254: 0 is background and 255 the DAVIS void label.
 MAX_OBJECT_ID = VOID_LABEL - 1
+#: Most objects one workspace holds. Propagation's time and memory grow with every object (each is a
+#: plane through the whole network), and a hand-annotated video rarely has more than a dozen; an
+#: indexed PNG with ids 1..254 would otherwise add 254 objects at once.
+MAX_OBJECTS = 32
 #: Longest object name kept (names are labels in a list, not documents).
 MAX_NAME_LENGTH = 80
 #: Threads encoding cached frames; more than a few only queue behind the single decoding thread.
 MAX_ENCODE_WORKERS = 4
 #: Frames encoded ahead of the one being reported: bounds the decoded frames held in memory.
 ENCODE_AHEAD_PER_WORKER = 4
+#: What the studio writes under hidden names and a killed process may leave (group 1: the writer's pid):
+#: export folders being built or swapped out (exporter), upload folders (:meth:`Workspace.upload_folder`)
+#: and atomic-write temporaries (:func:`pcvos.data.io_utils.temp_path_for`).
+EXPORT_LEFTOVER = re.compile(r"\.export-(?:old-)?(\d+)-[0-9a-f]{8}")
+UPLOAD_LEFTOVER = re.compile(r"\.import-(\d+)-[a-z0-9_]{8}")
+TEMP_LEFTOVER = re.compile(r"\..+\.(\d+)-[0-9a-f]{8}\.tmp(?:\.[A-Za-z0-9]+)?")
+UPLOAD_NAME = "upload.png"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def _others_leftover(pid: str) -> bool:
+    """A leftover whose writer is another live process may still be in use: keep it."""
+    return int(pid) != os.getpid() and _process_alive(int(pid))
 
 
 class WorkspaceError(ValueError):
@@ -212,6 +245,65 @@ class Workspace:
     def mask_path(self, t: int) -> Path:
         return self.masks_dir / f"{_frame_name(self.check_index(t))}.png"
 
+    # -- leftovers --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def upload_folder(self):
+        """A hidden scratch folder in the workspace for one upload, removed afterwards."""
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=f".import-{os.getpid()}-") as tmp:
+            yield Path(tmp)
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove what a killed studio left in this workspace; returns the names removed.
+
+        Only the studio's own hidden names count (see ``EXPORT_LEFTOVER``, ``UPLOAD_LEFTOVER``,
+        ``TEMP_LEFTOVER``), only with the contents the studio writes there (an export folder holds
+        its marker or only export files), and never one of another live process. Links are never
+        followed. If a kill came between swapping the old export out and the new one in, the old
+        one is put back as ``export/``.
+        """
+        removed: list[str] = []
+
+        def entries(folder: Path) -> list[Path]:
+            try:
+                return sorted(folder.iterdir())
+            except OSError:
+                return []
+
+        def ours_export(folder: Path) -> bool:
+            names = {p.name for p in entries(folder)}
+            return EXPORT_MARKER in names or all(
+                n in EXPORT_ENTRIES or TEMP_LEFTOVER.fullmatch(n) for n in names
+            )
+
+        old_exports = []
+        for path in entries(self.root):
+            name = path.name
+            is_dir = path.is_dir() and not path.is_symlink()
+            if (m := EXPORT_LEFTOVER.fullmatch(name)) and is_dir and not _others_leftover(m.group(1)):
+                if ours_export(path):
+                    if name.startswith(".export-old-") and (path / EXPORT_MARKER).is_file():
+                        old_exports.append(path)
+                        continue
+                    shutil.rmtree(path)
+                    removed.append(name)
+            elif (m := UPLOAD_LEFTOVER.fullmatch(name)) and is_dir and not _others_leftover(m.group(1)):
+                if {p.name for p in entries(path)} <= {UPLOAD_NAME}:
+                    shutil.rmtree(path)
+                    removed.append(name)
+        for path in old_exports:  # the newest complete export the user had, if export/ is gone
+            if not self.export_dir.exists() and not self.export_dir.is_symlink():
+                os.replace(path, self.export_dir)
+            else:
+                shutil.rmtree(path)
+                removed.append(path.name)
+        for folder in (self.root, self.masks_dir, self.frames_dir):
+            for path in entries(folder):
+                m = TEMP_LEFTOVER.fullmatch(path.name)
+                if m and path.is_file() and not path.is_symlink() and not _others_leftover(m.group(1)):
+                    path.unlink()
+                    removed.append(str(path.relative_to(self.root)))
+        return removed
+
     # -- checks -----------------------------------------------------------------------------------
     def check_index(self, t: int) -> int:
         if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.num_frames:
@@ -240,9 +332,10 @@ class Workspace:
                 f"labels must be {self.width}x{self.height} uint8, got shape {labels.shape} {labels.dtype}"
             )
         unknown = sorted(set(object_ids(labels)) - set(self.object_ids()))
-        if unknown or (labels == VOID_LABEL).any():
-            bad = unknown or [VOID_LABEL]
-            raise WorkspaceError(f"labels hold unknown object id(s) {bad}; add the objects first")
+        if unknown:
+            raise WorkspaceError(f"labels hold unknown object id(s) {unknown}; add the objects first")
+        if (labels == VOID_LABEL).any():  # callers map void to background first (Studio.set_labels)
+            raise WorkspaceError(f"labels hold the void label {VOID_LABEL}; store it as background (0)")
         return labels
 
     # -- frames and labels ------------------------------------------------------------------------
@@ -276,6 +369,10 @@ class Workspace:
     def add_object(self, name: str | None = None, object_id: int | None = None) -> dict[str, Any]:
         with self._lock:
             used = set(self.object_ids())
+            if len(used) >= MAX_OBJECTS:
+                raise WorkspaceError(
+                    f"a workspace holds at most {MAX_OBJECTS} objects; remove one before adding another"
+                )
             if object_id is None:
                 free = [i for i in range(1, MAX_OBJECT_ID + 1) if i not in used]
                 if not free:

@@ -13,15 +13,20 @@ const S = {
   T: 0, W: 0, H: 0, fps: null, objects: [], keyframes: new Set(), propagated: new Set(),
   t: 0, labels: null, selected: null, tool: "brush", brush: 8, opacity: 0.5, outline: false, hidden: false,
   undo: [], redo: [], job: { state: "idle" }, playing: false, lastSwitchMs: null, ready: false, shown: null, pendingSaves: 0,
+  version: null, message: null,
 };
+// Names this page in the changes it makes: the server's "changed" events say who made each one.
+const CLIENT = Math.random().toString(36).slice(2) + Date.now().toString(36);
 const labelCache = new Map();   // t -> Uint8Array | null (no mask)
 let lut = new Uint32Array(256); // label -> RGBA (little-endian ABGR) for the overlay
 let saveChain = Promise.resolve();
 let switchToken = 0;
 
 // ---------------------------------------------------------------- API
+// The server refuses state-changing requests without this page's token (other pages cannot read it).
+const TOKEN = document.querySelector('meta[name="pcvos-token"]').content;
 async function api(method, path, body, type) {
-  const init = { method, headers: {} };
+  const init = { method, headers: { "X-PCVOS-Token": TOKEN, "X-PCVOS-Client": CLIENT } };
   if (body !== undefined) {
     if (type) { init.body = body; init.headers["Content-Type"] = type; }
     else { init.body = JSON.stringify(body); init.headers["Content-Type"] = "application/json"; }
@@ -34,10 +39,18 @@ async function api(method, path, body, type) {
   }
   return res;
 }
-function say(text, isError) {
+// A message stays only while it is true: validWhile() (default: same frame, job and objects as when
+// it was said) is checked whenever the view changes, and a false one is cleared.
+function context() { return `${S.t}|${S.job.id}|${S.job.state}|${S.objects.length}`; }
+function say(text, isError, validWhile) {
   const m = $("message");
   m.textContent = text || "";
   m.className = isError ? "error" : "";
+  const said = context();
+  S.message = text ? { text, validWhile: validWhile || (() => context() === said) } : null;
+}
+function refreshMessage() {
+  if (S.message && !S.message.validWhile()) say("");
 }
 const fail = (e) => say(e.message || String(e), true);
 
@@ -62,13 +75,17 @@ async function loadState() {
   S.objects = st.objects;
   S.keyframes = new Set(st.keyframes); S.propagated = new Set(st.propagated);
   S.job = st.job;
+  S.version = st.version;
   if (!S.objects.some((o) => o.id === S.selected)) S.selected = S.objects.length ? S.objects[0].id : null;
   $("source").textContent = st.source;
-  $("frame-count").textContent = S.T - 1;
-  $("frame-number").max = S.T - 1;
+  // the page numbers frames 1..N (the API and the files count from 0)
+  $("frame-count").textContent = S.T;
+  $("frame-number").min = 1;
+  $("frame-number").max = S.T;
   buildLut();
   renderObjects();
   renderJob();
+  renderFrameInfo();
   drawTimeline();
 }
 function buildLut() {
@@ -116,11 +133,12 @@ function renderOverlay() {
 }
 
 function renderFrameInfo() {
-  $("frame-number").value = S.t;
+  $("frame-number").value = S.t + 1;
   const badge = $("frame-kind");
   const kind = S.keyframes.has(S.t) ? "keyframe" : S.propagated.has(S.t) ? "propagated" : "empty";
   badge.textContent = kind;
   badge.className = `badge ${kind}`;
+  refreshMessage();
 }
 
 async function goTo(t, { keepEdits = false } = {}) {
@@ -221,6 +239,21 @@ function renderObjects() {
     li.addEventListener("click", () => selectObject(o.id));
     ul.append(li);
   });
+  renderControls();
+}
+// Drawing tools, import and undo need an object; propagation needs a keyframe; nothing edits during a job.
+function renderControls() {
+  const none = S.objects.length === 0, running = S.job.state === "running";
+  const hint = none ? "add an object first" : running ? "a job is running" : "";
+  for (const b of document.querySelectorAll("[data-tool]")) {
+    b.disabled = none || running;
+    b.dataset.hint = hint;
+  }
+  for (const id of ["undo", "redo", "import", "only-selected"]) $(id).disabled = none || running;
+  $("import").parentElement.classList.toggle("disabled", none || running);
+  $("propagate").disabled = running || S.keyframes.size === 0;
+  $("propagate").title = S.keyframes.size === 0 ? "draw a mask on a frame first" : "";
+  refreshMessage();
 }
 function selectObject(id) {
   S.selected = id;
@@ -235,7 +268,10 @@ async function addObject() {
 
 // ---------------------------------------------------------------- editing
 function editable() {
-  if (S.job.state === "running") { say("a job is running: wait for it or cancel it before editing", true); return false; }
+  if (S.job.state === "running") {
+    say("a job is running: wait for it or cancel it before editing", true, () => S.job.state === "running");
+    return false;
+  }
   return true;
 }
 function beginEdit() {
@@ -248,10 +284,10 @@ function commit() {
   const t = S.t, labels = S.labels.slice();
   cacheLabels(t, labels.slice());
   S.keyframes.add(t); S.propagated.delete(t);
-  renderFrameInfo(); drawTimeline();
+  renderFrameInfo(); renderControls(); drawTimeline();
   S.pendingSaves++;
   saveChain = saveChain.then(() => api("PUT", `/api/frames/${t}/labels`, labels, "application/octet-stream"))
-    .then(() => say(`frame ${t} saved as a keyframe`))
+    .then(() => say(`frame ${t + 1} saved as a keyframe`, false, () => S.t === t))
     .catch((e) => { fail(e); labelCache.delete(t); return loadState(); })
     .finally(() => { S.pendingSaves--; });
   return saveChain;
@@ -326,7 +362,7 @@ function drawBrushCursor(p) {
 function onPointerDown(ev) {
   if (ev.button !== 0 || !S.T) return;
   if (!editable()) return;
-  if (S.tool !== "eraser" && S.selected === null) { say("add an object first", true); return; }
+  if (S.selected === null) { say("add an object first", true, () => S.objects.length === 0); return; }
   const p = imagePoint(ev);
   $("draft").setPointerCapture(ev.pointerId);
   if (S.tool === "brush" || S.tool === "eraser") {
@@ -435,8 +471,8 @@ function setBrush(size) {
 function renderJob() {
   const j = S.job, running = j.state === "running";
   $("cancel").disabled = !running;
-  $("propagate").disabled = running;
   $("export").disabled = running;
+  renderControls();
   const pct = j.total ? (100 * j.done) / j.total : 0;
   $("progress-bar").style.width = `${running || j.state === "done" ? pct : 0}%`;
   let text = "";
@@ -450,15 +486,53 @@ function renderJob() {
   $("progress-text").textContent = text;
   $("download").hidden = !(j.kind === "export" && j.state === "done");
 }
+// Where a run from frame t starts: t itself if it is a keyframe, else the nearest keyframe on the side
+// the run comes from (before t going forward, after it going backward; either side for both ways).
+function startFrame(t, direction) {
+  if (S.keyframes.has(t)) return t;
+  const keys = [...S.keyframes];
+  const before = keys.filter((k) => k < t), after = keys.filter((k) => k > t);
+  const prev = before.length ? Math.max(...before) : null, next = after.length ? Math.min(...after) : null;
+  if (direction === "forward" && prev !== null) return prev;
+  if (direction === "backward" && next !== null) return next;
+  if (prev === null) return next;
+  if (next === null) return prev;
+  return t - prev <= next - t ? prev : next;
+}
 async function propagate() {
   await saveChain;
-  const body = { frame: S.t, direction: $("direction").value, until: $("until").value,
+  const direction = $("direction").value;
+  const start = startFrame(S.t, direction);
+  if (start === null) { say("draw a mask on a frame first, then propagate from it", true, () => S.keyframes.size === 0); return; }
+  const body = { frame: start, direction, until: $("until").value,
     objects: $("only-selected").checked && S.selected !== null ? [S.selected] : null };
   S.job = await (await api("POST", "/api/propagate", body)).json();
+  if (start !== S.t) {
+    const id = S.job.id;
+    say(`frame ${S.t + 1} is not a keyframe: propagating from keyframe ${start + 1}, the nearest`, false,
+      () => S.job.id === id && S.job.state === "running");
+  }
   renderJob();
+}
+// Another page or a script changed objects or labels: reload what this page shows of them.
+async function onChanged(e) {
+  if (e.version <= S.version) return;
+  if (e.by === CLIENT) { S.version = e.version; return; }  // this page's own change: already shown
+  await loadState();
+  if (e.frames === null) labelCache.clear();
+  else for (const t of e.frames) labelCache.delete(t);
+  if ((e.frames === null || e.frames.includes(S.t)) && !stroke && S.pendingSaves === 0) {
+    S.undo = []; S.redo = [];  // the edits they undo were made on labels that changed under them
+    await goTo(S.t, { keepEdits: true });
+  }
 }
 async function onEvent(ev) {
   const e = JSON.parse(ev.data);
+  if (e.type === "changed") { await onChanged(e); return; }
+  if (e.type === "hello" && S.version !== null && S.ready) {  // (re)connected: changes may have been missed
+    const st = await (await api("GET", "/api/state")).json();
+    if (st.version !== S.version) { await loadState(); labelCache.clear(); await goTo(S.t, { keepEdits: true }); }
+  }
   S.job = e;
   if (e.type === "progress" && e.kind === "propagation" && e.frame != null) {
     if (!S.keyframes.has(e.frame)) S.propagated.add(e.frame);
@@ -470,7 +544,9 @@ async function onEvent(ev) {
     await loadState();
     labelCache.clear();
     if (e.kind === "propagation") goTo(S.t, { keepEdits: true });
-    say(`${e.kind} ${e.state}${e.error ? `: ${e.error}` : ""}`, e.state === "error");
+    const id = e.id;
+    say(`${e.kind} ${e.state}${e.error ? `: ${e.error}` : ""}`, e.state === "error",
+      () => S.job.id === id && S.job.state !== "running");
   }
   renderJob();
 }
@@ -533,7 +609,7 @@ function wire() {
   tl.addEventListener("pointerdown", (ev) => { dragging = true; tl.setPointerCapture(ev.pointerId); goTo(timelineFrame(ev)); });
   tl.addEventListener("pointermove", (ev) => { if (dragging) goTo(timelineFrame(ev)); });
   tl.addEventListener("pointerup", () => { dragging = false; });
-  $("frame-number").addEventListener("change", (ev) => goTo(Number(ev.target.value)));
+  $("frame-number").addEventListener("change", (ev) => goTo(Number(ev.target.value) - 1));
   // Enter jumps and hands the keys back to the page (arrows, tools, undo)
   $("frame-number").addEventListener("keydown", (ev) => { if (ev.key === "Enter") ev.target.blur(); });
   $("play").addEventListener("click", play);
@@ -560,7 +636,8 @@ async function main() {
   layout();
   await goTo(0);
   S.ready = true;
-  say("ready: pick an object and draw on any frame, then propagate");
+  if (S.objects.length === 0) say("ready: add an object, draw its mask on any frame, then propagate", false, () => S.objects.length === 0);
+  else say("ready: pick an object and draw on any frame, then propagate", false, () => S.keyframes.size === 0);
 }
 window.studio = { S, goTo, addObject, selectObject, setTool, setBrush, closePolygon };
 main().catch(fail);
