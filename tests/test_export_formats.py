@@ -71,7 +71,7 @@ def test_coco_document_of_a_video_with_two_objects():
     doc = ef.coco_dataset([labels, empty, only7], [3, 7], ["a.jpg", "b.jpg", "c.jpg"])
     assert [im["id"] for im in doc["images"]] == [1, 2, 3]
     assert [im["file_name"] for im in doc["images"]] == ["a.jpg", "b.jpg", "c.jpg"]
-    assert doc["images"][0]["height"], doc["images"][0]["width"] == labels.shape
+    assert (doc["images"][0]["height"], doc["images"][0]["width"]) == labels.shape
     assert [c["id"] for c in doc["categories"]] == [3, 7]
     anns = doc["annotations"]
     assert [(a["image_id"], a["category_id"]) for a in anns] == [(1, 3), (1, 7), (3, 7)]
@@ -185,6 +185,23 @@ def test_segment_exports_coco_and_yolo_beside_the_pngs(tmp_path, frames_and_mask
     assert _segment(folder, "--mask", mask_png, "--out", out, "--overwrite") == 0
     assert not (out / "coco.json").exists() and not list(yolo.glob("*.txt"))
     assert len(list(out.glob("*.png"))) == N
+
+
+def test_a_video_file_exports_its_frames_as_numbered_images(tmp_path, frames_and_mask):
+    from pcvos.data.frames import VideoWriter
+
+    folder, mask_png = frames_and_mask
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=10) as w:
+        for path in sorted(folder.glob("*.jpg")):
+            w.write(np.array(Image.open(path)))
+    out = tmp_path / "out"
+    assert _segment(video, "--mask", mask_png, "--out", out, "--export", "coco") == 0
+    doc = json.loads((out / "coco.json").read_text())
+    assert [(im["file_name"], im["frame_index"]) for im in doc["images"]] == [
+        (f"{i:05d}.jpg", i) for i in range(N)
+    ]
+    assert not (out / "yolo").exists()
 
 
 def test_unknown_export_format_exits_2_and_writes_nothing(tmp_path, frames_and_mask, capsys):
