@@ -17,10 +17,10 @@ No ground truth is available, so the ranking combines signals propagation produc
 
 Each signal is turned into its rank within the video (0 = least suspicious, 1 = most), so their
 scales need not agree, and the score is a weighted mean of the ranks (:data:`DEFAULT_WEIGHTS`,
-chosen on the protocol's ``select`` split: ``benchmarks/suggest.md``; by default doubt and jump,
-equally weighted). :func:`pick_spread` then
-takes the best-scored frames, skipping frames too close to one already taken, because one
-correction also fixes its neighbours when it is propagated.
+chosen on the protocol's ``select`` split: ``benchmarks/suggest.md``; by default doubt and
+jump, equally weighted). :func:`pick_spread` then takes the best-scored frames, skipping frames
+too close to one already taken, because one correction also fixes its neighbours when it is
+propagated.
 
 Forward/backward disagreement is not among the signals: a session run fills each frame from one
 side only (it stops at the neighbouring keyframe), so two predictions of one frame only exist

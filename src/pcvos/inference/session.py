@@ -588,9 +588,8 @@ class Session:
         Only segmented frames that are not keyframes are suggested, and the picks are spread
         out (at least about ``num_frames / (4 k)`` frames apart while enough frames allow).
         The ranking combines the decoder's doubt, kept per frame as runs produce it, with how
-        much each mask jumps from its neighbours, how far its area drifted from the nearest
-        keyframe's and the distance to that keyframe (:mod:`pcvos.inference.review`); no frame
-        is read or run again. Fewer than ``k`` frames come back when fewer are candidates
+        much each mask jumps from its neighbours (:mod:`pcvos.inference.review`, which also
+        offers area drift and keyframe distance); no frame is read or run again. Fewer than ``k`` frames come back when fewer are candidates
         (none before the first run). ``ValueError`` unless ``k`` is a positive integer.
         """
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
