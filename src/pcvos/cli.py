@@ -56,6 +56,15 @@ class _MaskAction(argparse.Action):
         namespace.masks = masks
 
 
+def _export_formats(text: str) -> tuple[str, ...]:
+    from pcvos.data.export_formats import parse_export_formats
+
+    try:
+        return parse_export_formats(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_segment(sub) -> None:
     p = sub.add_parser(
         "segment",
@@ -131,6 +140,15 @@ def _add_segment(sub) -> None:
     )
     p.add_argument("--overlay", metavar="OUT.mp4", help="also write a video with translucent coloured masks")
     p.add_argument("--alpha", metavar="DIR", help="also write per-object RGBA cut-outs DIR/<id>/<frame>.png")
+    p.add_argument(
+        "--export",
+        type=_export_formats,
+        default=(),
+        metavar="FORMATS",
+        help="also write these formats into --out, comma-separated: coco (coco.json, instance masks "
+        "as RLE, one category per object) and/or yolo (yolo/<frame>.txt polygons, class = the "
+        "object's rank among the ids, names in yolo/classes.txt)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_precision_argument(p)
     add_threads_argument(p)
@@ -182,6 +200,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         backward=args.backward,
         adapt=args.adapt,
         adapt_seed=args.adapt_seed,
+        export=args.export,
         extra={
             "weights": args.weights or "default",
             "backward": args.backward,

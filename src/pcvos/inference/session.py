@@ -27,7 +27,8 @@ from pcvos.data.frames import FrameFolder, VideoDecodeError, open_frames, read_f
 from pcvos.data.palette import VOID_LABEL
 from pcvos.inference.api import Segmenter, _check_frame, _processing_size
 from pcvos.inference.engine import InferenceConfig, InferenceCore, Precision, is_whole
-from pcvos.model.network import PCVOS
+from pcvos.inference.review import clip_uncertainty, subsample_labels, suggest_frames
+from pcvos.model.network import PCVOS, unpad
 
 Direction = Literal["both", "forward", "backward"]
 Until = Literal["keyframe", "end"]
@@ -274,6 +275,8 @@ class Session:
         self._encoded: dict[
             tuple[int, tuple[int, ...]], tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]
         ] = {}
+        # per propagated frame, the decoder's doubt from the run that last produced it (suggest())
+        self._doubt: dict[int, float] = {}
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -537,6 +540,7 @@ class Session:
             if not clip or cancel.is_set():  # cancelled: the clip is dropped, its frames stay as they were
                 return
             probs = core.process_clip(clip, seg._prepare(images), None)
+            self._keep_doubt(clip, unpad(probs, seg._pad))
             labels = core.objects.labels(seg._finish(probs, core)).cpu().numpy()
             yield from self._store(clip, labels, ids, subset)
 
@@ -581,3 +585,40 @@ class Session:
                 done.append((index, new))
         for index, lab in done:
             yield index, lab.copy()
+
+    # -- review -----------------------------------------------------------------------------------
+    def _keep_doubt(self, clip: list[int], probs: torch.Tensor) -> None:
+        doubt = clip_uncertainty(probs)
+        with self._lock:
+            for index, value in zip(clip, doubt, strict=True):
+                self._doubt[index] = float(value)
+
+    def suggest(self, k: int = 3) -> list[int]:
+        """The ``k`` frames most likely wrong after propagation, most suspicious first: where to
+        look (and correct with :meth:`set_mask` + :meth:`propagate`) before scrubbing the video.
+
+        Only segmented frames that are not keyframes are suggested, and the picks are spread
+        out (at least about ``num_frames / (4 k)`` frames apart while enough frames allow).
+        The ranking combines the decoder's doubt, kept per frame as runs produce it, with how
+        much each mask jumps from its neighbours (:mod:`pcvos.inference.review`, which also
+        offers area drift and keyframe distance); no frame is read or run again. Fewer than ``k``
+        frames come back when fewer are candidates (none before the first run). ``ValueError``
+        unless ``k`` is a positive integer.
+        """
+        if not is_whole(k) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        with self._lock:
+            labels = dict(self._labels)
+            keys = sorted(self._keyframes)
+            doubt = dict(self._doubt)
+        keyset = set(keys)
+        candidates = [i for i in labels if i not in keyset]
+        if not candidates:
+            return []
+        # subsampled before stacking (the signals compare whole masks): a few MB for any video
+        blank = subsample_labels(np.zeros(self.size, np.uint8))  # never segmented (a partial run): empty
+        stack = np.stack(
+            [blank if i not in labels else subsample_labels(labels[i]) for i in range(self.num_frames)]
+        )
+        unc = np.array([doubt.get(i, np.nan) for i in range(self.num_frames)])
+        return suggest_frames(stack, keys, unc, int(k), candidates=candidates)

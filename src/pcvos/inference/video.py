@@ -21,6 +21,17 @@ import torch
 from PIL import Image
 
 from pcvos.cli_types import resolve_device
+from pcvos.data.export_formats import (
+    COCO_NAME,
+    YOLO_FOLDER,
+    YOLO_NAMES,
+    coco_annotations,
+    coco_document,
+    coco_image,
+    write_coco_json,
+    write_yolo_frame,
+    write_yolo_names,
+)
 from pcvos.data.frames import VIDEO_EXTENSIONS, FrameFolder, VideoWriter, open_frames
 from pcvos.data.io_utils import (
     MANIFEST_NAME,
@@ -51,6 +62,7 @@ SUMMARY_NAME = "summary.json"
 # what a video's mask files and cut-outs are called, for claims on names before the length is known
 _VIDEO_MASK_NAME = re.compile(r"^\d{5,}\.png$")
 _VIDEO_CUTOUT_NAME = re.compile(r"^\d{3}/\d{5,}\.png$")
+_VIDEO_MASK_OR_YOLO_NAME = re.compile(rf"^(\d{{5,}}\.png|{YOLO_FOLDER}/\d{{5,}}\.txt)$")
 
 
 class InputError(ValueError):
@@ -85,6 +97,7 @@ class SegmentOptions:
     backward: bool = False  # fill the frames before each object's first mask by backward propagation
     adapt: int = 0  # test-time adaptation steps on the annotated frames (pcvos.adapt); 0: off
     adapt_seed: int = 0
+    export: tuple[str, ...] = ()  # also write these formats into the output folder: "coco", "yolo"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -437,12 +450,26 @@ def segment_video(
     if opt.alpha is not None and opt.alpha.resolve() == out_dir.resolve():
         raise InputError(f"{opt.alpha}: --alpha must be another folder than --out")
     known = names if names is not None else [f"{i:05d}" for i in range(exact)] if exact is not None else []
+    coco, yolo = "coco" in opt.export, "yolo" in opt.export
+    unknown = sorted(set(opt.export) - {"coco", "yolo"})
+    if unknown:
+        raise InputError(f"--export {unknown[0]!r}: unknown format; choose from coco, yolo")
+
+    def out_names(stems: list[str]) -> set[str]:
+        return {f"{n}.png" for n in stems} | ({f"{YOLO_FOLDER}/{n}.txt" for n in stems} if yolo else set())
+
     folders = [
         _OutputFolder(
             out_dir,
             "--out",
-            {f"{n}.png" for n in known} | {SUMMARY_NAME},
-            _VIDEO_MASK_NAME if names is None and exact is None else None,
+            out_names(known)
+            | {SUMMARY_NAME}
+            | ({COCO_NAME} if coco else set())
+            | ({f"{YOLO_FOLDER}/{YOLO_NAMES}"} if yolo else set()),
+            (_VIDEO_MASK_OR_YOLO_NAME if yolo else _VIDEO_MASK_NAME)
+            if names is None and exact is None
+            else None,
+            nested=True,  # yolo/<frame>.txt: listed even when this run exports none, so it removes them
         )
     ]
     if opt.alpha is not None:
@@ -518,6 +545,8 @@ def segment_video(
             raise OutputError(f"{opt.overlay}: cannot write ({exc.strerror or exc})") from exc
     start = time.perf_counter()
     done = 0
+    coco_images: list[dict[str, Any]] = []
+    coco_anns: list[dict[str, Any]] = []
     try:
         keep = pending if opt.overlay is not None or opt.alpha is not None else None
         results = (
@@ -531,13 +560,24 @@ def segment_video(
             name = names[index] if names is not None else f"{index:05d}"
             if names is None and f"{name}.png" not in folders[0].planned:  # longer than its estimate
                 block = [f"{i:05d}" for i in range(index, 2 * index + 1)]
-                write(out_dir, functools.partial(folders[0].claim, {f"{n}.png" for n in block}))
+                write(out_dir, functools.partial(folders[0].claim, out_names(block)))
                 if opt.alpha is not None:
                     cutouts = {f"{o:03d}/{n}.png" for o in ids for n in block}
                     write(opt.alpha, functools.partial(folders[1].claim, cutouts))
             write(
                 out_dir / f"{name}.png", functools.partial(save_indexed_png, out_dir / f"{name}.png", labels)
             )
+            if yolo:
+                path = out_dir / YOLO_FOLDER / f"{name}.txt"
+                write(path, functools.partial(write_yolo_frame, path, labels, ids))
+            if coco:
+                # a frame folder's images keep their names; a video's frames are NNNNN.jpg, the names
+                # `ffmpeg -i VIDEO -start_number 0 %05d.jpg` gives them
+                file_name = (
+                    source.frame_paths[index].name if isinstance(source, FrameFolder) else f"{name}.jpg"
+                )
+                coco_images.append(coco_image(index, file_name, h, w))
+                coco_anns.extend(coco_annotations(labels, ids, index + 1, len(coco_anns) + 1))
             if writer is not None or opt.alpha is not None:  # the frame was kept for them
                 frame = pending.pop(index)
                 if writer is not None:
@@ -560,6 +600,12 @@ def segment_video(
             writer.abort()
         raise
     seconds = time.perf_counter() - start
+    if yolo:
+        path = out_dir / YOLO_FOLDER / YOLO_NAMES
+        write(path, lambda: write_yolo_names(path, ids))
+    if coco:
+        document = coco_document(coco_images, coco_anns, ids)
+        write(out_dir / COCO_NAME, lambda: write_coco_json(out_dir / COCO_NAME, document))
     summary = {
         "input": str(input_path),
         "frames": done,
@@ -582,6 +628,8 @@ def segment_video(
             "masks": str(out_dir),
             "overlay": str(opt.overlay) if opt.overlay else None,
             "alpha": str(opt.alpha) if opt.alpha else None,
+            "coco": str(out_dir / COCO_NAME) if coco else None,
+            "yolo": str(out_dir / YOLO_FOLDER) if yolo else None,
         },
     }
     write(
