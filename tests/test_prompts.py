@@ -313,3 +313,36 @@ def test_cli_bad_prompts_exit_2(tmp_path, clip, capsys, args, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize("mode", ["probable", "ignore"])
+def test_other_previous_modes_keep_the_clicks(hike, mode):
+    image, gt = hike
+    x, y = _inner_point(gt)
+    params = P.PromptParams(previous_mode=mode, guided_radius=0)
+    first = pcvos.mask_from_prompts(image, points=[(x, y)], params=params)
+    fp = np.argwhere(first & ~gt)
+    pts, labels = [(x, y)], [1]
+    if len(fp):
+        pts.append((int(fp[0][1]), int(fp[0][0])))
+        labels.append(0)
+    out = pcvos.mask_from_prompts(image, points=pts, point_labels=labels, previous=first, params=params)
+    for (px, py), lab in zip(pts, labels):
+        assert out[py, px] == bool(lab)
+
+
+def test_bad_params_raise_value_error():
+    with pytest.raises(ValueError, match="previous_mode"):
+        P.PromptParams(previous_mode="replace")
+    with pytest.raises(ValueError, match="grabcut_side"):
+        P.PromptParams(grabcut_side=0)
+
+
+def test_guided_filter_keeps_a_step_on_an_edge():
+    # a mask whose edge lies on the image's edge stays put; a flat image just smooths it
+    guide = np.zeros((40, 40, 3), np.uint8)
+    guide[:, 20:] = 255
+    src = np.zeros((40, 40), np.float32)
+    src[:, 20:] = 1
+    out = P._guided_filter(guide, src, 4, 1e-3)
+    assert np.array_equal(out >= 0.5, src >= 0.5)

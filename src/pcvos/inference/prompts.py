@@ -4,14 +4,18 @@ There is no promptable network here; the mask comes from two parts that ship wit
 
 - a saliency map from U²-Net-p (``weights/u2netp.onnx``, run with onnxruntime on the CPU), on the
   box's crop (with some context around it) or on the whole frame;
-- GrabCut (OpenCV) started from that map: probable object where the saliency is high, probable
-  background elsewhere, certain object at positive clicks, certain background at negative clicks
-  and outside the box. With a ``previous`` mask, the previous mask takes the saliency's place.
+- GrabCut (OpenCV) started from that map: certain object where the saliency is very high, certain
+  background where it is near zero, probable object / background in between, certain object at
+  positive clicks, certain background at negative clicks and outside the box. With a ``previous``
+  mask, the previous mask takes the saliency's place on a crop around it (and should GrabCut then
+  collapse, away from the previous mask, the saliency's certain labels are put back).
+- a guided filter that snaps the upsampled answer to the full-resolution image's edges.
 
 The object is then the connected parts of GrabCut's answer that hold a positive click (or, with
 none, the largest part). Saliency is computed once per image and region and kept in a small cache,
 so that each further click costs one GrabCut on a downscaled crop. The parameters below were
-chosen on the protocol's ``select`` sequences (benchmarks/prompts.md).
+chosen on the first frames of the protocol's ``select`` and ``train`` sequences, never on ``report``
+(benchmarks/prompts.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +44,14 @@ _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 @dataclass(frozen=True)
 class PromptParams:
-    """The knobs of :func:`mask_from_prompts`; the defaults were chosen on the ``select`` split."""
+    """The knobs of :func:`mask_from_prompts`.
+
+    The defaults were chosen on the first frames of the protocol's ``select`` and ``train``
+    sequences, never on ``report`` (benchmarks/prompts.md gives the comparison).
+    """
 
     #: context kept around a box on each side, as a fraction of the box's side, for saliency and GrabCut
-    box_margin: float = 0.25
+    box_margin: float = 0.4
     #: saliency at or above this is "probable object" for GrabCut, below it "probable background"
     fg_threshold: float = 0.5
     #: GrabCut works on the crop downscaled to at most this many pixels on its longer side (speed)
@@ -52,13 +60,36 @@ class PromptParams:
     #: radius of the certain-label disk around each click, as a fraction of the crop's shorter side
     click_radius: float = 0.02
     #: saliency at or above this is "certain object" (GrabCut cannot undo it); 1.0 or more: never
-    sure_fg: float = 1.1
+    sure_fg: float = 0.8
     #: saliency below this is "certain background"; 0 or less: never
-    sure_bg: float = 0.0
+    sure_bg: float = 0.02
+    #: edge-aware upsampling of GrabCut's low-resolution answer (a guided filter on the full-resolution
+    #: crop, He et al. 2010): radius in full-resolution pixels (0: plain bilinear) and regularisation
+    guided_radius: int = 4
+    guided_eps: float = 1e-3
+    #: how a previous mask enters GrabCut: "prior" (it replaces the saliency), "probable" (it sets the
+    #: probable labels, the saliency's certain ones stay) or "ignore" (every click re-cut from saliency)
+    previous_mode: str = "prior"
+    #: with previous_mode "prior": an answer that keeps less than this IoU with the previous mask
+    #: (GrabCut collapsing onto a colour model) is redone with previous_mode "probable"; 0: never
+    collapse_iou: float = 0.5
     #: with no prompt: the salient object is the saliency above this on the whole frame
     auto_threshold: float = 0.5
+    #: with no prompt: GrabCut from the whole frame's saliency (as for a box covering the frame)
+    auto_grabcut: bool = False
+
+    def __post_init__(self) -> None:
+        if self.previous_mode not in _PREVIOUS_MODES:
+            raise ValueError(
+                f"previous_mode must be one of {', '.join(_PREVIOUS_MODES)}, got {self.previous_mode!r}"
+            )
+        if self.grabcut_side < 8 or self.grabcut_iterations < 0 or self.guided_radius < 0:
+            raise ValueError(
+                "grabcut_side must be at least 8, grabcut_iterations and guided_radius at least 0"
+            )
 
 
+_PREVIOUS_MODES = ("prior", "probable", "ignore")
 DEFAULT_PARAMS = PromptParams()
 
 
@@ -182,7 +213,9 @@ DEFAULT_CACHE = SaliencyCache()
 
 def _check_image(image: Any) -> np.ndarray:
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array (H, W, 3) of uint8, got {type(image).__name__}")
+        raise ValueError(  # noqa: TRY004 (the API promises ValueError for every bad input)
+            f"image must be a numpy array (H, W, 3) of uint8, got {type(image).__name__}"
+        )
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
     if image.dtype != np.uint8:
@@ -278,6 +311,20 @@ def _region(
     )
 
 
+def _guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """``src`` smoothed so that its edges follow the edges of ``guide`` (grey guided filter)."""
+    g = cv2.cvtColor(guide, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    k = (2 * radius + 1, 2 * radius + 1)
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(a, -1, k, borderType=cv2.BORDER_REFLECT)
+
+    mg, ms = mean(g), mean(src)
+    a = (mean(g * src) - mg * ms) / (mean(g * g) - mg * mg + eps)
+    b = ms - a * mg
+    return mean(a) * g + mean(b)
+
+
 def _components_with(mask: np.ndarray, seeds: list[tuple[int, int]]) -> np.ndarray:
     """The connected parts of ``mask`` that hold a seed (row, col); with no seed in it, the largest."""
     n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -308,29 +355,63 @@ def mask_from_prompts(
     (possibly empty). Saliency is cached per image (``cache``, default a shared small cache), so
     repeated calls on one image with more clicks are fast. Bad prompts raise ``ValueError``.
     """
+    out = _mask(
+        image,
+        box=box,
+        points=points,
+        point_labels=point_labels,
+        previous=previous,
+        params=params,
+        cache=cache,
+    )
+    if previous is not None and params.previous_mode == "prior" and params.collapse_iou > 0:
+        prev = np.asarray(previous) != 0
+        union = int((out | prev).sum())
+        if union and (out & prev).sum() / union < params.collapse_iou:
+            out = _mask(
+                image,
+                box=box,
+                points=points,
+                point_labels=point_labels,
+                previous=previous,
+                params=replace(params, previous_mode="probable"),
+                cache=cache,
+            )
+    return out
+
+
+def _mask(
+    image: np.ndarray,
+    *,
+    box: Sequence[float] | None = None,
+    points: Any = None,
+    point_labels: Any = None,
+    previous: Any = None,
+    params: PromptParams = DEFAULT_PARAMS,
+    cache: SaliencyCache | None = None,
+) -> np.ndarray:
+    """mask_from_prompts for one setting of ``params`` (no collapse check)."""
     image = _check_image(image)
     h, w = image.shape[:2]
     b = _check_box(box, h, w) if box is not None else None
     pts, pos = _check_points(points, point_labels, h, w)
     prev = _check_previous(previous, h, w)
     cache = cache or DEFAULT_CACHE
-    if b is None and len(pts) == 0 and prev is None:
+    if b is None and len(pts) == 0 and prev is None and not params.auto_grabcut:
         sal = cache.get(image, (0, 0, w, h))
         auto = sal >= params.auto_threshold
         return _components_with(auto, []) if auto.any() else auto
 
-    if b is None and prev is not None and prev.any():
+    if b is None and prev is not None and prev.any() and params.previous_mode == "prior":
         # refine around the previous object and the clicks, not the whole frame
         ys, xs = np.nonzero(prev)
-        px, py = pts[:, 0] if len(pts) else xs[:0], pts[:, 1] if len(pts) else ys[:0]
-        lo_x, hi_x = min(xs.min(), *px) if len(px) else xs.min(), max(xs.max(), *px) if len(px) else xs.max()
-        lo_y, hi_y = min(ys.min(), *py) if len(py) else ys.min(), max(ys.max(), *py) if len(py) else ys.max()
-        x0, y0, x1, y1 = _region((lo_x, lo_y, hi_x + 1, hi_y + 1), h, w, params.box_margin)
+        xs, ys = np.concatenate([xs, pts[:, 0]]), np.concatenate([ys, pts[:, 1]])
+        x0, y0, x1, y1 = _region((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), h, w, params.box_margin)
     else:
         x0, y0, x1, y1 = _region(b, h, w, params.box_margin)
     crop = image[y0:y1, x0:x1]
     ch, cw = crop.shape[:2]
-    if prev is not None:
+    if prev is not None and params.previous_mode == "prior":
         prior = prev[y0:y1, x0:x1].astype(np.float32)
     else:
         prior = cache.get(image, (x0, y0, x1, y1))
@@ -340,7 +421,12 @@ def mask_from_prompts(
     small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else crop
     prior_s = cv2.resize(prior, (sw, sh), interpolation=cv2.INTER_LINEAR) if scale < 1 else prior
     gc = np.where(prior_s >= params.fg_threshold, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-    if prev is None:  # the network's confident answers stay; GrabCut decides the uncertain rest
+    if prev is None or params.previous_mode != "prior":
+        if prev is not None and params.previous_mode == "probable":
+            ps = prev[y0:y1, x0:x1].astype(np.float32)
+            ps = cv2.resize(ps, (sw, sh), interpolation=cv2.INTER_LINEAR) if scale < 1 else ps
+            gc = np.where(ps >= 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        # the network's confident answers stay; GrabCut decides the uncertain rest
         gc[prior_s >= params.sure_fg] = cv2.GC_FGD
         gc[prior_s < params.sure_bg] = cv2.GC_BGD
     if b is not None:  # outside the box is certain background
@@ -382,7 +468,10 @@ def mask_from_prompts(
     if fg.any():
         fg = _components_with(fg, seeds)
     if scale < 1:
-        up = cv2.resize(fg.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR) >= 0.5
+        soft = cv2.resize(fg.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR)
+        if params.guided_radius > 0:
+            soft = _guided_filter(crop, soft, params.guided_radius, params.guided_eps)
+        up = soft >= 0.5
     else:
         up = fg
     out = np.zeros((h, w), dtype=bool)
