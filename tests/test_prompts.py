@@ -346,3 +346,22 @@ def test_guided_filter_keeps_a_step_on_an_edge():
     src[:, 20:] = 1
     out = P._guided_filter(guide, src, 4, 1e-3)
     assert np.array_equal(out >= 0.5, src >= 0.5)
+
+
+def test_robot_clicker_of_the_benchmark(rhino):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_prompts", Path(__file__).resolve().parents[1] / "benchmarks" / "prompts.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, gt = rhino
+    (x, y), label = bench.next_click(np.zeros_like(gt), gt)
+    assert label == 1 and (x, y) == _inner_point(gt)
+    wrong = gt.copy()
+    wrong[:40, :40] = True  # a false square larger than any miss: the next click removes it
+    (x, y), label = bench.next_click(wrong, gt)
+    assert label == 0 and x < 40 and y < 40 and not gt[y, x]
+    assert bench.next_click(gt, gt) is None
+    assert bench.noc([0.5, 0.86, 0.95], 0.85) == 2 and bench.noc([0.5], 0.9) == bench.MAX_CLICKS
