@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -39,20 +40,42 @@ def _on_sigterm(signum, frame) -> None:
     raise _Terminated()
 
 
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    """``x0,y0,x1,y1`` in pixels -> four finite numbers (checked against the frame later)."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"--box expects x0,y0,x1,y1 (four numbers in pixels, no spaces), got {text!r}")
+    x0, y0, x1, y1 = values
+    return x0, y0, x1, y1
+
+
 class _MaskAction(argparse.Action):
-    """``--mask PATH`` appends a mask; ``--mask-frame N`` sets the frame of the latest one."""
+    """``--mask PATH|auto`` / ``--box x0,y0,x1,y1`` append an object; ``--mask-frame`` / ``--box-frame N``
+    set the frame of the latest one of their kind."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         masks = getattr(namespace, "masks", None) or []
-        if option_string == "--mask":
-            masks.append([values, 0])
+        if option_string in ("--mask", "--box"):
+            kind = option_string[2:]
+            if kind == "box":
+                try:
+                    values = _parse_box(values)
+                except ValueError as exc:
+                    parser.error(str(exc))
+            masks.append([kind, values, 0])
         else:
-            if not masks:
-                parser.error("--mask-frame must follow the --mask it applies to")
+            kind = option_string[2:].split("-")[0]
+            latest = [m for m in masks if m[0] == kind]
+            if not latest:
+                parser.error(f"{option_string} must follow the --{kind} it applies to")
             try:
-                masks[-1][1] = int(values)
+                latest[-1][2] = int(values)
             except ValueError:
-                parser.error(f"--mask-frame expects a frame number, got {values!r}")
+                parser.error(f"{option_string} expects a frame number, got {values!r}")
         namespace.masks = masks
 
 
@@ -68,26 +91,30 @@ def _export_formats(text: str) -> tuple[str, ...]:
 def _add_segment(sub) -> None:
     p = sub.add_parser(
         "segment",
-        help="segment the objects of your own video from mask(s) of one frame",
+        help="segment the objects of your own video from mask(s), boxes or the salient object",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Segment objects through a video given their mask(s), clip by clip.\n\n"
         "INPUT is a video file (mp4, mov, avi, webm, mkv, ...) or a folder of frames (natural order:\n"
         "2.jpg before 10.jpg). Masks are indexed PNGs (ids = objects), binary masks (0/255 or 0/1:\n"
-        "one object) or RGB colour masks (each colour one object).",
+        "one object) or RGB colour masks (each colour one object). Without a mask, --box x0,y0,x1,y1\n"
+        "gives one object by its box, and --mask auto the most salient object of frame 0; the masks\n"
+        "made from them are written to OUT/prompt_masks/ (one indexed PNG per frame) for checking.",
         epilog="examples:\n"
         "  pcvos segment clip.mp4 --mask first.png --out masks/ --overlay overlay.mp4\n"
         "  pcvos segment frames/ --mask a.png --mask b.png --mask-frame 40 --clip-length 10\n"
         "  pcvos segment clip.mp4 --mask best.png --mask-frame 120 --backward   # both ways from frame 120\n"
-        "  pcvos segment clip.mp4 --mask m0.png --mask m60.png --mask-frame 60   # keyframes 0 and 60\n",
+        "  pcvos segment clip.mp4 --mask m0.png --mask m60.png --mask-frame 60   # keyframes 0 and 60\n"
+        "  pcvos segment clip.mp4 --box 120,40,380,460 --box 400,60,610,300 --box-frame 30   # two objects\n"
+        "  pcvos segment clip.mp4 --mask auto   # the most salient object of frame 0\n",
     )
     p.add_argument("input", metavar="INPUT", help="video file or folder of frames")
     p.add_argument(
         "--mask",
         action=_MaskAction,
-        required=True,
         metavar="MASK.png",
         dest="masks",
-        help="mask file (repeatable); it belongs to frame 0 unless --mask-frame follows it",
+        help="mask file (repeatable), or 'auto' for the most salient object (a file named auto: ./auto); "
+        "it belongs to frame 0 unless --mask-frame follows it",
     )
     p.add_argument(
         "--mask-frame",
@@ -96,6 +123,21 @@ def _add_segment(sub) -> None:
         dest="masks",
         help="frame number (from 0) of the preceding --mask: for objects that enter later, or "
         "for a mask of objects already given (a keyframe: they are re-anchored there)",
+    )
+    p.add_argument(
+        "--box",
+        action=_MaskAction,
+        metavar="x0,y0,x1,y1",
+        dest="masks",
+        help="one object given by its box in pixels (repeatable, one object each); its mask is made "
+        "by pcvos.mask_from_prompts on frame 0 unless --box-frame follows it",
+    )
+    p.add_argument(
+        "--box-frame",
+        action=_MaskAction,
+        metavar="N",
+        dest="masks",
+        help="frame number (from 0) of the preceding --box",
     )
     p.add_argument(
         "--weights",
@@ -172,9 +214,11 @@ def _run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import pcvos
-    from pcvos.inference.video import MaskSpec, SegmentOptions, segment_video
+    from pcvos.inference.video import MaskSpec, PromptSpec, SegmentOptions, segment_video
     from pcvos.runtime import keep_freed_memory
 
+    if not args.masks:
+        return _fail("give the objects to segment: --mask FILE, --mask auto or --box x0,y0,x1,y1")
     keep_freed_memory()  # this process segments one video and exits: reuse freed memory, no page faults
     apply_threads(args.threads)
     try:
@@ -218,9 +262,15 @@ def _run_segment(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="frame", desc="segment", dynamic_ncols=True)
         bar.update(1)
 
-    specs = [MaskSpec(Path(p), f) for p, f in args.masks]
+    given = args.masks or []
+    specs = [MaskSpec(Path(v), f) for kind, v, f in given if kind == "mask" and v != "auto"]
+    prompts = [
+        PromptSpec(f, box=v if kind == "box" else None)
+        for kind, v, f in given
+        if kind == "box" or v == "auto"
+    ]
     try:
-        summary = segment_video(model, args.input, specs, args.out, opts, progress)
+        summary = segment_video(model, args.input, specs, args.out, opts, progress, prompts=prompts)
     except ValueError as exc:  # InputError, OutputError, VideoDecodeError and the API's own input checks
         if bar is not None:
             bar.close()

@@ -82,6 +82,23 @@ class MaskSpec:
 
 
 @dataclass
+class PromptSpec:
+    """An object given by a prompt on one frame: its box (x0, y0, x1, y1) in pixels, or None for
+    the frame's most salient object (``--mask auto``). Its mask comes from :func:`pcvos.mask_from_prompts`."""
+
+    frame: int = 0
+    box: tuple[float, float, float, float] | None = None
+
+    def describe(self) -> str:
+        what = "--mask auto" if self.box is None else "--box " + ",".join(f"{v:g}" for v in self.box)
+        return what if self.frame == 0 else f"{what} (frame {self.frame})"
+
+
+#: the folder, inside --out, that holds the masks made from prompts (one indexed PNG per prompted frame)
+PROMPT_MASKS_DIR = "prompt_masks"
+
+
+@dataclass
 class SegmentOptions:
     clip_length: int = 5
     memory_every: int | None = None
@@ -106,7 +123,7 @@ def _is_colour(path: Path) -> bool:
         return im.mode in ("RGB", "RGBA", "RGBX")
 
 
-def _check_survives(path: Path, labels: np.ndarray, processing: tuple[int, int]) -> None:
+def _check_survives(path: Path | str, labels: np.ndarray, processing: tuple[int, int]) -> None:
     """Every object of ``labels`` must keep a pixel when resized to the processing size as the API does."""
     if tuple(labels.shape) == processing:
         return
@@ -219,6 +236,81 @@ def load_masks(
             out = np.where(out > 0, out, prev)
         masks[spec.frame] = out
     return masks, objects
+
+
+def prompt_masks(
+    prompts: list[PromptSpec],
+    source: Any,
+    masks: dict[int, np.ndarray],
+    objects: list[dict[str, Any]],
+    frame_size: tuple[int, int],
+    num_frames: int | None,
+    processing_size: tuple[int, int] | None = None,
+) -> dict[int, np.ndarray]:
+    """Add the objects given by ``prompts`` to ``masks`` and ``objects`` (in place).
+
+    Each prompt is a new object (the next free id) whose mask :func:`pcvos.mask_from_prompts` makes
+    on its frame; it takes only pixels no mask file gave to another object. Returns {frame: the
+    labels of the prompted objects alone}, which is what ``prompt_masks/`` holds.
+    """
+    if not prompts:
+        return {}
+    from pcvos.inference.prompts import mask_from_prompts
+
+    for p in prompts:
+        if p.frame < 0:
+            raise InputError(f"{p.describe()}: frame {p.frame} is negative; frames are numbered from 0")
+        if num_frames is not None and p.frame >= num_frames:
+            raise InputError(
+                f"{p.describe()}: frame {p.frame} is beyond the video ({num_frames} frames, numbered from 0)"
+            )
+        if p.box is not None:  # checked before any frame is read or the network loaded
+            h, w = frame_size
+            x0, y0, x1, y1 = p.box
+            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+                raise InputError(
+                    f"{p.describe()}: the box must lie inside the {w}x{h} frame with x0 < x1 and y0 < y1 "
+                    f"(pixels, from the top-left corner, x1 and y1 at most {w} and {h})"
+                )
+    try:
+        images = read_keyframes(source, [p.frame for p in prompts])
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    made: dict[int, np.ndarray] = {}
+    used = {int(o["id"]) for o in objects}
+    for p in prompts:
+        try:
+            mask = mask_from_prompts(images[p.frame], box=p.box)
+        except ValueError as exc:
+            raise InputError(f"{p.describe()}: {exc}") from exc
+        labels = masks.get(p.frame)
+        free = np.ones(frame_size, dtype=bool) if labels is None else labels == 0
+        mask &= free
+        if not mask.any():
+            fix = (
+                "draw the box tighter around the object, or give a mask" if p.box else "give --box or a mask"
+            )
+            raise InputError(f"{p.describe()}: found no object there on frame {p.frame}; {fix}")
+        new = max(used, default=0) + 1
+        if new > MAX_OBJECTS:
+            raise InputError(
+                f"{p.describe()}: more than {MAX_OBJECTS} objects; the indexed PNG format holds 254"
+            )
+        used.add(new)
+        labels = np.zeros(frame_size, dtype=np.uint8) if labels is None else labels.copy()
+        labels[mask] = new
+        if processing_size is not None:
+            _check_survives(p.describe(), np.where(mask, labels, 0).astype(np.uint8), processing_size)
+        masks[p.frame] = labels
+        own = made.setdefault(p.frame, np.zeros(frame_size, dtype=np.uint8))
+        own[mask] = new
+        kind = (
+            "zero-click (most salient object)"
+            if p.box is None
+            else "box " + ",".join(f"{v:g}" for v in p.box)
+        )
+        objects.append({"id": new, "first_frame": p.frame, "mask": None, "kind": kind})
+    return made
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -400,6 +492,7 @@ def segment_video(
     out_dir: str | Path,
     options: SegmentOptions | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    prompts: list[PromptSpec] | None = None,
 ) -> dict[str, Any]:
     """Segment ``input_path`` (a video file or a folder of frames) and write the results.
 
@@ -407,8 +500,10 @@ def segment_video(
     done), an overlay video and RGBA cut-outs when asked, and ``summary.json`` last. Bad input
     raises :class:`InputError` before anything is written or removed; a video that breaks part-way
     raises ``VideoDecodeError`` and a failed write :class:`OutputError` after the frames before it
-    were written (no ``summary.json`` then). pcvos records the files it writes in each output folder
-    (``.pcvos-files.json``); ``overwrite`` removes those, and only those, once the input and masks
+    were written (no ``summary.json`` then). ``prompts`` are objects given by a box or as the most
+    salient object (:class:`PromptSpec`); the masks made from them are written to
+    ``out_dir/prompt_masks/<frame>.png`` before the segmentation starts. pcvos records the files it
+    writes in each output folder (``.pcvos-files.json``); ``overwrite`` removes those, and only those, once the input and masks
     have been read and checked. Returns the summary.
     """
     opt = options or SegmentOptions()
@@ -437,7 +532,10 @@ def segment_video(
         processing = _processing_size(h, w, size)
     except ValueError as exc:
         raise InputError(f"--size {opt.size}: {exc}") from exc
+    if not masks and not prompts:
+        raise InputError("no mask or prompt given: give at least one --mask, --mask auto or --box")
     mask_maps, objects = load_masks(masks, (h, w), exact, processing)
+    made = prompt_masks(prompts or [], source, mask_maps, objects, (h, w), exact, processing)
     ids = sorted(o["id"] for o in objects)
 
     # outputs: checked only now that the input and masks are known to be good; nothing written yet
@@ -472,6 +570,12 @@ def segment_video(
             nested=True,  # yolo/<frame>.txt: listed even when this run exports none, so it removes them
         )
     ]
+    prompt_dir = out_dir / PROMPT_MASKS_DIR
+    prompt_names = {f: names[f] if names is not None else f"{f:05d}" for f in made}
+    for f in made:
+        for o in objects:
+            if o["mask"] is None and o["first_frame"] == f:
+                o["mask"] = str(prompt_dir / f"{prompt_names[f]}.png")
     if opt.alpha is not None:
         folders.append(
             _OutputFolder(
@@ -482,6 +586,9 @@ def segment_video(
                 nested=True,
             )
         )
+    if made or read_manifest(prompt_dir):  # after --alpha's (the frame loop finds it at folders[1]); an
+        # earlier run's prompt masks go with --overwrite even when this run has no prompt
+        folders.append(_OutputFolder(prompt_dir, "--out", {f"{n}.png" for n in prompt_names.values()}, None))
     for folder in folders:
         folder.inspect(opt.overwrite, inputs)
     if opt.overlay is not None:
@@ -537,6 +644,9 @@ def segment_video(
 
     for folder in folders:
         write(folder.path, folder.start)
+    for f, labels in made.items():  # the prompts' masks first, so that the user can check them at once
+        path = prompt_dir / f"{prompt_names[f]}.png"
+        write(path, functools.partial(save_indexed_png, path, labels))
     writer = None
     if opt.overlay is not None:
         try:
@@ -630,6 +740,7 @@ def segment_video(
             "alpha": str(opt.alpha) if opt.alpha else None,
             "coco": str(out_dir / COCO_NAME) if coco else None,
             "yolo": str(out_dir / YOLO_FOLDER) if yolo else None,
+            "prompt_masks": str(prompt_dir) if made else None,
         },
     }
     write(
