@@ -503,8 +503,8 @@ def segment_video(
     were written (no ``summary.json`` then). ``prompts`` are objects given by a box or as the most
     salient object (:class:`PromptSpec`); the masks made from them are written to
     ``out_dir/prompt_masks/<frame>.png`` before the segmentation starts. pcvos records the files it
-    writes in each output folder (``.pcvos-files.json``); ``overwrite`` removes those, and only those, once the input and masks
-    have been read and checked. Returns the summary.
+    writes in each output folder (``.pcvos-files.json``); ``overwrite`` removes those, and only
+    those, once the input and masks have been read and checked. Returns the summary.
     """
     opt = options or SegmentOptions()
     input_path, out_dir = Path(input_path), Path(out_dir)
