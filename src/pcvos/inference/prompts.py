@@ -15,7 +15,7 @@ The object is then the connected parts of GrabCut's answer that hold a positive 
 none, the largest part). Saliency is computed once per image and region and kept in a small cache,
 so that each further click costs one GrabCut on a downscaled crop. The parameters below were
 chosen on the first frames of the protocol's ``select`` and ``train`` sequences, never on ``report``
-(benchmarks/prompts.md).
+(docs/results/prompts.md).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class PromptParams:
     """The knobs of :func:`mask_from_prompts`.
 
     The defaults were chosen on the first frames of the protocol's ``select`` and ``train``
-    sequences, never on ``report`` (benchmarks/prompts.md gives the comparison).
+    sequences, never on ``report`` (docs/results/prompts.md gives the comparison).
     """
 
     #: context kept around a box on each side, as a fraction of the box's side, for saliency and GrabCut

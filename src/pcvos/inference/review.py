@@ -17,7 +17,7 @@ No ground truth is available, so the ranking combines signals propagation produc
 
 Each signal is turned into its rank within the video (0 = least suspicious, 1 = most), so their
 scales need not agree, and the score is a weighted mean of the ranks (:data:`DEFAULT_WEIGHTS`,
-chosen on the protocol's ``select`` split: ``benchmarks/suggest.md``; by default doubt and
+chosen on the protocol's ``select`` split: ``docs/results/suggest.md``; by default doubt and
 jump, equally weighted). :func:`pick_spread` then takes the best-scored frames, skipping frames
 too close to one already taken, because one correction also fixes its neighbours when it is
 propagated.
@@ -36,7 +36,7 @@ import torch
 
 SIGNALS: tuple[str, ...] = ("uncertainty", "jump", "area", "distance")
 # Weights of the signals' within-video ranks in the score: the best of the grid {0, 1, 2}^4 on
-# the select split, by the mean J of the suggested frames (benchmarks/suggest.md). Area drift
+# the select split, by the mean J of the suggested frames (docs/results/suggest.md). Area drift
 # and keyframe distance lowered it there, so they are off by default (callers may weigh them).
 DEFAULT_WEIGHTS: dict[str, float] = {"uncertainty": 1.0, "jump": 1.0, "area": 0.0, "distance": 0.0}
 # The jump and area signals are computed on label maps subsampled to about this longer side:
