@@ -15,7 +15,7 @@ const S = {
   T: 0, W: 0, H: 0, fps: null, objects: [], keyframes: new Set(), propagated: new Set(),
   t: 0, labels: null, selected: null, tool: "brush", brush: 8, opacity: 0.5, outline: false, hidden: false,
   undo: [], redo: [], job: { state: "idle" }, playing: false, lastSwitchMs: null, ready: false, shown: null, pendingSaves: 0,
-  version: null, message: null, suggested: [],
+  version: null, message: null, suggested: [], pendingPrompts: 0,
 };
 // Names this page in the changes it makes: the server's "changed" events say who made each one.
 const CLIENT = Math.random().toString(36).slice(2) + Date.now().toString(36);
@@ -498,7 +498,9 @@ async function runPrompt(body, what) {
   await commit();
 }
 function queuePrompt(body, what, stillWanted) {
-  promptChain = promptChain.then(() => (stillWanted() ? runPrompt(body, what) : undefined)).catch(fail);
+  S.pendingPrompts++;
+  promptChain = promptChain.then(() => (stillWanted() ? runPrompt(body, what) : undefined)).catch(fail)
+    .finally(() => { S.pendingPrompts--; });
   return promptChain;
 }
 function addClick(p, positive) {
