@@ -720,9 +720,8 @@ def test_click_auto_review_and_export_on_real_frames(rhino_page):
     wait_until(
         lambda: sum(1 for m, p, _ in recorder.seen if p == "/api/suggest") > asked, "the marks to refresh"
     )
-    page.wait_for_function(
-        f"JSON.stringify(window.studio.S.suggested) === '{json.dumps(studio.session.suggest(3), separators=(',', ':'))}'"
-    )
+    marks = json.dumps(studio.session.suggest(3), separators=(",", ":"))  # as JSON.stringify writes it
+    page.wait_for_function(f"JSON.stringify(window.studio.S.suggested) === '{marks}'")
     assert not set(page.evaluate("window.studio.S.suggested")) & ws.keyframes
 
     # export with COCO and YOLO: they read back as the saved masks
