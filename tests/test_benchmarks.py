@@ -199,3 +199,36 @@ def test_cold_start_phases_on_cpu(davis_root):
         "total",
     ]
     assert res.stdout.startswith("bear, 3 frames, cpu, cuDNN default")
+
+
+def test_studio_clicks_benchmark_tiny(davis_root, tmp_path):
+    """Two robot clicks on one real frame through the studio's prompt route (timings not asserted)."""
+    pytest.importorskip("starlette", reason="the studio extra (starlette, uvicorn) is not installed")
+    out = tmp_path / "clicks.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks/studio_clicks.py"),
+            "--davis",
+            str(davis_root),
+            "--split",
+            "select",
+            "--sequences",
+            "1",
+            "--clicks",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out.read_text())
+    assert result["frame_size"] == [854, 480] and [r["click"] for r in result["rows"]] == [1, 2]
+    assert all(0 <= r["iou"] <= 1 and r["prompt_s"] > 0 for r in result["rows"])
+    assert "| later clicks, prompt | 1 |" in res.stdout

@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ pytest.importorskip("starlette", reason="the studio extra (starlette, uvicorn) i
 pytest.importorskip("uvicorn", reason="the studio extra (starlette, uvicorn) is not installed")
 
 import pcvos  # noqa: E402
+from pcvos.data.export_formats import YOLO_DECIMALS  # noqa: E402
 from pcvos.data.frames import VideoWriter  # noqa: E402
 from pcvos.data.palette import DAVIS_PALETTE  # noqa: E402
 from pcvos.studio.controller import Studio  # noqa: E402
@@ -236,30 +238,170 @@ def test_put_labels_makes_a_keyframe_on_disk(served):
     )  # the bad requests changed nothing
 
 
-def test_grabcut_finds_the_square(served):
-    client, _ = served
+def mask_of(headers: dict, data: bytes) -> np.ndarray:
+    return np.frombuffer(data, np.uint8).reshape(int(headers["x-height"]), int(headers["x-width"]))
+
+
+def test_box_prompt_finds_the_square(served):
+    client, studio = served
+    client.json("POST", "/api/objects", {})
     x = square_x(5)
     box = [x - 8, SQUARE_Y - 8, x + SQUARE + 8, SQUARE_Y + SQUARE + 8]
-    status, headers, data = client.request("POST", "/api/frames/5/grabcut", {"box": box})
+    status, headers, data = client.request("POST", "/api/frames/5/prompt", {"object": 1, "box": box})
     assert status == 200
-    mask = np.frombuffer(data, np.uint8).reshape(int(headers["x-height"]), int(headers["x-width"]))
+    mask = mask_of(headers, data)
     assert set(np.unique(mask)) <= {0, 1}
     assert iou(mask.astype(bool), square_mask(5)) > 0.8
-    assert client.json("POST", "/api/frames/5/grabcut", {"box": [1, 2, 3]})[0] == 400
-    assert client.json("POST", "/api/frames/5/grabcut", {"box": [10, 10, 11, 11]})[0] == 400
-    assert client.json("POST", "/api/frames/5/grabcut", {"box": "all"})[0] == 400
-    # non-finite numbers: JSON's non-standard Infinity/NaN, and a literal that overflows to inf
-    for box in (b"[Infinity, 0, 50, 50]", b"[NaN, 0, 50, 50]", b"[1e999, 0, 50, 50]", b"[-1e999, 0, 50, 50]"):
-        status, _, data = client.request(
-            "POST", "/api/frames/5/grabcut", b'{"box": ' + box + b"}", {"Content-Type": "application/json"}
-        )
-        assert status == 400 and b"Traceback" not in data and b"error" in data, (box, status)
-    status, _, data = client.request("POST", "/api/frames/5/grabcut", {"box": [10**400, 0, 50, 50]})
-    assert status == 200  # a huge but finite corner is clipped to the frame
-    assert (
-        client.json("POST", "/api/frames/5/grabcut", b"{not json", {"Content-Type": "application/json"})[0]
-        == 400
+    # corners in any order, and past the frame's edge (a drag that left it), are clipped to the frame
+    flipped = [box[2], box[3], box[0], box[1]]
+    assert np.array_equal(
+        mask_of(*client.request("POST", "/api/frames/5/prompt", {"object": 1, "box": flipped})[1:]), mask
     )
+    status, _, _ = client.request("POST", "/api/frames/5/prompt", {"object": 1, "box": [10**400, 0, -5, 50]})
+    assert status == 200  # a huge but finite corner is clipped to the frame
+    assert not studio.ws.keyframes  # a prompt stores nothing: the page merges and saves
+
+
+DATA = Path(__file__).resolve().parent / "data" / "prompts"
+RHINO_FRAMES = 4  # tests/data/prompts/rhino_0000{0..3}: real DAVIS frames (train split), 428x240
+
+
+def rhino_gt(t: int) -> np.ndarray:
+    return np.array(Image.open(DATA / f"rhino_{t:05d}.png")) > 0
+
+
+def inner_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of ``mask`` farthest from its boundary (the robot clicker's click)."""
+    import cv2
+
+    d = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+    return int(x), int(y)
+
+
+def rhino_frames(folder: Path) -> Path:
+    folder.mkdir()
+    for t in range(RHINO_FRAMES):
+        shutil.copyfile(DATA / f"rhino_{t:05d}.jpg", folder / f"{t:05d}.jpg")
+    return folder
+
+
+@pytest.fixture()
+def rhino(tmp_path, model):
+    ws = Workspace.open_or_create(tmp_path / "ws", rhino_frames(tmp_path / "rhino"))
+    studio = Studio(ws, pcvos.Session(model, ws.frames_dir, clip_length=2))
+    server = ServerThread(create_app(studio))
+    yield Client(server.url, server.token), studio
+    server.stop()
+    studio.close()
+
+
+def test_clicks_auto_and_box_on_a_real_frame(rhino):
+    client, studio = rhino
+    gt = rhino_gt(0)
+    h, w = gt.shape
+    client.json("POST", "/api/objects", {})
+
+    def prompt(body: dict) -> np.ndarray:
+        status, headers, data = client.request("POST", "/api/frames/0/prompt", {"object": 1, **body})
+        assert status == 200, data
+        mask = mask_of(headers, data)
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 1}
+        return mask.astype(bool)
+
+    # one click on the rhino: far better than the click's own disk, and the click is in it
+    x, y = inner_point(gt)
+    first = prompt({"points": [[x, y]], "labels": [1], "previous": True})  # nothing stored yet: fresh
+    assert first[y, x] and iou(first, gt) > 0.6
+    # stored (as the page does), then a background click where the mask spills over: it obeys, refining
+    # the stored mask rather than starting again
+    labels = np.zeros((h, w), np.uint8)
+    labels[first] = 1
+    labels[:10, :10] = 0
+    put_labels(client, 0, labels)
+    spill = np.argwhere(first & ~gt)
+    yb, xb = spill[len(spill) // 2] if len(spill) else np.argwhere(first)[0]
+    second = prompt({"points": [[x, y], [int(xb), int(yb)]], "labels": [1, 0], "previous": True})
+    assert not second[yb, xb] and second[y, x] and iou(second, gt) > 0.5
+    assert iou(second, first) > 0.5  # refined, not replaced
+    # labels default to "object"; previous to false
+    assert np.array_equal(prompt({"points": [[x, y]]}), first)
+    # zero-click: the salient object; a box: the object inside it
+    assert iou(prompt({}), gt) > 0.6
+    ys, xs = np.nonzero(gt)
+    boxed = prompt({"box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]})
+    assert iou(boxed, gt) > 0.7
+    assert studio.ws.keyframes == {0} and np.array_equal(studio.ws.read_labels(0), labels)  # stores nothing
+
+
+def test_prompt_bad_requests(rhino):
+    client, studio = rhino
+    client.json("POST", "/api/objects", {})
+    h, w = rhino_gt(0).shape
+    bad = [
+        ({}, "object"),
+        ({"object": "1"}, "object"),
+        ({"object": 1.0}, "object"),
+        ({"object": True}, "object"),
+        ({"object": 1, "points": "all"}, "points"),
+        ({"object": 1, "points": [5, 5]}, "points[0]"),
+        ({"object": 1, "points": [[5]]}, "points[0]"),
+        ({"object": 1, "points": [[5, "5"]]}, "points[0]"),
+        ({"object": 1, "points": [[5, True]]}, "points[0]"),
+        ({"object": 1, "points": [[5, 5], [w, 5]]}, "points[1]"),  # x = W is past the last column
+        ({"object": 1, "points": [[-1, 5]]}, "points[0]"),
+        ({"object": 1, "points": [[5, h + 0.5]]}, "points[0]"),
+        ({"object": 1, "points": [[5, 5]] * 101}, "points"),
+        ({"object": 1, "points": [[5, 5]], "labels": [2]}, "labels"),
+        ({"object": 1, "points": [[5, 5]], "labels": [True]}, "labels"),
+        ({"object": 1, "points": [[5, 5]], "labels": [1, 0]}, "labels"),
+        ({"object": 1, "points": [[5, 5]], "labels": 1}, "labels"),
+        ({"object": 1, "box": [1, 2, 3]}, "box"),
+        ({"object": 1, "box": "all"}, "box"),
+        ({"object": 1, "box": [10, 10, 11, 11]}, "box"),
+        ({"object": 1, "box": [w + 5, 0, w + 50, 50]}, "box"),  # clipped to nothing
+        ({"object": 1, "previous": "yes"}, "previous"),
+        ({"object": 1, "previous": 1}, "previous"),
+    ]
+    for body, field in bad:
+        status, answer = client.json("POST", "/api/frames/0/prompt", body)
+        assert status == 400 and field in answer["error"], (body, status, answer)
+    # non-finite numbers: JSON's non-standard Infinity/NaN, and literals that overflow to inf
+    raw = [
+        b'{"object": 1, "points": [[Infinity, 5]]}',
+        b'{"object": 1, "points": [[NaN, 5]]}',
+        b'{"object": 1, "points": [[1e999, 5]]}',
+        b'{"object": 1, "points": [[5, -1e999]]}',
+        b'{"object": 1, "box": [1e999, 0, 50, 50]}',
+        b'{"object": 1, "points": [[' + b"9" * 400 + b", 5]]}",  # a huge integer: outside the frame
+        b"{not json",
+    ]
+    for body in raw:
+        status, _, data = client.request(
+            "POST", "/api/frames/0/prompt", body, {"Content-Type": "application/json"}
+        )
+        assert status == 400 and b"Traceback" not in data and b"error" in data, (body, status, data)
+    assert client.json("POST", "/api/frames/0/prompt", {"object": 7})[0] == 404  # no such object
+    assert client.json("POST", f"/api/frames/{RHINO_FRAMES}/prompt", {"object": 1})[0] == 404
+    assert not studio.ws.keyframes
+
+
+def test_suggest_marks_frames_after_a_propagation(served):
+    client, studio = served
+    assert client.json("GET", "/api/suggest")[1] == {"k": 3, "frames": []}  # nothing propagated yet
+    client.json("POST", "/api/objects", {})
+    put_labels(client, 0, square_mask(0))
+    assert client.json("POST", "/api/propagate", {"frame": 0, "until": "end"})[0] == 202
+    assert studio.wait(JOB_TIMEOUT_S)["state"] == "done"
+    status, answer = client.json("GET", "/api/suggest")
+    assert status == 200 and answer["k"] == 3 and len(answer["frames"]) == 3
+    assert answer["frames"] == studio.session.suggest(3)  # the session's own answer
+    assert all(1 <= t < FRAMES for t in answer["frames"])  # segmented, never the keyframe
+    status, answer = client.json("GET", "/api/suggest?k=5")
+    assert status == 200 and len(answer["frames"]) == 5
+    for k in ("0", "-1", "1.5", "x", "101", "99999999999"):
+        status, answer = client.json("GET", f"/api/suggest?k={k}")
+        assert status == 400 and "k" in answer["error"], (k, status, answer)
 
 
 def test_import_mask(served):
@@ -421,14 +563,14 @@ def test_a_refused_export_keeps_the_running_ones_cancel(served, monkeypatch):
     reached, release = threading.Event(), threading.Event()
     real = controller.export_workspace
 
-    def gated(ws, progress=None, cancel=None):
+    def gated(ws, progress=None, cancel=None, **kwargs):
         def hold(done, total):
             progress(done, total)
             if done == 1:  # the first frame is written: hold the export here until the test says
                 reached.set()
                 release.wait(JOB_TIMEOUT_S)
 
-        return real(ws, progress=hold, cancel=cancel)
+        return real(ws, progress=hold, cancel=cancel, **kwargs)
 
     monkeypatch.setattr(controller, "export_workspace", gated)
     assert client.json("POST", "/api/export")[0] == 202
@@ -483,6 +625,66 @@ def test_export_zip(served):
         assert stream.codec_context.name == "h264" and float(stream.average_rate) == FPS
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     assert len(frames) == FRAMES and frames[0].shape == (HEIGHT, WIDTH, 3)
+    assert not list(studio.ws.root.glob(".export*"))
+
+
+def test_export_coco_and_yolo(served):
+    pytest.importorskip("pycocotools", reason="pycocotools is not installed (COCO export)")
+    from pycocotools import mask as mask_utils
+
+    client, studio = served
+    client.json("POST", "/api/objects", {"name": "red\nsquare"})  # a name on two lines: one in the files
+    client.json("POST", "/api/objects", {"name": "corner"})
+    labels = square_mask(0).astype(np.uint8)
+    labels[:8, :8] = 2
+    labels[20:24, 2:6] = 2  # object 2 in two parts: two YOLO polygons
+    put_labels(client, 0, labels)
+    put_labels(client, 9, square_mask(9).astype(np.uint8))
+    for formats, field in ((["pdf"], "pdf"), ("coco", "formats"), ([1], "formats"), ([""], "formats")):
+        status, answer = client.json("POST", "/api/export", {"formats": formats})
+        assert status == 400 and field in answer["error"], (formats, answer)
+    assert studio.job()["id"] == 0  # refused before any job started
+    assert client.json("POST", "/api/export", {"formats": ["coco", "yolo", "COCO"]})[0] == 202
+    job = studio.wait(JOB_TIMEOUT_S)
+    assert job["state"] == "done" and job["formats"] == ["coco", "yolo"]
+    out = studio.ws.export_dir
+
+    document = json.loads((out / "coco.json").read_text())
+    assert [c["name"] for c in document["categories"]] == ["red square", "corner"]
+    assert [im["file_name"] for im in document["images"]] == [f"{t:05d}.jpg" for t in range(FRAMES)]
+    by_frame: dict[int, dict[int, np.ndarray]] = {}
+    for ann in document["annotations"]:
+        decoded = mask_utils.decode(ann["segmentation"]).astype(bool)
+        by_frame.setdefault(ann["image_id"] - 1, {})[ann["category_id"]] = decoded
+    assert set(by_frame) == {0, 9}  # frames never segmented have no annotation
+    assert np.array_equal(by_frame[0][1], labels == 1) and np.array_equal(by_frame[0][2], labels == 2)
+    assert np.array_equal(by_frame[9][1], square_mask(9)) and 2 not in by_frame[9]
+
+    assert (out / "yolo" / "classes.txt").read_text() == "red square\ncorner\n"
+    assert sorted(p.name for p in (out / "yolo").glob("*.txt")) == sorted(
+        [f"{t:05d}.txt" for t in range(FRAMES)] + ["classes.txt"]
+    )
+    lines = (out / "yolo" / "00000.txt").read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == ["0", "1", "1"]  # class = the object's slot
+    for line in lines:
+        coords = np.array(line.split()[1:], float).reshape(-1, 2)
+        assert len(coords) >= 3 and ((coords > 0) & (coords < 1)).all()
+    square = np.array(next(line for line in lines if line.startswith("0 ")).split()[1:], float).reshape(-1, 2)
+    xs, ys = square[:, 0] * WIDTH, square[:, 1] * HEIGHT  # the square's corners, as pixel centres
+    # coordinates are rounded to YOLO_DECIMALS places of a side: at most half a unit there, in pixels
+    tol = 0.5 * 10.0**-YOLO_DECIMALS * max(WIDTH, HEIGHT) + 1e-9
+    x0 = square_x(0)
+    assert abs(xs.min() - (x0 + 0.5)) <= tol and abs(xs.max() - (x0 + SQUARE - 0.5)) <= tol
+    assert abs(ys.min() - (SQUARE_Y + 0.5)) <= tol and abs(ys.max() - (SQUARE_Y + SQUARE - 0.5)) <= tol
+    assert (out / "yolo" / "00030.txt").read_text() == ""  # no object: a background image
+    with zipfile.ZipFile(out / "pcvos_export.zip") as zf:
+        names = set(zf.namelist())
+    assert {"coco.json", "yolo/classes.txt", "yolo/00000.txt", "masks/00000.png"} <= names
+
+    # the next export without formats replaces this one whole: no COCO or YOLO file is left over
+    assert client.json("POST", "/api/export", {})[0] == 202
+    assert studio.wait(JOB_TIMEOUT_S)["state"] == "done"
+    assert not (out / "coco.json").exists() and not (out / "yolo").exists()
     assert not list(studio.ws.root.glob(".export*"))
 
 
@@ -582,7 +784,7 @@ STATE_CHANGING = [
     ("PATCH", "/api/objects/1", b'{"name": "evil"}'),
     ("DELETE", "/api/objects/1", None),
     ("PUT", "/api/frames/0/labels", bytes(HEIGHT * WIDTH)),
-    ("POST", "/api/frames/0/grabcut", b'{"box": [10, 10, 60, 60]}'),
+    ("POST", "/api/frames/0/prompt", b'{"object": 1, "points": [[20, 20]]}'),
     ("POST", "/api/frames/0/import?object=1", b"x"),
     ("POST", "/api/propagate", b'{"frame": 0}'),
     ("POST", "/api/export", b"{}"),

@@ -5,6 +5,7 @@ and the assertions read the PNGs the server wrote."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import time
@@ -27,12 +28,16 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from test_studio_api import (  # noqa: E402
     FRAMES,
     HEIGHT,
+    RHINO_FRAMES,
     SQUARE,
     SQUARE_Y,
     WIDTH,
     Client,
+    inner_point,
     iou,
     make_video,
+    rhino_frames,
+    rhino_gt,
     square_mask,
     square_x,
 )
@@ -79,22 +84,32 @@ def browser():
 
 
 class Recorder:
-    """ASGI wrapper that records (method, path, status) of every HTTP request the server answers."""
+    """ASGI wrapper that records (method, path, status) of every HTTP request the server answers, and
+    the JSON bodies of the model prompts (``prompts``: (frame path, body) in order)."""
 
     def __init__(self, app) -> None:
-        self.app, self.state, self.seen = app, app.state, []
+        self.app, self.state, self.seen, self.prompts = app, app.state, [], []
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        chunks: list[bytes] = []
+
+        async def read():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+            return message
 
         async def record(message) -> None:
             if message["type"] == "http.response.start":
                 self.seen.append((scope["method"], scope["path"], message["status"]))
+                if scope["path"].endswith("/prompt"):
+                    self.prompts.append((scope["path"], json.loads(b"".join(chunks))))
             await send(message)
 
-        await self.app(scope, receive, record)
+        await self.app(scope, receive if scope["method"] == "GET" else read, record)
 
 
 @pytest.fixture()
@@ -118,15 +133,40 @@ def served_studio(tmp_path, browser):
     assert not errors, errors
 
 
+def open_page(browser, studio: Studio):
+    """(page, server, recorder, errors): the studio's page open in Chromium, its server recording."""
+    recorder = Recorder(create_app(studio))
+    server = ServerThread(recorder)
+    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url)
+    page.wait_for_function("window.studio && window.studio.S.ready", timeout=15000)
+    return page, server, recorder, errors
+
+
+@pytest.fixture()
+def rhino_page(tmp_path, browser):
+    """(page, studio, recorder) on a workspace of four real DAVIS frames (rhino, 428x240)."""
+    ws = Workspace.open_or_create(tmp_path / "ws", rhino_frames(tmp_path / "rhino"))
+    studio = Studio(ws, pcvos.Session(pcvos.load_model(), ws.frames_dir, clip_length=2))
+    page, server, recorder, errors = open_page(browser, studio)
+    yield page, studio, recorder
+    page.close()
+    server.stop()
+    studio.close()
+    assert not errors, errors
+
+
 @pytest.fixture()
 def studio_page(served_studio):
     return served_studio[:3]
 
 
-def to_page(page, x: float, y: float) -> tuple[float, float]:
-    """Image pixel (x, y) -> page coordinates on the drawing canvas."""
+def to_page(page, x: float, y: float, size: tuple[int, int] = (WIDTH, HEIGHT)) -> tuple[float, float]:
+    """Image point (x, y) of a ``size`` = (W, H) frame -> page coordinates on the drawing canvas."""
     box = page.locator("#draft").bounding_box()
-    return box["x"] + x * box["width"] / WIDTH, box["y"] + y * box["height"] / HEIGHT
+    return box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1]
 
 
 def wait_until(predicate, what: str, timeout: float = JOB_TIMEOUT_S) -> None:
@@ -340,7 +380,7 @@ def test_tools_objects_and_view(studio_page):
     wait_until(lambda: ws.objects[1]["name"] == "kite", "the rename")
     page.keyboard.press("Escape")
 
-    # the timeline jumps to a frame; a box -> GrabCut paints object 1 there
+    # the timeline jumps to a frame; a box around the square -> the model paints object 1 there
     t = 10
     box = page.locator("#timeline").bounding_box()
     page.mouse.click(box["x"] + (t + 0.5) * box["width"] / FRAMES, box["y"] + box["height"] / 2)
@@ -352,7 +392,7 @@ def test_tools_objects_and_view(studio_page):
     page.mouse.down()
     page.mouse.move(*to_page(page, x + SQUARE + 8, SQUARE_Y + SQUARE + 8), steps=5)
     page.mouse.up()
-    wait_until(lambda: t in ws.keyframes, "the GrabCut result to be saved")
+    wait_until(lambda: t in ws.keyframes, "the box's mask to be saved")
     labels = saved(page, studio, t)
     assert iou(labels == 1, square_mask(t)) > 0.8
 
@@ -555,3 +595,155 @@ def test_the_page_follows_changes_made_elsewhere(served_studio):
     page.wait_for_function("window.studio.S.objects.length === 0")
     page.wait_for_function("window.studio.S.labels === null || window.studio.S.labels.every((v) => v === 0)")
     assert page.is_disabled("[data-tool=brush]")
+
+
+def settled(page) -> None:
+    """Wait until the page has no model prompt and no save in flight."""
+    page.wait_for_function("window.studio.S.pendingPrompts === 0 && window.studio.S.pendingSaves === 0")
+
+
+def timeline_rgb(page, t: int, frames: int, y_fraction: float) -> list[int]:
+    """The timeline canvas's colour over frame t, at a height fraction."""
+    return page.evaluate(
+        """([t, n, f]) => { const c = document.querySelector('#timeline');
+        const x = Math.floor((t + 0.5) * c.width / n), y = Math.floor(f * c.height);
+        return Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3)); }""",
+        [t, frames, y_fraction],
+    )
+
+
+SUGGESTED_RGB = [0xFF, 0x5A, 0x5F]  # the timeline's "to review" mark (studio.js)
+
+
+def test_click_auto_review_and_export_on_real_frames(rhino_page):
+    """On real DAVIS frames: clicks make and fix a mask (left adds, right and Alt+click remove), clicks
+    start again on another frame or after painting, Auto finds the object, a propagation marks frames
+    to review and N visits them, a correction and a new propagation refresh the marks, and the export
+    writes COCO and YOLO files that read back as the saved masks."""
+    page, studio, recorder = rhino_page
+    ws = studio.ws
+    gt = rhino_gt(0)
+    size = (ws.width, ws.height)
+    for control in ("[data-tool=click]", "[data-tool=box]", "#auto", "#next-review"):
+        assert page.is_disabled(control), control  # tools wait for an object, review for a propagation
+    page.click("#add-object")
+    page.wait_for_function("window.studio.S.objects.length === 1")
+    assert not page.is_disabled("[data-tool=click]") and not page.is_disabled("#auto")
+
+    def click(x: int, y: int, **options) -> dict:
+        """Click image pixel (x, y) with the click tool; the prompt the page sent, once it is applied."""
+        count = len(recorder.prompts)
+        page.mouse.click(*to_page(page, x + 0.5, y + 0.5, size), **options)
+        wait_until(lambda: len(recorder.prompts) > count, "the click's prompt")
+        settled(page)
+        body = recorder.prompts[-1][1]
+        assert body["object"] == 1 and body["previous"] is True and len(body["points"]) == len(body["labels"])
+        px, py = body["points"][-1]
+        assert abs(px - (x + 0.5)) < 1 and abs(py - (y + 0.5)) < 1  # where the mouse was
+        return body
+
+    def clicked(body: dict) -> tuple[int, int]:
+        """The pixel (row, col) of the prompt's last click: mask_from_prompts gives it its own label."""
+        px, py = body["points"][-1]
+        return int(py), int(px)
+
+    # one left click on the rhino: a mask of it, saved as a keyframe
+    page.keyboard.press("c")
+    x, y = inner_point(gt)
+    body = click(x, y)
+    assert body["labels"] == [1] and 0 in ws.keyframes
+    first = disk_labels(studio, 0) == 1
+    assert first[clicked(body)] and iou(first, gt) > 0.6
+
+    # a right click where the mask spills over removes that part; the request holds both clicks
+    spill = np.argwhere(first & ~gt)
+    yb, xb = (int(v) for v in (spill[len(spill) // 2] if len(spill) else np.argwhere(first)[-1]))
+    body = click(xb, yb, button="right")
+    assert body["labels"] == [1, 0]
+    second = disk_labels(studio, 0) == 1
+    assert not second[clicked(body)] and second[y, x] and iou(second, gt) > 0.5
+    # Alt+click removes as well
+    rest = np.argwhere(second & ~gt)
+    ya, xa = (int(v) for v in (rest[len(rest) // 2] if len(rest) else np.argwhere(second)[0]))
+    page.keyboard.down("Alt")
+    body = click(xa, ya)
+    page.keyboard.up("Alt")
+    assert body["labels"] == [1, 0, 0] and not (disk_labels(studio, 0) == 1)[clicked(body)]
+
+    # clicks start again after painting, and on another frame
+    page.keyboard.press("b")
+    brush_stroke(page, [(5, 5), (6, 5)])
+    settled(page)
+    page.keyboard.press("c")
+    assert click(x, y)["labels"] == [1]
+    assert click(xb, yb, button="right")["labels"] == [1, 0]
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("window.studio.S.shown === 1")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("window.studio.S.shown === 0")
+    assert click(x, y)["labels"] == [1]
+    assert iou(disk_labels(studio, 0) == 1, gt) > 0.6
+
+    # propagate: the frames most likely wrong are marked, and N goes to them in turn
+    before = studio.job()["id"]
+    page.click("#propagate")
+    wait_job(studio, "done", before)
+    page.wait_for_function("window.studio.S.suggested.length > 0")
+    suggested = page.evaluate("window.studio.S.suggested")
+    assert suggested == studio.session.suggest(3) and set(suggested) <= set(range(1, RHINO_FRAMES))
+    assert ("GET", "/api/suggest", 200) in recorder.seen
+    for t in suggested:
+        assert timeline_rgb(page, t, RHINO_FRAMES, 0.1) == SUGGESTED_RGB
+    assert timeline_rgb(page, 0, RHINO_FRAMES, 0.1) != SUGGESTED_RGB  # the keyframe is not marked
+    assert not page.is_disabled("#next-review")
+    order = sorted(suggested)
+    for t in order + order[:1]:  # in frame order, then back to the first
+        page.keyboard.press("n")
+        page.wait_for_function(f"window.studio.S.shown === {t}")
+
+    # the Auto button on a marked frame: the rhino, replacing the propagated mask; no longer marked
+    t = order[0]
+    assert frame_number(page) == t and page.text_content("#frame-kind") == "propagated"
+    page.click("#auto")
+    wait_until(lambda: t in ws.keyframes, "the Auto mask to be saved")
+    settled(page)
+    auto = disk_labels(studio, t) == 1
+    assert iou(auto, rhino_gt(t)) > 0.6
+    assert recorder.prompts[-1] == (f"/api/frames/{t}/prompt", {"object": 1, "previous": False})
+    assert t not in page.evaluate("window.studio.S.suggested")
+
+    # a new propagation refreshes the marks: keyframes are never among them
+    asked = sum(1 for m, p, _ in recorder.seen if p == "/api/suggest")
+    before = studio.job()["id"]
+    page.click("#propagate")
+    wait_job(studio, "done", before)
+    wait_until(
+        lambda: sum(1 for m, p, _ in recorder.seen if p == "/api/suggest") > asked, "the marks to refresh"
+    )
+    marks = json.dumps(studio.session.suggest(3), separators=(",", ":"))  # as JSON.stringify writes it
+    page.wait_for_function(f"JSON.stringify(window.studio.S.suggested) === '{marks}'")
+    assert not set(page.evaluate("window.studio.S.suggested")) & ws.keyframes
+
+    # export with COCO and YOLO: they read back as the saved masks
+    from pycocotools import mask as mask_utils
+
+    page.check("#export-coco")
+    page.check("#export-yolo")
+    before = studio.job()["id"]
+    page.click("#export")
+    wait_job(studio, "done", before)
+    out = ws.export_dir
+    document = json.loads((out / "coco.json").read_text())
+    assert [im["file_name"] for im in document["images"]] == [f"{i:05d}.jpg" for i in range(RHINO_FRAMES)]
+    assert [c["name"] for c in document["categories"]] == ["object 1"]
+    decoded = {
+        a["image_id"] - 1: mask_utils.decode(a["segmentation"]).astype(bool) for a in document["annotations"]
+    }
+    assert sorted(decoded) == list(range(RHINO_FRAMES))
+    for i in range(RHINO_FRAMES):
+        labels = disk_labels(studio, i)
+        assert np.array_equal(decoded[i], labels == 1), i
+        lines = (out / "yolo" / f"{i:05d}.txt").read_text().splitlines()
+        assert lines and all(line.split()[0] == "0" for line in lines)
+        assert all(0 <= v <= 1 for line in lines for v in map(float, line.split()[1:]))
+    assert (out / "yolo" / "classes.txt").read_text() == "object 1\n"

@@ -149,6 +149,8 @@ def from_schema(schema: dict) -> st.SearchStrategy:
         return st.one_of([from_schema({**schema, "type": t}) for t in types])
     if types == "null":
         return st.none()
+    if types == "boolean":
+        return st.booleans()
     if types == "integer":  # 0 and 1 often: the seeded keyframe and the first object
         lo = schema.get("minimum", -5)
         return st.one_of(st.sampled_from([max(lo, 0), 1]), st.integers(min_value=lo, max_value=FRAMES + 2))
@@ -259,6 +261,10 @@ RAW_JSON = [b"{", b"[1, 2]", b'"x"', b"null", b'{"box": [Infinity, 0, 9, 9]}', b
 RAW_JSON += [
     b'{"box": [1e999, 0, 9, 9]}',
     b'{"frame": 1e999}',
+    b'{"object": 1, "points": [[1e999, 5]]}',
+    b'{"object": 1, "points": [[5, 5]], "labels": [1e999]}',
+    b'{"object": 1, "points": [[' + b"9" * 400 + b", 5]]}",
+    b'{"formats": ["coco", 1e999]}',
     b"[" * 5000,
     b"\xff\xfe",
     b'{"frame": ' + b"9" * 5000 + b"}",
@@ -307,8 +313,9 @@ def requests(draw) -> dict:
         if p["in"] == "path":
             raw_path = raw_path.replace("{" + p["name"] + "}", draw(path_value(p["name"])))
     query = ""
-    if any(p["in"] == "query" for p in op.get("parameters", [])) and draw(st.booleans()):
-        query = "object=" + draw(path_value("oid"))
+    for p in op.get("parameters", []):
+        if p["in"] == "query" and draw(st.booleans()):
+            query = f"{p['name']}=" + draw(path_value("oid"))
     headers = {"host": HOST}
     writes = "security" in op
     declared = list(op.get("requestBody", {}).get("content", {}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import math
 import threading
@@ -16,10 +17,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from pcvos import mask_from_prompts
+from pcvos.data.export_formats import EXPORT_FORMATS, parse_export_formats
 from pcvos.data.masks import object_ids, parse_mask
 from pcvos.data.palette import VOID_LABEL
 from pcvos.studio.exporter import ExportCancelled, export_workspace
@@ -33,10 +35,87 @@ DIRECTIONS = ("both", "forward", "backward")
 UNTIL = ("keyframe", "end")
 #: workspace.json is rewritten at most this often during a propagation (every mask PNG is written at once).
 SAVE_EVERY_S = 2.0
-#: GrabCut iterations: OpenCV's examples use 5; more rarely changes the result on a box.
-GRABCUT_ITERATIONS = 5
-#: Smallest GrabCut box side in pixels (OpenCV needs some pixels outside and inside).
+#: Smallest box side in pixels, inside the frame (a box is drawn around an object, not a dot).
 MIN_BOX_SIDE = 4
+#: Most clicks one prompt holds (a mask takes a few; the cap keeps a request's work bounded).
+MAX_PROMPT_POINTS = 100
+#: Frames the page marks for review after a propagation, and the most one request may ask for.
+SUGGEST_K = 3
+MAX_SUGGEST = 100
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as the user sent it, shortened for a message."""
+    return json.dumps(value)[:40]
+
+
+def _is_number(v: Any) -> bool:
+    """A finite JSON number (an int of any size is finite; bools are not numbers here)."""
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _check_points(points: Any, width: int, height: int) -> list[tuple[float, float]]:
+    """[[x, y], ...] in pixels, every point inside the frame: else a message naming ``points``."""
+    if points is None:
+        return []
+    if not isinstance(points, list):
+        raise WorkspaceError(f"points must be a list of [x, y] pairs, got {_shown(points)}")
+    if len(points) > MAX_PROMPT_POINTS:
+        raise WorkspaceError(f"points holds {len(points)} clicks; at most {MAX_PROMPT_POINTS}")
+    out = []
+    for n, p in enumerate(points):
+        if not isinstance(p, list) or len(p) != 2 or not all(_is_number(v) for v in p):
+            raise WorkspaceError(f"points[{n}] must be [x, y], two finite numbers, got {_shown(p)}")
+        x, y = p
+        if not (0 <= x < width and 0 <= y < height):
+            raise WorkspaceError(f"points[{n}] = {_shown(p)} is outside the {width}x{height} frame")
+        out.append((float(x), float(y)))
+    return out
+
+
+def _check_point_labels(labels: Any, count: int) -> list[int]:
+    """One 1 (object) or 0 (background) per point; default: every point on the object."""
+    if labels is None:
+        return [1] * count
+    if (
+        not isinstance(labels, list)
+        or len(labels) != count
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in labels)
+    ):
+        raise WorkspaceError(
+            f"labels must be a list of {count} values, each 1 (object) or 0 (background), "
+            f"got {_shown(labels)}"
+        )
+    return labels
+
+
+def _check_formats(formats: Any) -> tuple[str, ...]:
+    """A list of export format names (null or [] for none): else a message naming ``formats``."""
+    if formats is None:
+        return ()
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise WorkspaceError(
+            f"formats must be a list of names ({', '.join(EXPORT_FORMATS)}), got {_shown(formats)}"
+        )
+    try:
+        return tuple(dict.fromkeys(name for f in formats for name in parse_export_formats(f)))
+    except ValueError as exc:
+        raise WorkspaceError(f"formats: {exc}") from None
+
+
+def _check_box(box: Any, width: int, height: int) -> tuple[int, int, int, int]:
+    """[x0, y0, x1, y1] in pixels, corners in any order, clipped to the frame (a drag may leave it)."""
+    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+        raise WorkspaceError(
+            f"box must be [x0, y0, x1, y1]: four finite numbers, in pixels, got {_shown(box)}"
+        )
+    x0, x1 = sorted((max(0, min(width, round(box[0]))), max(0, min(width, round(box[2])))))
+    y0, y1 = sorted((max(0, min(height, round(box[1]))), max(0, min(height, round(box[3])))))
+    if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
+        raise WorkspaceError(f"box must be at least {MIN_BOX_SIDE}x{MIN_BOX_SIDE} pixels inside the frame")
+    return x0, y0, x1, y1
 
 
 class BusyError(RuntimeError):
@@ -154,38 +233,50 @@ class Studio:
             for t in self.ws.remove_object(object_id):
                 self.session.set_mask(t, self.ws.read_labels(t))
 
-    def grabcut(self, t: int, box: Any) -> np.ndarray:
-        """GrabCut inside ``box`` = [x0, y0, x1, y1] (pixels) of frame ``t``: (H, W) uint8 0/1."""
+    def prompt(
+        self,
+        t: int,
+        object_id: Any,
+        points: Any = None,
+        labels: Any = None,
+        box: Any = None,
+        previous: Any = False,
+    ) -> np.ndarray:
+        """Object ``object_id``'s mask on frame ``t`` from clicks and/or a box, by
+        :func:`pcvos.mask_from_prompts`: (H, W) uint8 0/1; nothing is stored (the page merges it).
+
+        ``points`` are [[x, y], ...] in pixels inside the frame with ``labels`` 1 = object, 0 =
+        background (default all 1); ``box`` is [x0, y0, x1, y1] (clipped to the frame); with
+        ``previous`` true the object's stored mask on frame ``t`` is refined rather than started
+        again. No points and no box: the frame's most salient object (the "auto" button).
+        """
         self.ws.check_index(t)
-        if (
-            not isinstance(box, (list, tuple))
-            or len(box) != 4
-            or not all(
-                isinstance(v, (int, float))
-                and not isinstance(v, bool)
-                and (isinstance(v, int) or math.isfinite(v))
-                for v in box
-            )
-        ):
-            raise WorkspaceError("box must be [x0, y0, x1, y1]: four finite numbers, in pixels")
-        x0, x1 = sorted((int(round(box[0])), int(round(box[2]))))
-        y0, y1 = sorted((int(round(box[1])), int(round(box[3]))))
-        x0, y0 = max(x0, 0), max(y0, 0)
-        x1, y1 = min(x1, self.ws.width), min(y1, self.ws.height)
-        if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
-            raise WorkspaceError(
-                f"box must be at least {MIN_BOX_SIDE}x{MIN_BOX_SIDE} pixels inside the frame"
-            )
-        image = cv2.cvtColor(self.ws.read_frame(t), cv2.COLOR_RGB2BGR)
-        mask = np.zeros(image.shape[:2], np.uint8)
-        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        try:
-            cv2.grabCut(
-                image, mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT
-            )
-        except cv2.error as exc:
-            raise WorkspaceError(f"GrabCut failed on this box ({exc.err})") from exc
-        return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+        object_id = self.ws.check_object(object_id)
+        pts = _check_points(points, self.ws.width, self.ws.height)
+        labs = _check_point_labels(labels, len(pts))
+        b = None if box is None else _check_box(box, self.ws.width, self.ws.height)
+        if not isinstance(previous, bool):
+            raise WorkspaceError(f"previous must be true or false, got {_shown(previous)}")
+        prev = None
+        if previous:
+            stored = self.ws.read_labels(t)
+            if stored is not None and (stored == object_id).any():
+                prev = stored == object_id
+        mask = mask_from_prompts(
+            self.ws.read_frame(t),
+            box=b,
+            points=pts if pts else None,
+            point_labels=labs if pts else None,
+            previous=prev,
+        )
+        return mask.astype(np.uint8)
+
+    def suggest(self, k: Any = SUGGEST_K) -> list[int]:
+        """The ``k`` frames the session finds most likely wrong (:meth:`pcvos.Session.suggest`),
+        most suspicious first; none before a propagation in this studio."""
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_SUGGEST:
+            raise WorkspaceError(f"k must be a whole number in 1..{MAX_SUGGEST}, got {_shown(k)}")
+        return [int(t) for t in self.session.suggest(k)]
 
     def import_mask(self, data: bytes, object_id: int | None) -> np.ndarray:
         """Read an uploaded mask image into labels of the frame size.
@@ -331,17 +422,21 @@ class Studio:
         merged[claimed] = labels[claimed]
         return merged
 
-    def export(self) -> dict[str, Any]:
-        """Start writing the export (see :mod:`pcvos.studio.exporter`) in the background."""
+    def export(self, formats: Any = None) -> dict[str, Any]:
+        """Start writing the export (see :mod:`pcvos.studio.exporter`) in the background; ``formats``
+        (a list of ``"coco"``, ``"yolo"``) are written beside the PNGs."""
+        chosen = _check_formats(formats)
 
         def work(cancel: threading.Event) -> str:
             try:
-                export_workspace(self.ws, progress=lambda d, n: self._progress(d, n), cancel=cancel)
+                export_workspace(
+                    self.ws, progress=lambda d, n: self._progress(d, n), cancel=cancel, formats=chosen
+                )
             except ExportCancelled:
                 return "cancelled"
             return "done"
 
-        return self._start("export", work, total=self.ws.num_frames)
+        return self._start("export", work, total=self.ws.num_frames, formats=list(chosen))
 
     def cancel(self) -> dict[str, Any]:
         """Ask the running job to stop (a propagation stops within a clip)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pcvos.data.export_formats import EXPORT_FORMATS
+from pcvos.studio.controller import MAX_PROMPT_POINTS, MAX_SUGGEST, SUGGEST_K
 from pcvos.studio.workspace import MAX_OBJECT_ID, MAX_OBJECTS
 
 __all__ = ["openapi", "INDEX_PATTERN"]
@@ -115,9 +117,10 @@ def openapi() -> dict[str, Any]:
                     },
                 ),
             },
-            "/api/frames/{t}/grabcut": {
+            "/api/frames/{t}/prompt": {
                 "post": _op(
-                    "GrabCut inside a box of frame t: 0/1 labels",
+                    "object `object`'s mask on frame t from clicks and/or a box (pcvos.mask_from_prompts; "
+                    "no points and no box: the most salient object): 0/1 labels, nothing stored",
                     {"200": _LABELS},
                     writes=True,
                     parameters=[_FRAME],
@@ -127,14 +130,36 @@ def openapi() -> dict[str, Any]:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "required": ["box"],
+                                    "required": ["object"],
                                     "properties": {
+                                        "object": {"type": "integer", "minimum": 1},
+                                        "points": {
+                                            "type": ["array", "null"],
+                                            "description": "[x, y] clicks in pixels, inside the frame",
+                                            "items": {
+                                                "type": "array",
+                                                "items": {"type": "number"},
+                                                "minItems": 2,
+                                                "maxItems": 2,
+                                            },
+                                            "maxItems": MAX_PROMPT_POINTS,
+                                        },
+                                        "labels": {
+                                            "type": ["array", "null"],
+                                            "description": "per point: 1 object, 0 background (default 1)",
+                                            "items": {"enum": [0, 1]},
+                                        },
                                         "box": {
-                                            "type": "array",
+                                            "type": ["array", "null"],
+                                            "description": "[x0, y0, x1, y1] in pixels, clipped to the frame",
                                             "items": {"type": "number"},
                                             "minItems": 4,
                                             "maxItems": 4,
-                                        }
+                                        },
+                                        "previous": {
+                                            "type": "boolean",
+                                            "description": "refine the object's stored mask on frame t",
+                                        },
                                     },
                                 }
                             }
@@ -215,9 +240,43 @@ def openapi() -> dict[str, Any]:
                     },
                 )
             },
+            "/api/suggest": {
+                "get": _op(
+                    "the k frames most likely wrong after propagation (pcvos.Session.suggest), most "
+                    "suspicious first: {k, frames}",
+                    _json_ok("200", "k and frames"),
+                    parameters=[
+                        {
+                            "name": "k",
+                            "in": "query",
+                            "required": False,
+                            "description": f"1..{MAX_SUGGEST}, default {SUGGEST_K}",
+                            "schema": {"type": "string", "pattern": INDEX_PATTERN},
+                        }
+                    ],
+                )
+            },
             "/api/export": {
                 "post": _op(
-                    "start the export", _json_ok("202", "the job"), writes=True, requestBody=_EMPTY_BODY
+                    "start the export (PNGs, cut-outs, overlay MP4; `formats` adds COCO JSON / YOLO-seg)",
+                    _json_ok("202", "the job"),
+                    writes=True,
+                    requestBody={
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "formats": {
+                                            "type": ["array", "null"],
+                                            "items": {"enum": list(EXPORT_FORMATS)},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
                 )
             },
             "/api/cancel": {

@@ -43,7 +43,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pcvos.studio.controller import BusyError, Studio
+from pcvos.studio.controller import SUGGEST_K, BusyError, Studio
 from pcvos.studio.exporter import ZIP_NAME
 from pcvos.studio.openapi import openapi
 from pcvos.studio.workspace import WorkspaceError
@@ -299,11 +299,25 @@ def create_app(
         _changed(request, [t])
         return JSONResponse({"frame": t, "keyframes": sorted(ws.keyframes)})
 
-    async def grabcut(request: Request) -> Response:
+    async def prompt(request: Request) -> Response:
         t = ws.check_index(_frame(request))
         body = await _json(request)
-        mask = await run_in_threadpool(studio.grabcut, t, body.get("box"))
+        mask = await run_in_threadpool(
+            studio.prompt,
+            t,
+            _whole(body, "object"),
+            body.get("points"),
+            body.get("labels"),
+            body.get("box"),
+            body.get("previous", False),
+        )
         return _labels_response(mask)
+
+    async def suggest(request: Request) -> Response:
+        raw = request.query_params.get("k")
+        k = SUGGEST_K if raw is None else _index(raw, "k")
+        frames = await run_in_threadpool(studio.suggest, k)
+        return JSONResponse({"k": k, "frames": frames}, headers={"Cache-Control": "no-store"})
 
     async def import_mask(request: Request) -> Response:
         ws.check_index(_frame(request))
@@ -357,8 +371,8 @@ def create_app(
         return JSONResponse(job, status_code=202)
 
     async def export(request: Request) -> Response:
-        await _json(request)  # no fields; a body, if any, must still be JSON
-        return JSONResponse(studio.export(), status_code=202)
+        body = await _json(request)  # a body, if any, must be JSON
+        return JSONResponse(studio.export(body.get("formats")), status_code=202)
 
     async def cancel(request: Request) -> Response:
         await _json(request)
@@ -441,7 +455,8 @@ def create_app(
         Route("/api/frames/{t}/image", frame_image),
         Route("/api/frames/{t}/labels", get_labels, methods=["GET"]),
         Route("/api/frames/{t}/labels", put_labels, methods=["PUT"]),
-        Route("/api/frames/{t}/grabcut", grabcut, methods=["POST"]),
+        Route("/api/frames/{t}/prompt", prompt, methods=["POST"]),
+        Route("/api/suggest", suggest),
         Route("/api/frames/{t}/import", import_mask, methods=["POST"]),
         Route("/api/objects", add_object, methods=["POST"]),
         Route("/api/objects/{oid}", patch_object, methods=["PATCH"]),

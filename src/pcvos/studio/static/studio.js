@@ -8,19 +8,24 @@ const PREFETCH_LABELS = 2;      // frames either side whose labels are fetched a
 const LABEL_CACHE_SIZE = 64;    // label maps kept in the page (H*W bytes each)
 const UNDO_DEPTH = 50;
 const PLAY_FPS_FALLBACK = 24;
+const SUGGEST_K = 3;            // frames marked for review after a propagation
+const CLICK_DOT = 4;            // radius of a click's dot, in image pixels at 854 wide (scaled with the frame)
 
 const S = {
   T: 0, W: 0, H: 0, fps: null, objects: [], keyframes: new Set(), propagated: new Set(),
   t: 0, labels: null, selected: null, tool: "brush", brush: 8, opacity: 0.5, outline: false, hidden: false,
   undo: [], redo: [], job: { state: "idle" }, playing: false, lastSwitchMs: null, ready: false, shown: null, pendingSaves: 0,
-  version: null, message: null,
+  version: null, message: null, suggested: [], pendingPrompts: 0,
 };
 // Names this page in the changes it makes: the server's "changed" events say who made each one.
 const CLIENT = Math.random().toString(36).slice(2) + Date.now().toString(36);
 const labelCache = new Map();   // t -> Uint8Array | null (no mask)
 let lut = new Uint32Array(256); // label -> RGBA (little-endian ABGR) for the overlay
 let saveChain = Promise.resolve();
+let promptChain = Promise.resolve();  // model requests run one after another, in click order
 let switchToken = 0;
+// The click tool's clicks for one object on one frame: each click re-runs the model with all of them.
+let clicks = null;
 
 // ---------------------------------------------------------------- API
 // The server refuses state-changing requests without this page's token (other pages cannot read it).
@@ -147,6 +152,7 @@ async function goTo(t, { keepEdits = false } = {}) {
   const started = performance.now();
   const token = ++switchToken;
   if (t !== S.t && !keepEdits) { S.undo = []; S.redo = []; }
+  if (t !== S.t) resetClicks();
   S.t = t;
   S.shown = null;
   renderFrameInfo();
@@ -191,6 +197,7 @@ function drawTimeline() {
   };
   mark(S.propagated, "#3f9d65", h * 0.25, h * 0.75);
   mark(S.keyframes, "#f5c518", 0, h);
+  mark(S.suggested, "#ff5a5f", 0, h * 0.4);  // to review: where the model is most likely wrong
   ctx.fillStyle = "#ffffff";
   ctx.fillRect(Math.floor((S.t + 0.5) * fw) - 1, 0, 2, h);
 }
@@ -249,13 +256,17 @@ function renderControls() {
     b.disabled = none || running;
     b.dataset.hint = hint;
   }
-  for (const id of ["undo", "redo", "import", "only-selected"]) $(id).disabled = none || running;
+  for (const id of ["undo", "redo", "import", "only-selected", "auto"]) $(id).disabled = none || running;
+  $("next-review").disabled = S.suggested.length === 0;
+  $("next-review").title = S.suggested.length ? `next frame to review (N): ${S.suggested.map((t) => t + 1).join(", ")}`
+    : "frames to review are marked after a propagation";
   $("import").parentElement.classList.toggle("disabled", none || running);
   $("propagate").disabled = running || S.keyframes.size === 0;
   $("propagate").title = S.keyframes.size === 0 ? "draw a mask on a frame first" : "";
   refreshMessage();
 }
 function selectObject(id) {
+  if (id !== S.selected) resetClicks();
   S.selected = id;
   for (const li of $("objects").children) li.classList.toggle("selected", Number(li.dataset.id) === id);
 }
@@ -284,6 +295,7 @@ function commit() {
   const t = S.t, labels = S.labels.slice();
   cacheLabels(t, labels.slice());
   S.keyframes.add(t); S.propagated.delete(t);
+  S.suggested = S.suggested.filter((u) => u !== t);  // corrected: reviewed
   renderFrameInfo(); renderControls(); drawTimeline();
   S.pendingSaves++;
   saveChain = saveChain.then(() => api("PUT", `/api/frames/${t}/labels`, labels, "application/octet-stream"))
@@ -295,6 +307,7 @@ function commit() {
 function undo() {
   const last = S.undo.pop();
   if (!last || last.t !== S.t || !editable()) return;
+  resetClicks();
   S.redo.push({ t: S.t, labels: S.labels.slice() });
   S.labels = last.labels;
   renderOverlay(); commit();
@@ -302,6 +315,7 @@ function undo() {
 function redo() {
   const next = S.redo.pop();
   if (!next || next.t !== S.t || !editable()) return;
+  resetClicks();
   S.undo.push({ t: S.t, labels: S.labels.slice() });
   S.labels = next.labels;
   renderOverlay(); commit();
@@ -360,12 +374,15 @@ function drawBrushCursor(p) {
 }
 
 function onPointerDown(ev) {
-  if (ev.button !== 0 || !S.T) return;
+  const right = ev.button === 2 && S.tool === "click";  // right click removes, with the click tool only
+  if ((ev.button !== 0 && !right) || !S.T) return;
   if (!editable()) return;
   if (S.selected === null) { say("add an object first", true, () => S.objects.length === 0); return; }
   const p = imagePoint(ev);
+  if (S.tool === "click") { addClick(p, !(right || ev.altKey)); return; }
   $("draft").setPointerCapture(ev.pointerId);
   if (S.tool === "brush" || S.tool === "eraser") {
+    resetClicks();
     beginEdit();
     stroke = { last: p };
     strokeTo(p);
@@ -409,7 +426,7 @@ function onPointerUp(ev) {
     const b = box;
     box = null;
     draft();
-    grabcut([b.a[0], b.a[1], b.b[0], b.b[1]]).catch(fail);
+    boxPrompt([b.a[0], b.a[1], b.b[0], b.b[1]]);
   } else if (S.tool === "polygon" && ev.button === 0 && editable() && S.selected !== null) {
     polygon.push(imagePoint(ev));
     drawPolygonDraft();
@@ -417,6 +434,7 @@ function onPointerUp(ev) {
 }
 function closePolygon() {
   if (polygon.length >= 3) {
+    resetClicks();
     beginEdit();
     const ctx = scratchCtx();
     ctx.clearRect(0, 0, S.W, S.H);
@@ -433,16 +451,79 @@ function closePolygon() {
   polygon = [];
   draft();
 }
-async function grabcut(b) {
-  say("GrabCut…");
-  const t = S.t, id = S.selected;
-  const res = await api("POST", `/api/frames/${t}/grabcut`, { box: b });
-  const mask = new Uint8Array(await res.arrayBuffer());
-  if (t !== S.t) return;
+// ---------------------------------------------------------------- model prompts
+// Click, box and auto ask the server for the selected object's mask (pcvos.mask_from_prompts), which
+// then replaces that object's pixels on the frame; other objects' pixels stay as they are.
+function resetClicks() {
+  if (clicks === null) return;
+  clicks = null;
+  if (S.tool === "click") draft();
+}
+function drawClicks() {
+  const ctx = draft();
+  if (!clicks || clicks.t !== S.t) return;
+  const r = Math.max(2, (CLICK_DOT * S.W) / 854);
+  clicks.points.forEach((p, i) => {
+    ctx.beginPath();
+    ctx.arc(p[0], p[1], r, 0, 2 * Math.PI);
+    ctx.fillStyle = clicks.labels[i] ? "#3fd07a" : "#ff5a5f";
+    ctx.fill();
+    ctx.stroke();
+  });
+}
+function replaceObject(mask, id) {
   beginEdit();
-  for (let i = 0; i < mask.length; i++) if (mask[i]) S.labels[i] = id;
+  const L = S.labels;
+  for (let i = 0; i < L.length; i++) {
+    if (L[i] === id) L[i] = 0;
+    if (mask[i] && L[i] === 0) L[i] = id;
+  }
+}
+// One model request for the selected object on this frame; the answer is applied if the user is still
+// there. The stored mask the server refines (previous) is the page's: earlier saves finish first.
+async function runPrompt(body, what) {
+  const t = S.t, id = S.selected;
+  await saveChain;
+  say(`${what}…`, false, () => S.t === t);
+  const res = await api("POST", `/api/frames/${t}/prompt`, { object: id, ...body });
+  const mask = new Uint8Array(await res.arrayBuffer());
+  if (t !== S.t || id !== S.selected || !editable()) return;
+  if (!mask.some((v) => v)) {
+    say(`${what}: no object found; the mask is unchanged`, true, () => S.t === t);
+    return;
+  }
+  replaceObject(mask, id);
   renderOverlay();
+  if (S.tool === "click") drawClicks();
   await commit();
+}
+function queuePrompt(body, what, stillWanted) {
+  S.pendingPrompts++;
+  promptChain = promptChain.then(() => (stillWanted() ? runPrompt(body, what) : undefined)).catch(fail)
+    .finally(() => { S.pendingPrompts--; });
+  return promptChain;
+}
+function addClick(p, positive) {
+  if (!clicks || clicks.t !== S.t || clicks.object !== S.selected) {
+    clicks = { t: S.t, object: S.selected, points: [], labels: [] };
+  }
+  clicks.points.push([Math.min(S.W - 1e-3, Math.max(0, p[0])), Math.min(S.H - 1e-3, Math.max(0, p[1]))]);
+  clicks.labels.push(positive ? 1 : 0);
+  drawClicks();
+  const mine = clicks, n = mine.points.length;
+  // a click made while the model is busy supersedes this one (its request holds every click)
+  return queuePrompt({ points: mine.points.slice(), labels: mine.labels.slice(), previous: true },
+    positive ? "adding" : "removing", () => clicks === mine && mine.points.length === n);
+}
+function boxPrompt(b) {
+  resetClicks();
+  return queuePrompt({ box: b, previous: false }, "box", () => true);
+}
+function autoPrompt() {
+  if (!S.T || !editable()) return Promise.resolve();
+  if (S.selected === null) { say("add an object first", true, () => S.objects.length === 0); return Promise.resolve(); }
+  resetClicks();
+  return queuePrompt({ previous: false }, "auto", () => true);
 }
 async function importMask(file) {
   if (!file || !editable()) return;
@@ -451,6 +532,7 @@ async function importMask(file) {
   const mask = new Uint8Array(await res.arrayBuffer());
   await loadState();  // an indexed PNG may have brought new objects
   if (t !== S.t) return;
+  resetClicks();
   beginEdit();
   for (let i = 0; i < mask.length; i++) if (mask[i]) S.labels[i] = mask[i];
   renderOverlay();
@@ -459,6 +541,7 @@ async function importMask(file) {
 function setTool(tool) {
   S.tool = tool;
   polygon = []; draft();
+  if (tool === "click") drawClicks();
   for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === tool);
 }
 function setBrush(size) {
@@ -514,6 +597,23 @@ async function propagate() {
   }
   renderJob();
 }
+// Where to correct: the session's most likely wrong frames, marked on the timeline, N goes to the next.
+async function loadSuggestions() {
+  const r = await (await api("GET", `/api/suggest?k=${SUGGEST_K}`)).json();
+  S.suggested = r.frames.filter((t) => !S.keyframes.has(t));
+  renderControls();
+  drawTimeline();
+}
+function nextReview() {
+  if (!S.suggested.length) {
+    say("no frames to review yet: propagate first", false, () => S.suggested.length === 0);
+    return;
+  }
+  const order = [...S.suggested].sort((a, b) => a - b);
+  const next = order.find((t) => t > S.t) ?? order[0];
+  goTo(next);
+  say(`frame ${next + 1}: marked for review (${order.indexOf(next) + 1} of ${order.length})`, false, () => S.t === next);
+}
 // Another page or a script changed objects or labels: reload what this page shows of them.
 async function onChanged(e) {
   if (e.version <= S.version) return;
@@ -523,6 +623,7 @@ async function onChanged(e) {
   else for (const t of e.frames) labelCache.delete(t);
   if ((e.frames === null || e.frames.includes(S.t)) && !stroke && S.pendingSaves === 0) {
     S.undo = []; S.redo = [];  // the edits they undo were made on labels that changed under them
+    resetClicks();
     await goTo(S.t, { keepEdits: true });
   }
 }
@@ -543,7 +644,7 @@ async function onEvent(ev) {
   if (e.type === "job" && e.state !== "running") {
     await loadState();
     labelCache.clear();
-    if (e.kind === "propagation") goTo(S.t, { keepEdits: true });
+    if (e.kind === "propagation") { goTo(S.t, { keepEdits: true }); loadSuggestions().catch(fail); }
     const id = e.id;
     say(`${e.kind} ${e.state}${e.error ? `: ${e.error}` : ""}`, e.state === "error",
       () => S.job.id === id && S.job.state !== "running");
@@ -587,9 +688,12 @@ function onKey(ev) {
   else if (k === "e" || k === "E") setTool("eraser");
   else if (k === "p" || k === "P") setTool("polygon");
   else if (k === "g" || k === "G") setTool("box");
+  else if (k === "c" || k === "C") setTool("click");
+  else if (k === "a" || k === "A") autoPrompt();
+  else if (k === "n" || k === "N") nextReview();
   else if (k === "h" || k === "H") { $("hide").checked = !$("hide").checked; S.hidden = $("hide").checked; renderOverlay(); }
   else if (k === "Enter" && S.tool === "polygon") closePolygon();
-  else if (k === "Escape") { polygon = []; box = null; draft(); }
+  else if (k === "Escape") { polygon = []; box = null; resetClicks(); draft(); }
   else handled = false;
   if (handled) ev.preventDefault();
 }
@@ -599,6 +703,7 @@ function wire() {
   d.addEventListener("pointerdown", onPointerDown);
   d.addEventListener("pointermove", onPointerMove);
   d.addEventListener("pointerup", onPointerUp);
+  d.addEventListener("contextmenu", (ev) => ev.preventDefault());  // right click is the click tool's "remove"
   d.addEventListener("dblclick", () => { if (S.tool === "polygon") { polygon.pop(); closePolygon(); } });
   d.addEventListener("wheel", (ev) => { ev.preventDefault(); setBrush(S.brush * (ev.deltaY < 0 ? 1.15 : 1 / 1.15)); },
     { passive: false });
@@ -624,7 +729,12 @@ function wire() {
   $("hide").addEventListener("change", (ev) => { S.hidden = ev.target.checked; renderOverlay(); });
   $("propagate").addEventListener("click", () => propagate().catch(fail));
   $("cancel").addEventListener("click", () => api("POST", "/api/cancel").catch(fail));
-  $("export").addEventListener("click", () => api("POST", "/api/export").then(async (r) => { S.job = await r.json(); renderJob(); }).catch(fail));
+  $("auto").addEventListener("click", () => autoPrompt());
+  $("next-review").addEventListener("click", nextReview);
+  $("export").addEventListener("click", () => {
+    const formats = ["coco", "yolo"].filter((f) => $(`export-${f}`).checked);
+    api("POST", "/api/export", { formats }).then(async (r) => { S.job = await r.json(); renderJob(); }).catch(fail);
+  });
   new EventSource("/api/events").onmessage = (ev) => onEvent(ev).catch(fail);
 }
 
@@ -635,9 +745,10 @@ async function main() {
   await loadState();
   layout();
   await goTo(0);
+  await loadSuggestions();
   S.ready = true;
   if (S.objects.length === 0) say("ready: add an object, draw its mask on any frame, then propagate", false, () => S.objects.length === 0);
   else say("ready: pick an object and draw on any frame, then propagate", false, () => S.keyframes.size === 0);
 }
-window.studio = { S, goTo, addObject, selectObject, setTool, setBrush, closePolygon };
+window.studio = { S, goTo, addObject, selectObject, setTool, setBrush, closePolygon, nextReview };
 main().catch(fail);
