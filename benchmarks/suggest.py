@@ -30,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,9 @@ KS = (1, 2, 3)
 # Weight grid of the tune step: each signal's weight in {0, 1, 2} (not all zero).
 WEIGHT_STEPS = (0.0, 1.0, 2.0)
 
+# The robot user: frame index -> the (H, W) mask it sets there as a keyframe. Default: the ground truth.
+User = Callable[[int], np.ndarray]
+
 
 def _load(root: Path, seq: str) -> tuple[np.ndarray, np.ndarray]:
     folder = FrameFolder(root / "JPEGImages/480p" / seq)
@@ -60,13 +64,20 @@ def _load(root: Path, seq: str) -> tuple[np.ndarray, np.ndarray]:
     return frames, gt
 
 
-def _first_run(model, frames: np.ndarray, gt: np.ndarray, args) -> tuple[pcvos.Session, float]:
+def _first_run(
+    model, frames: np.ndarray, gt: np.ndarray, args, user: User | None = None
+) -> tuple[pcvos.Session, float]:
     s = pcvos.Session(model, frames, clip_length=args.clip_length, size=args.size)
-    s.set_mask(0, gt[0])
+    s.set_mask(0, gt[0] if user is None else user(0))
     start = time.perf_counter()
     for _ in s.propagate(0, direction="forward", until="end"):
         pass
     return s, time.perf_counter() - start
+
+
+def _even(n: int, k: int) -> list[int]:
+    """k evenly spaced frames of an n-frame video: round(i n / (k + 1)), i = 1..k."""
+    return [round(i * n / (k + 1)) for i in range(1, k + 1)]
 
 
 def _labels(s: pcvos.Session) -> np.ndarray:
@@ -102,10 +113,7 @@ def tune(args) -> int:
     rows.sort(key=lambda r: r["mean"])
     ref = {
         "even": {
-            k: statistics.fmean(
-                float(d["J"][[round(i * len(d["J"]) / (k + 1)) for i in range(1, k + 1)]].mean())
-                for d in data.values()
-            )
+            k: statistics.fmean(float(d["J"][_even(len(d["J"]), k)].mean()) for d in data.values())
             for k in KS
         },
         "oracle": {
@@ -124,20 +132,28 @@ def tune(args) -> int:
 
 
 def _chain(
-    model, frames: np.ndarray, gt: np.ndarray, first: np.ndarray, picks: list[int], args
+    model,
+    frames: np.ndarray,
+    gt: np.ndarray,
+    first: np.ndarray,
+    picks: list[int],
+    args,
+    user: User | None = None,
 ) -> list[dict]:
     """Corrections at ``picks`` in order, from the first run's labels; scores after each."""
     s = pcvos.Session(model, frames, clip_length=args.clip_length, size=args.size)
-    s.set_mask(0, gt[0])
+    s.set_mask(0, gt[0] if user is None else user(0))
     for i in range(1, len(gt)):
         s.set_labels(i, first[i])
-    return _correct(s, gt, picks)
+    return _correct(s, gt, picks, user)
 
 
-def _correct(s: pcvos.Session, gt: np.ndarray, picks: list[int]) -> list[dict]:
+def _correct(s: pcvos.Session, gt: np.ndarray, picks: list[int], user: User | None = None) -> list[dict]:
+    """At each of ``picks`` in order: the user's mask (default the ground truth) as a keyframe, then
+    re-propagation both ways until the neighbouring keyframes; J&F after each."""
     out = []
     for c in picks:
-        s.set_mask(c, gt[c])
+        s.set_mask(c, gt[c] if user is None else user(c))
         start = time.perf_counter()
         n = sum(1 for _ in s.propagate(c, direction="both", until="keyframe"))
         scores = _scores(gt, _labels(s), s.keyframes)
@@ -179,7 +195,7 @@ def correct(args) -> int:
             res["oracle_spread"] = _chain(model, frames, gt, first, spread, args)
         res["even"] = {}
         for k in KS:
-            even = [round(i * n / (k + 1)) for i in range(1, k + 1)]
+            even = _even(n, k)
             res["even"][str(k)] = {"frames": even, "scores": _chain(model, frames, gt, first, even, args)[-1]}
         per_seq[seq] = res
         print(
