@@ -19,7 +19,7 @@ plus writers that write atomically (:mod:`pcvos.data.io_utils`):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,10 @@ MIN_POLYGON_POINTS = 3
 def object_name(object_id: int) -> str:
     """The category / class name of an object: pcvos knows ids, not what the objects are."""
     return f"object_{int(object_id)}"
+
+
+def _name(object_id: int, names: Mapping[int, str] | None) -> str:
+    return names[object_id] if names is not None else object_name(object_id)
 
 
 def parse_export_formats(text: str) -> tuple[str, ...]:
@@ -142,18 +146,40 @@ def coco_image(index: int, file_name: str, height: int, width: int) -> dict[str,
 
 
 def coco_document(
-    images: list[dict[str, Any]], annotations: list[dict[str, Any]], object_ids: Sequence[int]
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    object_ids: Sequence[int],
+    names: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """Wrap images and annotations (from :func:`coco_image` / :func:`coco_annotations`) in a
-    COCO document; each object is a category (id = the object id, name ``object_<id>``)."""
+    COCO document; each object is a category (id = the object id, name from ``names``, else
+    ``object_<id>``)."""
     return {
         "info": {"description": "pcvos video object segmentation", "version": "1.0"},
         "images": sorted(images, key=lambda im: im["id"]),
         "annotations": annotations,
         "categories": [
-            {"id": i, "name": object_name(i), "supercategory": "object"} for i in _check_ids(object_ids)
+            {"id": i, "name": _name(i, names), "supercategory": "object"} for i in _check_ids(object_ids)
         ],
     }
+
+
+class CocoBuilder:
+    """A video's COCO document built frame by frame, for writers that stream their frames."""
+
+    def __init__(self) -> None:
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+
+    def add(self, index: int, file_name: str, labels: np.ndarray, object_ids: Sequence[int]) -> None:
+        """Frame ``index`` (image id ``index + 1``) named ``file_name``, with its objects' masks."""
+        arr = _check_labels(labels, f"frame {index}")
+        self.images.append(coco_image(index, file_name, *arr.shape))
+        self.annotations.extend(coco_annotations(arr, object_ids, index + 1, len(self.annotations) + 1))
+
+    def document(self, object_ids: Sequence[int], names: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """The :func:`coco_document` of the frames added so far."""
+        return coco_document(self.images, self.annotations, object_ids, names)
 
 
 def coco_dataset(
@@ -162,17 +188,14 @@ def coco_dataset(
     """One COCO instance-segmentation document for a video: image ``i + 1`` is frame ``i``
     (``file_name`` from ``file_names``, ``frame_index`` = i), categories are the objects."""
     ids = _check_ids(object_ids)
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
+    builder = CocoBuilder()
     for index, labels in enumerate(label_maps):
         if index >= len(file_names):
             raise ValueError(f"file_names: {len(file_names)} names for more frames than that")
-        arr = _check_labels(labels, f"frame {index}")
-        images.append(coco_image(index, file_names[index], *arr.shape))
-        annotations.extend(coco_annotations(arr, ids, index + 1, len(annotations) + 1))
-    if len(images) != len(file_names):
-        raise ValueError(f"file_names: {len(file_names)} names for {len(images)} frames")
-    return coco_document(images, annotations, ids)
+        builder.add(index, file_names[index], labels, ids)
+    if len(builder.images) != len(file_names):
+        raise ValueError(f"file_names: {len(file_names)} names for {len(builder.images)} frames")
+    return builder.document(ids)
 
 
 def write_coco_json(path: PathLike, dataset: dict[str, Any]) -> Path:
@@ -227,9 +250,9 @@ def yolo_seg_text(labels: np.ndarray, object_ids: Sequence[int]) -> str:
     return "".join(lines)
 
 
-def yolo_names_text(object_ids: Sequence[int]) -> str:
-    """The names file: line ``i`` is class ``i``'s name (``object_<id>``)."""
-    return "".join(f"{object_name(i)}\n" for i in _check_ids(object_ids))
+def yolo_names_text(object_ids: Sequence[int], names: Mapping[int, str] | None = None) -> str:
+    """The names file: line ``i`` is class ``i``'s name (from ``names``, else ``object_<id>``)."""
+    return "".join(f"{_name(i, names)}\n" for i in _check_ids(object_ids))
 
 
 def write_yolo_frame(path: PathLike, labels: np.ndarray, object_ids: Sequence[int]) -> Path:
@@ -237,6 +260,8 @@ def write_yolo_frame(path: PathLike, labels: np.ndarray, object_ids: Sequence[in
     return atomic_write_text(path, yolo_seg_text(labels, object_ids))
 
 
-def write_yolo_names(path: PathLike, object_ids: Sequence[int]) -> Path:
+def write_yolo_names(
+    path: PathLike, object_ids: Sequence[int], names: Mapping[int, str] | None = None
+) -> Path:
     """Write :func:`yolo_names_text` to ``path`` atomically."""
-    return atomic_write_text(path, yolo_names_text(object_ids))
+    return atomic_write_text(path, yolo_names_text(object_ids, names))

@@ -23,11 +23,10 @@ from PIL import Image
 from pcvos.cli_types import resolve_device
 from pcvos.data.export_formats import (
     COCO_NAME,
+    EXPORT_FORMATS,
     YOLO_FOLDER,
     YOLO_NAMES,
-    coco_annotations,
-    coco_document,
-    coco_image,
+    CocoBuilder,
     write_coco_json,
     write_yolo_frame,
     write_yolo_names,
@@ -549,9 +548,9 @@ def segment_video(
         raise InputError(f"{opt.alpha}: --alpha must be another folder than --out")
     known = names if names is not None else [f"{i:05d}" for i in range(exact)] if exact is not None else []
     coco, yolo = "coco" in opt.export, "yolo" in opt.export
-    unknown = sorted(set(opt.export) - {"coco", "yolo"})
+    unknown = sorted(set(opt.export) - set(EXPORT_FORMATS))
     if unknown:
-        raise InputError(f"--export {unknown[0]!r}: unknown format; choose from coco, yolo")
+        raise InputError(f"--export {unknown[0]!r}: unknown format; choose from {', '.join(EXPORT_FORMATS)}")
 
     def out_names(stems: list[str]) -> set[str]:
         return {f"{n}.png" for n in stems} | ({f"{YOLO_FOLDER}/{n}.txt" for n in stems} if yolo else set())
@@ -655,8 +654,7 @@ def segment_video(
             raise OutputError(f"{opt.overlay}: cannot write ({exc.strerror or exc})") from exc
     start = time.perf_counter()
     done = 0
-    coco_images: list[dict[str, Any]] = []
-    coco_anns: list[dict[str, Any]] = []
+    cocos = CocoBuilder()
     try:
         keep = pending if opt.overlay is not None or opt.alpha is not None else None
         results = (
@@ -686,8 +684,7 @@ def segment_video(
                 file_name = (
                     source.frame_paths[index].name if isinstance(source, FrameFolder) else f"{name}.jpg"
                 )
-                coco_images.append(coco_image(index, file_name, h, w))
-                coco_anns.extend(coco_annotations(labels, ids, index + 1, len(coco_anns) + 1))
+                cocos.add(index, file_name, labels, ids)
             if writer is not None or opt.alpha is not None:  # the frame was kept for them
                 frame = pending.pop(index)
                 if writer is not None:
@@ -714,7 +711,7 @@ def segment_video(
         path = out_dir / YOLO_FOLDER / YOLO_NAMES
         write(path, lambda: write_yolo_names(path, ids))
     if coco:
-        document = coco_document(coco_images, coco_anns, ids)
+        document = cocos.document(ids)
         write(out_dir / COCO_NAME, lambda: write_coco_json(out_dir / COCO_NAME, document))
     summary = {
         "input": str(input_path),

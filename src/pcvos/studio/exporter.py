@@ -19,7 +19,6 @@ import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,14 +28,13 @@ from pcvos.data.export_formats import (
     EXPORT_FORMATS,
     YOLO_FOLDER,
     YOLO_NAMES,
-    coco_annotations,
-    coco_document,
-    coco_image,
+    CocoBuilder,
     write_coco_json,
     write_yolo_frame,
+    write_yolo_names,
 )
 from pcvos.data.frames import VideoWriter
-from pcvos.data.io_utils import atomic_write, atomic_write_text, save_indexed_png
+from pcvos.data.io_utils import atomic_write, save_indexed_png
 from pcvos.data.overlay import overlay, rgba_cutout
 
 __all__ = [
@@ -88,8 +86,7 @@ def export_workspace(
     if unknown:
         raise ValueError(f"unknown export format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
     coco, yolo = "coco" in formats, "yolo" in formats
-    coco_images: list[dict[str, Any]] = []
-    coco_anns: list[dict[str, Any]] = []
+    cocos = CocoBuilder()
     final = ws.export_dir
     build = ws.root / f".export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ids = ws.object_ids()
@@ -123,17 +120,13 @@ def export_workspace(
                 if yolo:
                     write_yolo_frame(build / YOLO_FOLDER / f"{t:05d}.txt", labels, ids)
                 if coco:
-                    coco_images.append(coco_image(t, ws.frame_path(t).name, ws.height, ws.width))
-                    coco_anns.extend(coco_annotations(labels, ids, t + 1, len(coco_anns) + 1))
+                    cocos.add(t, ws.frame_path(t).name, labels, ids)
                 if progress is not None:
                     progress(t + 1, total)
         if yolo:  # class i is the i-th object id, as write_yolo_frame numbers them
-            atomic_write_text(build / YOLO_FOLDER / YOLO_NAMES, "".join(f"{names[i]}\n" for i in ids))
+            write_yolo_names(build / YOLO_FOLDER / YOLO_NAMES, ids, names)
         if coco:
-            document = coco_document(coco_images, coco_anns, ids)
-            for category in document["categories"]:
-                category["name"] = names[category["id"]]
-            write_coco_json(build / COCO_NAME, document)
+            write_coco_json(build / COCO_NAME, cocos.document(ids, names))
         _write_zip(build, build / ZIP_NAME)
         old = ws.root / f".export-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if final.exists():
