@@ -119,13 +119,7 @@ def served_studio(tmp_path, browser):
     ws = Workspace.open_or_create(tmp_path / "ws", video)
     session = SlowSession(pcvos.Session(pcvos.load_model(), ws.frames_dir, clip_length=5))
     studio = Studio(ws, session)
-    recorder = Recorder(create_app(studio))
-    server = ServerThread(recorder)
-    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server.url)
-    page.wait_for_function("window.studio && window.studio.S.ready", timeout=15000)
+    page, server, recorder, errors = open_page(browser, studio)
     yield page, studio, session, recorder
     page.close()
     server.stop()

@@ -20,6 +20,7 @@ chosen on the first frames of the protocol's ``select`` and ``train`` sequences,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -355,28 +356,15 @@ def mask_from_prompts(
     (possibly empty). Saliency is cached per image (``cache``, default a shared small cache), so
     repeated calls on one image with more clicks are fast. Bad prompts raise ``ValueError``.
     """
-    out = _mask(
-        image,
-        box=box,
-        points=points,
-        point_labels=point_labels,
-        previous=previous,
-        params=params,
-        cache=cache,
+    run = functools.partial(
+        _mask, image, box=box, points=points, point_labels=point_labels, previous=previous, cache=cache
     )
+    out = run(params=params)
     if previous is not None and params.previous_mode == "prior" and params.collapse_iou > 0:
         prev = np.asarray(previous) != 0
         union = int((out | prev).sum())
         if union and (out & prev).sum() / union < params.collapse_iou:
-            out = _mask(
-                image,
-                box=box,
-                points=points,
-                point_labels=point_labels,
-                previous=previous,
-                params=replace(params, previous_mode="probable"),
-                cache=cache,
-            )
+            out = run(params=replace(params, previous_mode="probable"))
     return out
 
 

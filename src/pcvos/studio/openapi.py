@@ -67,6 +67,10 @@ def _op(summary: str, ok: dict[str, Any], *, writes: bool = False, **extra: Any)
     return op
 
 
+def _json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
 def _json_ok(code: str, what: str) -> dict[str, Any]:
     return {code: {"description": what, "content": {"application/json": {"schema": _JSON}}}}
 
@@ -124,47 +128,42 @@ def openapi() -> dict[str, Any]:
                     {"200": _LABELS},
                     writes=True,
                     parameters=[_FRAME],
-                    requestBody={
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["object"],
-                                    "properties": {
-                                        "object": {"type": "integer", "minimum": 1},
-                                        "points": {
-                                            "type": ["array", "null"],
-                                            "description": "[x, y] clicks in pixels, inside the frame",
-                                            "items": {
-                                                "type": "array",
-                                                "items": {"type": "number"},
-                                                "minItems": 2,
-                                                "maxItems": 2,
-                                            },
-                                            "maxItems": MAX_PROMPT_POINTS,
-                                        },
-                                        "labels": {
-                                            "type": ["array", "null"],
-                                            "description": "per point: 1 object, 0 background (default 1)",
-                                            "items": {"enum": [0, 1]},
-                                        },
-                                        "box": {
-                                            "type": ["array", "null"],
-                                            "description": "[x0, y0, x1, y1] in pixels, clipped to the frame",
-                                            "items": {"type": "number"},
-                                            "minItems": 4,
-                                            "maxItems": 4,
-                                        },
-                                        "previous": {
-                                            "type": "boolean",
-                                            "description": "refine the object's stored mask on frame t",
-                                        },
+                    requestBody=_json_body(
+                        {
+                            "type": "object",
+                            "required": ["object"],
+                            "properties": {
+                                "object": {"type": "integer", "minimum": 1},
+                                "points": {
+                                    "type": ["array", "null"],
+                                    "description": "[x, y] clicks in pixels, inside the frame",
+                                    "items": {
+                                        "type": "array",
+                                        "items": {"type": "number"},
+                                        "minItems": 2,
+                                        "maxItems": 2,
                                     },
-                                }
-                            }
-                        },
-                    },
+                                    "maxItems": MAX_PROMPT_POINTS,
+                                },
+                                "labels": {
+                                    "type": ["array", "null"],
+                                    "description": "per point: 1 object, 0 background (default 1)",
+                                    "items": {"enum": [0, 1]},
+                                },
+                                "box": {
+                                    "type": ["array", "null"],
+                                    "description": "[x0, y0, x1, y1] in pixels, clipped to the frame",
+                                    "items": {"type": "number"},
+                                    "minItems": 4,
+                                    "maxItems": 4,
+                                },
+                                "previous": {
+                                    "type": "boolean",
+                                    "description": "refine the object's stored mask on frame t",
+                                },
+                            },
+                        }
+                    ),
                 )
             },
             "/api/frames/{t}/import": {
@@ -217,27 +216,22 @@ def openapi() -> dict[str, Any]:
                     "start propagating from keyframe `frame`",
                     _json_ok("202", "the job"),
                     writes=True,
-                    requestBody={
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["frame"],
-                                    "properties": {
-                                        "frame": {"type": "integer", "minimum": 0},
-                                        "direction": {"enum": ["both", "forward", "backward"]},
-                                        "until": {"enum": ["keyframe", "end"]},
-                                        "objects": {
-                                            "type": ["array", "null"],
-                                            "items": {"type": "integer", "minimum": 1},
-                                            "minItems": 1,
-                                        },
-                                    },
-                                }
-                            }
-                        },
-                    },
+                    requestBody=_json_body(
+                        {
+                            "type": "object",
+                            "required": ["frame"],
+                            "properties": {
+                                "frame": {"type": "integer", "minimum": 0},
+                                "direction": {"enum": ["both", "forward", "backward"]},
+                                "until": {"enum": ["keyframe", "end"]},
+                                "objects": {
+                                    "type": ["array", "null"],
+                                    "items": {"type": "integer", "minimum": 1},
+                                    "minItems": 1,
+                                },
+                            },
+                        }
+                    ),
                 )
             },
             "/api/suggest": {
@@ -261,22 +255,18 @@ def openapi() -> dict[str, Any]:
                     "start the export (PNGs, cut-outs, overlay MP4; `formats` adds COCO JSON / YOLO-seg)",
                     _json_ok("202", "the job"),
                     writes=True,
-                    requestBody={
-                        "required": False,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "formats": {
-                                            "type": ["array", "null"],
-                                            "items": {"enum": list(EXPORT_FORMATS)},
-                                        }
-                                    },
+                    requestBody=_json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "formats": {
+                                    "type": ["array", "null"],
+                                    "items": {"enum": list(EXPORT_FORMATS)},
                                 }
-                            }
+                            },
                         },
-                    },
+                        required=False,
+                    ),
                 )
             },
             "/api/cancel": {
