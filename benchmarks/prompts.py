@@ -229,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "--method",
         default="prompts",
         choices=["prompts", "net", "hybrid"],
-        help="clicks by mask_from_prompts as configured (prompts), by the click network --weights (net), "
-        "or the first click by the GrabCut path and the others by the network (hybrid)",
+        help="clicks by mask_from_prompts (prompts: saliency + GrabCut, as configured by --set), by the "
+        "click network --weights (net: scripts/train_clicknet.py), or the first click by mask_from_prompts "
+        "and the others by the network (hybrid)",
     )
     ap.add_argument("--weights", type=Path, help="click network state_dict (with --method net/hybrid)")
     ap.add_argument(
