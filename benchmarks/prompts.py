@@ -106,8 +106,7 @@ def robot(image, gt, params, cache, use_previous: bool, timings: list | None = N
     """IoU after each of up to MAX_CLICKS robot clicks.
 
     ``net``: None (mask_from_prompts as configured by ``params``) or (ClickNetModel, ClickNetParams,
-    first) where first is "net" (every click by the network) or "grabcut" (the first click by
-    mask_from_prompts' GrabCut path, the others by the network).
+    n): the first n clicks by mask_from_prompts (saliency + GrabCut), the others by the network.
     """
     points: list[tuple[int, int]] = []
     labels: list[int] = []
@@ -124,7 +123,7 @@ def robot(image, gt, params, cache, use_previous: bool, timings: list | None = N
         points.append(click[0])
         labels.append(click[1])
         start, cpu = time.perf_counter(), time.process_time()
-        if net is not None and (k > 0 or net[2] == "net"):
+        if net is not None and k >= net[2]:
             model, net_params, _ = net
             pred = model.predict(
                 image,
@@ -235,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--weights", type=Path, help="click network state_dict (with --method net/hybrid)")
     ap.add_argument(
+        "--grabcut-clicks", type=int, default=1, help="with --method hybrid: clicks answered by GrabCut first"
+    )
+    ap.add_argument(
         "--net-set", action="append", default=[], metavar="KEY=VALUE", help="override a ClickNetParams field"
     )
     ap.add_argument("--no-baseline", action="store_true", help="skip plain GrabCut and first-prompt timing")
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         net = (
             ClickNetModel(args.weights, threads=args.threads),
             net_params,
-            "net" if args.method == "net" else "grabcut",
+            0 if args.method == "net" else args.grabcut_clicks,
         )
     frames = load_first_frames(protocol_split(args.split), args.davis)
     cache = SaliencyCache(maxsize=64)
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": args.method,
         "weights": str(args.weights) if args.weights else None,
         "net_params": asdict(net[1]) if net else None,
+        "grabcut_clicks": net[2] if net else None,
         "prompts": evaluate(frames, params, cache, not args.no_previous, clicks=not args.no_clicks, net=net),
         "studio_grabcut": {"mean": {}} if args.no_baseline else baseline(frames),
         "timing": {} if args.no_baseline else timing_first(frames, params, args.threads),

@@ -247,7 +247,8 @@ CARD = {
     "architecture": (
         "pcvos.model.clicknet.ClickNet: EfficientNet-Lite0 (ImageNet, cut at stride 16) with the previous "
         "mask and positive/negative click disks added through a zero-initialised stem convolution, a "
-        "light decoder with skips at strides 8, 4 and 2; input 224x224 crop; output mask logits"
+        "light decoder with skips at strides 8, 4 and 2; trained on 224x224 crops, run on 256x256 ones "
+        "(ClickNetParams.side); output mask logits"
     ),
     "file": "clicknet.pt",
     "format": "torch state_dict, float16 (loaded as float32)",

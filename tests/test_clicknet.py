@@ -1,8 +1,8 @@
 """The click network's parts (pcvos.model.clicknet, pcvos.inference.clicknet) on real frames.
 
-No trained weights ship (docs/results/clicknet.md: it did not win on select), so these tests check
-the plumbing with ImageNet-initialised weights: the zero-initialised guidance path, the click maps,
-the zoom-in crop, and that predict() returns a frame-sized mask that respects the box.
+These check the plumbing with untrained weights (tests/test_prompts.py uses the shipped ones): the
+guidance path, the click maps, the zoom-in crop, and that predict() returns a frame-sized mask that
+respects the box.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def square_region(
 class ClickNetParams:
     """How :class:`ClickNetModel` crops, and how its answer is upsampled."""
 
-    #: the network's input side (it was trained at 224)
-    side: int = 224
+    #: the network's input side (trained at 224; 256 chosen on select, docs/results/clicknet.md)
+    side: int = 256
     #: context around the previous mask and the clicks (or the box), as a fraction of its side
     margin: float = 0.4
     #: the crop is at least this many pixels wide and high (small objects keep some context)
