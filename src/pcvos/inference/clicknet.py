@@ -4,7 +4,7 @@ The network sees a square crop resized to ``side`` x ``side``: the whole frame f
 without a previous mask or box, the box with some context when a box is given, otherwise the
 bounding box of the previous mask and the clicks with ``margin`` context on each side (RITM's
 zoom-in). Its logits are upsampled to the crop, optionally snapped to the full-resolution image's
-edges with the guided filter of :mod:`pcvos.inference.prompts`, and pasted back into the frame.
+edges with the guided filter of :mod:`pcvos.inference.mask_ops`, and pasted back into the frame.
 
 The training script (scripts/train_clicknet.py) draws its guidance maps with
 :func:`guidance_maps`, so training and inference encode clicks the same way.
@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pcvos.inference.mask_ops import components_with, guided_filter
+
 __all__ = [
     "CLICK_RADIUS",
     "ClickNetParams",
@@ -27,6 +29,10 @@ __all__ = [
     "guidance_maps",
     "square_region",
 ]
+
+#: the ImageNet normalisation the encoder's weights expect (as U²-Net-p's in pcvos.inference.prompts)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 #: click disk radius in the network's input pixels (at the training side, 224)
 CLICK_RADIUS = 3
@@ -118,9 +124,7 @@ class ClickNetModel:
         """(S, S) logits for an (S, S, 3) uint8 crop and its (3, S, S) guidance."""
         import torch
 
-        from pcvos.inference.prompts import _MEAN, _STD
-
-        x = (crop.astype(np.float32) / 255.0 - _MEAN) / _STD
+        x = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         xt = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
         gt = torch.from_numpy(guidance[None])
         with self._lock, torch.inference_mode():
@@ -143,8 +147,6 @@ class ClickNetModel:
         params: ClickNetParams | None = None,
     ) -> np.ndarray:
         """Bool (H, W) mask from already-checked prompts (see :func:`pcvos.mask_from_prompts`)."""
-        from pcvos.inference.prompts import _components_with, _guided_filter
-
         p = params or ClickNetParams()
         h, w = image.shape[:2]
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -177,7 +179,7 @@ class ClickNetModel:
         logit = self.logits(small, guide)
         prob = 1.0 / (1.0 + np.exp(-cv2.resize(logit, (cw, ch), interpolation=cv2.INTER_LINEAR)))
         if p.guided_radius > 0:
-            prob = _guided_filter(crop, prob.astype(np.float32), p.guided_radius, p.guided_eps)
+            prob = guided_filter(crop, prob.astype(np.float32), p.guided_radius, p.guided_eps)
         fg = prob >= p.threshold
         if p.keep_clicked and fg.any():
             seeds = [
@@ -185,7 +187,7 @@ class ClickNetModel:
                 for (x, y), q in zip(pts, pos, strict=True)
                 if q and x0 <= x < x1 and y0 <= y < y1
             ]
-            fg = _components_with(fg, seeds)
+            fg = components_with(fg, seeds)
         out = np.zeros((h, w), dtype=bool)
         out[y0:y1, x0:x1] = fg
         if box is not None:
