@@ -233,6 +233,13 @@ def set_train_mode(net: ClickNet) -> None:
             m.eval()
 
 
+def snapshot(net: ClickNet, path: Path) -> None:
+    """Weights-only snapshot, written atomically (an evaluation may read it while training goes on)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
 def deadline_ts(text: str) -> float:
     now = dt.datetime.now(dt.timezone.utc)
     hh, mm = (int(v) for v in text.split(":"))
@@ -304,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot-every", type=int, default=400, help="iterations between weight snapshots")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--init",
+        type=Path,
+        help="start from this weights snapshot (a weights_*.pt) instead of ImageNet: a second stage with "
+        "its own warm-up and cosine to --deadline (ignored when --out already holds last.pt to resume)",
+    )
     args = ap.parse_args(argv)
     if args.export:
         export(*args.export, {"snapshot": args.export_note} if args.export_note else {})
@@ -329,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         rng.bit_generator.state = rng_state
         print(f"resumed at iteration {it}", flush=True)
     else:
-        print("imagenet:", load_imagenet_weights(net.encoder)["loaded"], "tensors", flush=True)
+        if args.init:
+            net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
+            print(f"initialised from {args.init}", flush=True)
+        else:
+            print("imagenet:", load_imagenet_weights(net.encoder)["loaded"], "tensors", flush=True)
         it, start = 0, time.time()
         rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed + it)
@@ -394,12 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             t_log = time.time()
         if it % args.snapshot_every == 0:
-            torch.save(net.state_dict(), args.out / f"weights_{it:05d}.pt")
+            snapshot(net, args.out / f"weights_{it:05d}.pt")
         if time.time() - last_save > args.save_every:
             save()
             last_save = time.time()
     save()
-    torch.save(net.state_dict(), args.out / f"weights_{it:05d}.pt")
+    snapshot(net, args.out / f"weights_{it:05d}.pt")
     (args.out / "done.json").write_text(json.dumps({"iterations": it, "seconds": time.time() - start}))
     print("done", it, flush=True)
     return 0
