@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from pcvos.eval.protocol import split as protocol_split
+from pcvos.inference.clicknet import ClickNetModel, ClickNetParams
 from pcvos.inference.prompts import (
     DEFAULT_PARAMS,
     PromptParams,
@@ -101,8 +102,12 @@ def load_first_frames(names: list[str], root: Path) -> list[tuple[str, np.ndarra
     return out
 
 
-def robot(image, gt, params, cache, use_previous: bool, timings: list | None = None) -> list[float]:
-    """IoU after each of up to MAX_CLICKS robot clicks."""
+def robot(image, gt, params, cache, use_previous: bool, timings: list | None = None, net=None) -> list[float]:
+    """IoU after each of up to MAX_CLICKS robot clicks.
+
+    ``net``: None (mask_from_prompts as configured by ``params``) or (ClickNetModel, ClickNetParams,
+    n): the first n clicks by mask_from_prompts (saliency + GrabCut), the others by the network.
+    """
     points: list[tuple[int, int]] = []
     labels: list[int] = []
     ious: list[float] = []
@@ -118,14 +123,24 @@ def robot(image, gt, params, cache, use_previous: bool, timings: list | None = N
         points.append(click[0])
         labels.append(click[1])
         start, cpu = time.perf_counter(), time.process_time()
-        pred = mask_from_prompts(
-            image,
-            points=np.array(points),
-            point_labels=np.array(labels),
-            previous=pred if use_previous and k > 0 else None,
-            params=params,
-            cache=cache,
-        )
+        if net is not None and k >= net[2]:
+            model, net_params, _ = net
+            pred = model.predict(
+                image,
+                np.array(points, dtype=np.float64),
+                np.array(labels) == 1,
+                previous=pred if k > 0 else None,
+                params=net_params,
+            )
+        else:
+            pred = mask_from_prompts(
+                image,
+                points=np.array(points),
+                point_labels=np.array(labels),
+                previous=pred if use_previous and k > 0 else None,
+                params=params,
+                cache=cache,
+            )
         if timings is not None and k > 0:
             timings.append((time.perf_counter() - start, time.process_time() - cpu))
         ious.append(iou(pred, gt))
@@ -140,7 +155,7 @@ def noc(ious: list[float], target: float) -> int:
 
 
 def evaluate(
-    frames, params: PromptParams, cache: SaliencyCache, use_previous: bool, clicks: bool = True
+    frames, params: PromptParams, cache: SaliencyCache, use_previous: bool, clicks: bool = True, net=None
 ) -> dict:
     rows = []
     timings: list[tuple[float, float]] = []
@@ -152,7 +167,7 @@ def evaluate(
             "zero_click": iou(mask_from_prompts(image, params=params, cache=cache), gt),
         }
         if clicks:
-            ious = robot(image, gt, params, cache, use_previous, timings)
+            ious = robot(image, gt, params, cache, use_previous, timings, net)
             row.update(
                 {
                     "noc85": noc(ious, 0.85),
@@ -209,6 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a PromptParams field"
     )
     ap.add_argument("--no-clicks", action="store_true", help="box and zero-click only (fast, for sweeps)")
+    ap.add_argument(
+        "--method",
+        default="prompts",
+        choices=["prompts", "net", "hybrid"],
+        help="clicks by mask_from_prompts (prompts: saliency + GrabCut, as configured by --set), by the "
+        "click network --weights (net: scripts/train_clicknet.py), or the first click by mask_from_prompts "
+        "and the others by the network (hybrid)",
+    )
+    ap.add_argument("--weights", type=Path, help="click network state_dict (with --method net/hybrid)")
+    ap.add_argument(
+        "--grabcut-clicks", type=int, default=1, help="with --method hybrid: clicks answered by GrabCut first"
+    )
+    ap.add_argument(
+        "--net-set", action="append", default=[], metavar="KEY=VALUE", help="override a ClickNetParams field"
+    )
+    ap.add_argument("--no-baseline", action="store_true", help="skip plain GrabCut and first-prompt timing")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     import torch
@@ -219,6 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, value = item.split("=", 1)
         params = replace(params, **{key: type(getattr(params, key))(value)})
+    net = None
+    if args.method != "prompts":
+        if args.weights is None:
+            ap.error(f"--method {args.method} needs --weights")
+        net_params = ClickNetParams()
+        for item in args.net_set:
+            key, value = item.split("=", 1)
+            kind = type(getattr(net_params, key))
+            net_params = replace(
+                net_params, **{key: value in ("1", "true", "True") if kind is bool else kind(value)}
+            )
+        net = (
+            ClickNetModel(args.weights, threads=args.threads),
+            net_params,
+            0 if args.method == "net" else args.grabcut_clicks,
+        )
     frames = load_first_frames(protocol_split(args.split), args.davis)
     cache = SaliencyCache(maxsize=64)
     result = {
@@ -227,9 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         "params": asdict(params),
         "use_previous": not args.no_previous,
         "threads": args.threads,
-        "prompts": evaluate(frames, params, cache, not args.no_previous, clicks=not args.no_clicks),
-        "studio_grabcut": baseline(frames),
-        "timing": timing_first(frames, params, args.threads),
+        "method": args.method,
+        "weights": str(args.weights) if args.weights else None,
+        "net_params": asdict(net[1]) if net else None,
+        "grabcut_clicks": net[2] if net else None,
+        "prompts": evaluate(frames, params, cache, not args.no_previous, clicks=not args.no_clicks, net=net),
+        "studio_grabcut": {"mean": {}} if args.no_baseline else baseline(frames),
+        "timing": {} if args.no_baseline else timing_first(frames, params, args.threads),
     }
     for row in result["prompts"]["rows"]:
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

@@ -365,3 +365,88 @@ def test_robot_clicker_of_the_benchmark(rhino):
     assert label == 0 and x < 40 and y < 40 and not gt[y, x]
     assert bench.next_click(gt, gt) is None
     assert bench.noc([0.5, 0.86, 0.95], 0.85) == 2 and bench.noc([0.5], 0.9) == bench.MAX_CLICKS
+
+
+# ------------------------------------------------------------------------------------------ the click network
+
+
+def _robot(image, gt, params, clicks: int) -> list[float]:
+    """IoU after each robot click (the benchmark's clicker), every correction passing the previous mask."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_prompts", Path(__file__).resolve().parents[1] / "benchmarks" / "prompts.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pts, labels, ious = [_inner_point(gt)], [1], []
+    pred = None
+    for _ in range(clicks):
+        pred = pcvos.mask_from_prompts(image, points=pts, point_labels=labels, previous=pred, params=params)
+        ious.append(_iou(pred, gt))
+        nxt = bench.next_click(pred, gt)
+        if nxt is None:
+            break
+        pts.append(nxt[0])
+        labels.append(nxt[1])
+    return ious
+
+
+def test_click_network_answers_corrections(rhino):
+    image, gt = rhino
+    net = _robot(image, gt, P.DEFAULT_PARAMS, 5)
+    grabcut = _robot(image, gt, P.PromptParams(clicks="grabcut"), 5)
+    assert net[0] == grabcut[0]  # the first click (no previous mask) is GrabCut's in both
+    # four corrections by the network (rhino is a train-split sequence; the frame is 428x240) bring
+    # it above 0.9, where GrabCut's re-cuts wander (0.81 -> 0.77 after five clicks when measured)
+    assert net[-1] > 0.9 and net[-1] > grabcut[-1] + 0.05
+
+
+def test_click_path_is_selectable(rhino, monkeypatch):
+    image, gt = rhino
+    x, y = _inner_point(gt)
+    shrunk = gt.copy()
+    shrunk[: y - 5] = False
+
+    def refuse():
+        raise AssertionError("the click network was loaded")
+
+    monkeypatch.setattr(P, "click_model", refuse)
+    old = pcvos.mask_from_prompts(
+        image, points=[(x, y)], previous=shrunk, params=P.PromptParams(clicks="grabcut")
+    )
+    assert old[y, x]
+    with pytest.raises(AssertionError, match="click network"):
+        pcvos.mask_from_prompts(image, points=[(x, y)], previous=shrunk)
+    with pytest.raises(AssertionError, match="click network"):
+        pcvos.mask_from_prompts(image, points=[(x, y)], params=P.PromptParams(first_click="net"))
+    # a box alone, a first click and no prompt at all do not need it
+    pcvos.mask_from_prompts(image, box=_box(gt))
+    pcvos.mask_from_prompts(image, points=[(x, y)])
+
+
+def test_click_network_checksum_mismatch_refused(tmp_path):
+    card = P._WEIGHTS_DIR / "clicknet.json"
+    weights = P._WEIGHTS_DIR / "clicknet.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged = tmp_path / "clicknet.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="click network does not match its checksum"):
+        P.load_click_model(damaged, card)
+    with pytest.raises(FileNotFoundError, match="click network is missing"):
+        P.load_click_model(tmp_path / "nothing.pt", card)
+    meta = json.loads(card.read_text())
+    assert meta["sha256"] == P.sha256_of(weights) and meta["bytes"] == weights.stat().st_size
+    assert set(meta["training_data"]) == {"coco128", "weizmann-horse", "davis2016"}
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+
+
+def test_bad_click_params_raise_value_error():
+    with pytest.raises(ValueError, match="clicks and first_click"):
+        P.PromptParams(clicks="sam")
+    with pytest.raises(ValueError, match="clicks and first_click"):
+        P.PromptParams(first_click="box")

@@ -1,6 +1,6 @@
 """From a box, a few clicks or nothing at all to a first mask.
 
-There is no promptable network here; the mask comes from two parts that ship with pcvos:
+A box, a first click and no prompt at all are answered by parts that ship with pcvos:
 
 - a saliency map from U²-Net-p (``weights/u2netp.onnx``, run with onnxruntime on the CPU), on the
   box's crop (with some context around it) or on the whole frame;
@@ -16,6 +16,12 @@ none, the largest part). Saliency is computed once per image and region and kept
 so that each further click costs one GrabCut on a downscaled crop. The parameters below were
 chosen on the first frames of the protocol's ``select`` and ``train`` sequences, never on ``report``
 (docs/results/prompts.md).
+
+Corrections (clicks with a ``previous`` mask) are answered by a small click network trained here
+(:mod:`pcvos.inference.clicknet`, ``weights/clicknet.pt``, scripts/train_clicknet.py): it re-reads
+the previous mask and every click on a crop around them instead of re-cutting colour models, so a
+click no longer undoes earlier work (docs/results/clicknet.md). ``PromptParams(clicks="grabcut")``
+keeps the GrabCut path for corrections too.
 """
 
 from __future__ import annotations
@@ -26,17 +32,22 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from pcvos.inference.clicknet import ClickNetModel, ClickNetParams
+from pcvos.inference.mask_ops import components_with as _components_with
+from pcvos.inference.mask_ops import guided_filter as _guided_filter
 from pcvos.model.checkpoint import CheckpointError, sha256_of
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SALIENCY_MODEL = "u2netp"
+#: the click network (pcvos.model.clicknet.ClickNet, fp16 state_dict; scripts/train_clicknet.py)
+CLICK_MODEL = "clicknet"
 #: U²-Net-p's input side and normalisation (the network was trained on 320 x 320 ImageNet-normalised RGB)
 SALIENCY_SIDE = 320
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -78,8 +89,20 @@ class PromptParams:
     auto_threshold: float = 0.5
     #: with no prompt: GrabCut from the whole frame's saliency (as for a box covering the frame)
     auto_grabcut: bool = False
+    #: who answers clicks: "net" (the click network, weights/clicknet.pt) or "grabcut" (the saliency
+    #: and GrabCut path above, as before the network)
+    clicks: str = "net"
+    #: with clicks "net": a first click (no previous mask yet) is answered by "grabcut" or by the "net"
+    first_click: str = "grabcut"
+    #: how the click network crops and upsamples
+    net: ClickNetParams = field(default_factory=ClickNetParams)
 
     def __post_init__(self) -> None:
+        if self.clicks not in ("net", "grabcut") or self.first_click not in ("net", "grabcut"):
+            raise ValueError(
+                "clicks and first_click must be 'net' or 'grabcut', "
+                f"got {self.clicks!r}, {self.first_click!r}"
+            )
         if self.previous_mode not in _PREVIOUS_MODES:
             raise ValueError(
                 f"previous_mode must be one of {', '.join(_PREVIOUS_MODES)}, got {self.previous_mode!r}"
@@ -103,17 +126,42 @@ def saliency_card(card: str | Path | None = None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _verified_saliency(path: Path, card: dict[str, Any]) -> Path:
+def _verified_saliency(path: Path, card: dict[str, Any], what: str = "saliency network") -> Path:
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: the saliency network is missing from this installation; reinstall pcvos"
-        )
+        raise FileNotFoundError(f"{path}: the {what} is missing from this installation; reinstall pcvos")
     expected = card.get("sha256")
     if not expected or sha256_of(path) != expected:
         raise CheckpointError(
-            f"{path}: the saliency network does not match its checksum (damaged install?); reinstall pcvos"
+            f"{path}: the {what} does not match its checksum (damaged install?); reinstall pcvos"
         )
     return path
+
+
+def click_card(card: str | Path | None = None) -> dict[str, Any]:
+    """The card of the shipped click network (training data, licences, SHA-256): ``weights/clicknet.json``."""
+    path = Path(card) if card is not None else _WEIGHTS_DIR / f"{CLICK_MODEL}.json"
+    return json.loads(path.read_text())
+
+
+def load_click_model(
+    path: str | Path | None = None, card: str | Path | None = None, threads: int | None = None
+) -> ClickNetModel:
+    """The click network, checked against its card's SHA-256 before loading (default: the shipped one)."""
+    weights = Path(path) if path is not None else _WEIGHTS_DIR / f"{CLICK_MODEL}.pt"
+    _verified_saliency(weights, click_card(card), "click network")
+    return ClickNetModel(weights, threads=threads)
+
+
+_CLICK: ClickNetModel | None = None
+
+
+def click_model() -> ClickNetModel:
+    """The shared click network (loaded and checked on first use; torch's thread setting)."""
+    global _CLICK
+    with _MODEL_LOCK:
+        if _CLICK is None:
+            _CLICK = load_click_model()
+        return _CLICK
 
 
 class SaliencyModel:
@@ -312,31 +360,6 @@ def _region(
     )
 
 
-def _guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """``src`` smoothed so that its edges follow the edges of ``guide`` (grey guided filter)."""
-    g = cv2.cvtColor(guide, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    k = (2 * radius + 1, 2 * radius + 1)
-
-    def mean(a: np.ndarray) -> np.ndarray:
-        return cv2.boxFilter(a, -1, k, borderType=cv2.BORDER_REFLECT)
-
-    mg, ms = mean(g), mean(src)
-    a = (mean(g * src) - mg * ms) / (mean(g * g) - mg * mg + eps)
-    b = ms - a * mg
-    return mean(a) * g + mean(b)
-
-
-def _components_with(mask: np.ndarray, seeds: list[tuple[int, int]]) -> np.ndarray:
-    """The connected parts of ``mask`` that hold a seed (row, col); with no seed in it, the largest."""
-    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return mask
-    keep = {int(comp[r, c]) for r, c in seeds if comp[r, c] > 0}
-    if not keep:
-        keep = {1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))}
-    return np.isin(comp, list(keep))
-
-
 def mask_from_prompts(
     image: np.ndarray,
     *,
@@ -355,7 +378,22 @@ def mask_from_prompts(
     non-zero = object) to refine with the clicks. No prompt at all gives the most salient object
     (possibly empty). Saliency is cached per image (``cache``, default a shared small cache), so
     repeated calls on one image with more clicks are fast. Bad prompts raise ``ValueError``.
+
+    Clicks with a previous mask (and, with ``params.first_click="net"``, first clicks too) are
+    answered by the click network (``params.clicks="net"``, the default); ``params.clicks="grabcut"``
+    keeps the saliency + GrabCut path for them.
     """
+    if params.clicks == "net" and points is not None:
+        image = _check_image(image)
+        h, w = image.shape[:2]
+        b = _check_box(box, h, w) if box is not None else None
+        pts, pos = _check_points(points, point_labels, h, w)
+        prev = _check_previous(previous, h, w)
+        if len(pts) and ((prev is not None and prev.any()) or params.first_click == "net"):
+            out = click_model().predict(image, pts, pos, previous=prev, box=b, params=params.net)
+            for (x, y), positive in zip(pts, pos, strict=True):  # a click always gets its own label
+                out[int(y), int(x)] = bool(positive)
+            return out
     run = functools.partial(
         _mask, image, box=box, points=points, point_labels=point_labels, previous=previous, cache=cache
     )
