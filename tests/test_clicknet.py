@@ -85,3 +85,26 @@ def test_bad_click_params_raise_value_error():
         ClickNetParams(threshold=1.0)
     with pytest.raises(ValueError, match="margin"):
         ClickNetParams(margin=-1)
+
+
+def test_a_call_runs_at_its_own_thread_count_and_restores_torchs(tmp_path, rhino, monkeypatch):
+    image, gt = rhino
+    weights = tmp_path / "w.pt"
+    torch.save(ClickNet().state_dict(), weights)
+    model = ClickNetModel(weights, threads=1)
+    seen: list[int] = []
+    forward = model.net.forward
+    monkeypatch.setattr(model.net, "forward", lambda *a: seen.append(torch.get_num_threads()) or forward(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.predict(image, np.array([[10.0, 10.0]]), np.array([True]), previous=gt)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_shared_click_network_runs_at_one_thread():
+    from pcvos.inference import prompts
+
+    assert prompts.click_model().threads == prompts.CLICK_THREADS == 1

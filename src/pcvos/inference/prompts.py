@@ -48,6 +48,10 @@ _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SALIENCY_MODEL = "u2netp"
 #: the click network (pcvos.model.clicknet.ClickNet, fp16 state_dict; scripts/train_clicknet.py)
 CLICK_MODEL = "clicknet"
+#: torch threads for one click network call. One: on a 256x256 crop a second thread saves ~5 ms
+#: on an idle 2-core CPU, but when another process holds the other core OpenMP's spin-waiting made
+#: a 2-thread call 3-4x slower (0.15-0.18 s against 0.04-0.05 s, docs/results/clicknet.md)
+CLICK_THREADS = 1
 #: U²-Net-p's input side and normalisation (the network was trained on 320 x 320 ImageNet-normalised RGB)
 SALIENCY_SIDE = 320
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -156,11 +160,11 @@ _CLICK: ClickNetModel | None = None
 
 
 def click_model() -> ClickNetModel:
-    """The shared click network (loaded and checked on first use; torch's thread setting)."""
+    """The shared click network (loaded and checked on first use; runs at ``CLICK_THREADS``)."""
     global _CLICK
     with _MODEL_LOCK:
         if _CLICK is None:
-            _CLICK = load_click_model()
+            _CLICK = load_click_model(threads=CLICK_THREADS)
         return _CLICK
 
 
