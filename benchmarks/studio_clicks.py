@@ -13,7 +13,11 @@ Per click it records the wall seconds of the prompt request (what the user waits
 mask changes) and of prompt + save, and the process's CPU seconds over the same spans (every
 thread: server, model, client). Each click's prompt is also timed without HTTP (``Studio.prompt``
 in process, same input, same answer checked), so the route's own share shows. The first click on
-a frame also runs the saliency network; the later ones reuse it, so the two are reported apart.
+a frame needs the saliency network, the later ones do not (the click network answers them), so
+the two are reported apart. As the page does when it shows a frame with the click tool, the robot
+first asks the server to prepare the frame (``POST /api/frames/{t}/prepare``: the saliency network
+runs then, while a user would aim), timed apart; ``--no-prepare`` skips that, so the first click
+pays for the network.
 A warm-up prompt on a frame of another split loads the network first. The 1-, 5- and 15-minute
 load averages are printed before and after (the machine may be shared).
 
@@ -91,7 +95,7 @@ def summary(rows: list[dict], key: str) -> dict:
     wall = [r[f"{key}_s"] for r in rows]
     cpu = [r[f"{key}_cpu_s"] for r in rows]
     return {
-        "clicks": len(rows),
+        "clicks": len(rows),  # requests, for the prepare row
         "median_s": percentile(wall, 50),
         "p90_s": percentile(wall, 90),
         "median_cpu_s": percentile(cpu, 50),
@@ -108,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--clicks", type=int, default=5, help="robot clicks per frame (default 5)")
     ap.add_argument("--json", type=Path, help="write every click and the summaries here")
+    ap.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="do not POST /api/frames/{t}/prepare before a frame's first click (the page does, when it "
+        "shows a frame with the click tool and the object is not on it)",
+    )
     args = ap.parse_args(argv)
     if not (args.davis / "JPEGImages" / "480p").is_dir():
         print(f"--davis {args.davis}: no JPEGImages/480p there", file=sys.stderr)
@@ -131,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = next(n for n in split("train") if n not in names)
     load_before = os.getloadavg()
     rows: list[dict] = []
+    prepares: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="pcvos-studio-clicks-") as tmp:
         gts = make_frames(names, warmup, args.davis, Path(tmp) / "frames")
         ws = Workspace.open_or_create(Path(tmp) / "ws", Path(tmp) / "frames")
@@ -147,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                 labels = np.zeros((ws.height, ws.width), np.uint8)
                 points: list[list[int]] = []
                 marks: list[int] = []
+                if not args.no_prepare:  # what the page asks for while the user aims the first click
+                    timer = Timer()
+                    status, data = client.request("POST", f"/api/frames/{t}/prepare", None)
+                    prepare_s, prepare_cpu_s = timer.read()
+                    if status != 204:
+                        raise RuntimeError(f"{name} prepare: {status} {data[:200]!r}")
+                    prepares.append(
+                        {"sequence": name, "prepare_s": prepare_s, "prepare_cpu_s": prepare_cpu_s}
+                    )
                 for k in range(args.clicks):
                     click = (farthest_from_boundary(gt), 1) if k == 0 else next_click(labels == OBJECT, gt)
                     if click is None:  # nothing left to fix
@@ -216,9 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             "later clicks, prompt": summary(later, "prompt"),
             "later clicks, prompt + save": summary(later, "with_save"),
             "later clicks, Studio.prompt without HTTP": summary(later, "direct"),
-            "first click on a frame, prompt": summary([r for r in rows if r["click"] == 1], "prompt"),
+            f"first click on a frame{'' if args.no_prepare else ', prepared'}, prompt": summary(
+                [r for r in rows if r["click"] == 1], "prompt"
+            ),
             "all clicks, prompt": summary(rows, "prompt"),
+            **({} if args.no_prepare else {"prepare (while the user aims)": summary(prepares, "prepare")}),
         },
+        "prepared": not args.no_prepare,
+        "prepares": prepares,
         "rows": rows,
     }
     print(f"\nload average before {load_before}, after {load_after} ({os.cpu_count()} CPUs)")

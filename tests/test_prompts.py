@@ -157,6 +157,64 @@ def test_same_prompts_same_mask_and_saliency_cached(rhino):
         P.SaliencyCache(0)
 
 
+def test_prepared_image_answers_first_click_and_auto_without_the_network(rhino, monkeypatch):
+    image, gt = rhino
+    ys, xs = np.nonzero(gt)
+    click = {"points": [[int(xs[len(xs) // 2]), int(ys[len(ys) // 2])]], "point_labels": [1]}
+    fresh = P.SaliencyCache()
+    expected_click = pcvos.mask_from_prompts(image, **click, cache=fresh)
+    expected_auto = pcvos.mask_from_prompts(image, cache=fresh)
+    cache = P.SaliencyCache()
+    pcvos.prepare_prompts(image, cache=cache)
+    assert len(cache._items) == 1
+
+    def no_network():
+        raise AssertionError("the saliency network ran although the image was prepared")
+
+    monkeypatch.setattr(P, "saliency_model", no_network)
+    assert np.array_equal(pcvos.mask_from_prompts(image, **click, cache=cache), expected_click)
+    assert np.array_equal(pcvos.mask_from_prompts(image, cache=cache), expected_auto)
+    with pytest.raises(ValueError):
+        pcvos.prepare_prompts(image[..., :2], cache=cache)
+
+
+def test_concurrent_requests_for_one_region_run_the_network_once(rhino):
+    import threading
+
+    image, _ = rhino
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow(crop):
+        calls.append(crop.shape)
+        started.set()
+        assert release.wait(30)
+        return np.zeros(crop.shape[:2], np.float32)
+
+    cache = P.SaliencyCache()
+    region = (0, 0, image.shape[1], image.shape[0])
+    answers = []
+    first = threading.Thread(target=lambda: answers.append(cache.get(image, region, slow)))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=lambda: answers.append(cache.get(image, region, slow)))
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # it waits for the first answer instead of computing its own
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert len(calls) == 1 and len(answers) == 2 and answers[0] is answers[1]
+
+    def failing(crop):
+        raise RuntimeError("network failed")
+
+    other = image[::-1].copy()
+    with pytest.raises(RuntimeError):
+        cache.get(other, region, failing)
+    assert cache.get(other, region, slow) is not None  # a failure leaves nothing pending
+
+
 def test_saliency_is_a_probability_map(rhino):
     image, gt = rhino
     sal = P.saliency_model()(image)

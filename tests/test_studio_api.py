@@ -296,6 +296,28 @@ def rhino(tmp_path, model):
     studio.close()
 
 
+def test_prepare_runs_the_saliency_network_once_for_the_first_click(rhino, monkeypatch):
+    from pcvos.inference import prompts
+
+    client, studio = rhino
+    client.json("POST", "/api/objects", {})
+    prompts.DEFAULT_CACHE.clear()
+    status, headers, data = client.request("POST", "/api/frames/1/prepare")
+    assert status == 204 and not data and headers["cache-control"] == "no-store"
+    assert client.request("POST", f"/api/frames/{RHINO_FRAMES}/prepare")[0] == 404
+    assert client.request("POST", "/api/frames/x/prepare")[0] in (400, 404)
+
+    def no_network():
+        raise AssertionError("the first click ran the saliency network although frame 1 was prepared")
+
+    monkeypatch.setattr(prompts, "saliency_model", no_network)
+    x, y = inner_point(rhino_gt(1))
+    status, headers, data = client.request("POST", "/api/frames/1/prompt", {"object": 1, "points": [[x, y]]})
+    assert status == 200, data
+    assert iou(mask_of(headers, data).astype(bool), rhino_gt(1)) > 0.6
+    assert not studio.ws.keyframes  # preparing stores nothing
+
+
 def test_clicks_auto_and_box_on_a_real_frame(rhino):
     client, studio = rhino
     gt = rhino_gt(0)
@@ -785,6 +807,7 @@ STATE_CHANGING = [
     ("DELETE", "/api/objects/1", None),
     ("PUT", "/api/frames/0/labels", bytes(HEIGHT * WIDTH)),
     ("POST", "/api/frames/0/prompt", b'{"object": 1, "points": [[20, 20]]}'),
+    ("POST", "/api/frames/0/prepare", b"{}"),
     ("POST", "/api/frames/0/import?object=1", b"x"),
     ("POST", "/api/propagate", b'{"frame": 0}'),
     ("POST", "/api/export", b"{}"),

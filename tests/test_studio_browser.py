@@ -643,11 +643,19 @@ def test_click_auto_review_and_export_on_real_frames(rhino_page):
 
     # one left click on the rhino: a mask of it, saved as a keyframe
     page.keyboard.press("c")
+    prepared = ("POST", "/api/frames/0/prepare", 204)
+    # the click tool on a frame without the object: the page has the server run the saliency ahead
+    wait_until(lambda: prepared in recorder.seen, "the click tool's prepare request")
     x, y = inner_point(gt)
     body = click(x, y)
     assert body["labels"] == [1] and 0 in ws.keyframes
     first = disk_labels(studio, 0) == 1
     assert first[clicked(body)] and iou(first, gt) > 0.6
+    # once the object is on the frame, clicks are corrections (no saliency): no second prepare
+    page.keyboard.press("b")
+    page.keyboard.press("c")
+    page.wait_for_timeout(500)
+    assert recorder.seen.count(prepared) == 1
 
     # a right click where the mask spills over removes that part; the request holds both clicks
     spill = np.argwhere(first & ~gt)

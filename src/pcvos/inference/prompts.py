@@ -231,6 +231,7 @@ class SaliencyCache:
             raise ValueError(f"maxsize must be at least 1, got {maxsize}")
         self.maxsize = maxsize
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._pending: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -238,20 +239,35 @@ class SaliencyCache:
         return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
 
     def get(self, image: np.ndarray, region: tuple[int, int, int, int], model: SaliencyModel | None = None):
-        """Saliency of ``image[y0:y1, x0:x1]`` for ``region`` = (x0, y0, x1, y1)."""
+        """Saliency of ``image[y0:y1, x0:x1]`` for ``region`` = (x0, y0, x1, y1).
+
+        A request for a region another thread is computing waits for that answer instead of
+        running the network a second time (a click arriving while the studio prepares its frame).
+        """
         key = (self.digest(image), image.shape, region)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        x0, y0, x1, y1 = region
-        sal = (model or saliency_model())(image[y0:y1, x0:x1])
-        sal.setflags(write=False)
-        with self._lock:
-            self._items[key] = sal
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
-        return sal
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                running = self._pending.get(key)
+                if running is None:
+                    done = self._pending[key] = threading.Event()
+                    break
+            running.wait()  # then read the cache again (the other thread may have failed)
+        try:
+            x0, y0, x1, y1 = region
+            sal = (model or saliency_model())(image[y0:y1, x0:x1])
+            sal.setflags(write=False)
+            with self._lock:
+                self._items[key] = sal
+                while len(self._items) > self.maxsize:
+                    self._items.popitem(last=False)
+            return sal
+        finally:
+            with self._lock:
+                del self._pending[key]
+            done.set()
 
     def clear(self) -> None:
         with self._lock:
@@ -362,6 +378,20 @@ def _region(
         min(w, int(np.ceil(x1 + mx))),
         min(h, int(np.ceil(y1 + my))),
     )
+
+
+def prepare_prompts(
+    image: np.ndarray, *, params: PromptParams = DEFAULT_PARAMS, cache: SaliencyCache | None = None
+) -> None:
+    """Run the saliency network on the whole of ``image`` now and keep the answer in ``cache``.
+
+    A later :func:`mask_from_prompts` on this image with a first click and no box, or with no
+    prompt at all, then skips the network (most of its time on a 480p frame): call this when a
+    frame is shown, while the user aims. ``ValueError`` for a bad image.
+    """
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    (cache or DEFAULT_CACHE).get(image, _region(None, h, w, params.box_margin))
 
 
 def mask_from_prompts(

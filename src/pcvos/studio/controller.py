@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pcvos import mask_from_prompts
+from pcvos import mask_from_prompts, prepare_prompts
 from pcvos.data.export_formats import EXPORT_FORMATS, parse_export_formats
 from pcvos.data.masks import object_ids, parse_mask
 from pcvos.data.palette import VOID_LABEL
@@ -270,6 +270,12 @@ class Studio:
             previous=prev,
         )
         return mask.astype(np.uint8)
+
+    def prepare(self, t: int) -> None:
+        """Run the saliency network on frame ``t`` now (:func:`pcvos.prepare_prompts`), so that a
+        first click or Auto there skips it; nothing is stored but the prompts' cache."""
+        self.ws.check_index(t)
+        prepare_prompts(self.ws.read_frame(t))
 
     def suggest(self, k: Any = SUGGEST_K) -> list[int]:
         """The ``k`` frames the session finds most likely wrong (:meth:`pcvos.Session.suggest`),

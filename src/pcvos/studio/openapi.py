@@ -166,6 +166,17 @@ def openapi() -> dict[str, Any]:
                     ),
                 )
             },
+            "/api/frames/{t}/prepare": {
+                "post": _op(
+                    "run the saliency network on frame t now (pcvos.prepare_prompts), so that a first "
+                    "click or Auto there answers fast; the page calls it when a frame is shown with the "
+                    "click tool; nothing stored but a cache",
+                    {"204": {"description": "prepared"}},
+                    writes=True,
+                    parameters=[_FRAME],
+                    requestBody=_EMPTY_BODY,
+                )
+            },
             "/api/frames/{t}/import": {
                 "post": _op(
                     f"read a mask image at the frame size into labels (new ids become objects, at most "

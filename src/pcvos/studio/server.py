@@ -313,6 +313,12 @@ def create_app(
         )
         return _labels_response(mask)
 
+    async def prepare(request: Request) -> Response:
+        t = ws.check_index(_frame(request))
+        await _json(request)  # no body, or an empty JSON object: a form's text/plain is refused
+        await run_in_threadpool(studio.prepare, t)
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
     async def suggest(request: Request) -> Response:
         raw = request.query_params.get("k")
         k = SUGGEST_K if raw is None else _index(raw, "k")
@@ -456,6 +462,7 @@ def create_app(
         Route("/api/frames/{t}/labels", get_labels, methods=["GET"]),
         Route("/api/frames/{t}/labels", put_labels, methods=["PUT"]),
         Route("/api/frames/{t}/prompt", prompt, methods=["POST"]),
+        Route("/api/frames/{t}/prepare", prepare, methods=["POST"]),
         Route("/api/suggest", suggest),
         Route("/api/frames/{t}/import", import_mask, methods=["POST"]),
         Route("/api/objects", add_object, methods=["POST"]),

@@ -10,6 +10,7 @@ const UNDO_DEPTH = 50;
 const PLAY_FPS_FALLBACK = 24;
 const SUGGEST_K = 3;            // frames marked for review after a propagation
 const CLICK_DOT = 4;            // radius of a click's dot, in image pixels at 854 wide (scaled with the frame)
+const PREPARE_DELAY_MS = 150;   // a frame shown this long with the click tool has its saliency computed ahead
 
 const S = {
   T: 0, W: 0, H: 0, fps: null, objects: [], keyframes: new Set(), propagated: new Set(),
@@ -26,6 +27,7 @@ let promptChain = Promise.resolve();  // model requests run one after another, i
 let switchToken = 0;
 // The click tool's clicks for one object on one frame: each click re-runs the model with all of them.
 let clicks = null;
+let prepareTimer = null;
 
 // ---------------------------------------------------------------- API
 // The server refuses state-changing requests without this page's token (other pages cannot read it).
@@ -167,6 +169,7 @@ async function goTo(t, { keepEdits = false } = {}) {
     S.shown = t;  // the frame and its masks are on screen
     S.lastSwitchMs = performance.now() - started;
     prefetch(t);
+    prepareFrame();
   } catch (e) {
     if (token === switchToken) fail(e);
   }
@@ -269,6 +272,7 @@ function selectObject(id) {
   if (id !== S.selected) resetClicks();
   S.selected = id;
   for (const li of $("objects").children) li.classList.toggle("selected", Number(li.dataset.id) === id);
+  prepareFrame();
 }
 async function addObject() {
   const obj = await (await api("POST", "/api/objects", {})).json();
@@ -503,6 +507,18 @@ function queuePrompt(body, what, stillWanted) {
     .finally(() => { S.pendingPrompts--; });
   return promptChain;
 }
+// A first click on an object's empty frame runs the saliency network (most of its time); ask the
+// server to run it while the user aims. Not while scrubbing (the delay), not for corrections (the
+// click network needs no saliency), never while a job runs.
+function prepareFrame() {
+  clearTimeout(prepareTimer);
+  if (S.tool !== "click" || !S.T || S.selected === null || S.job.state === "running" || S.shown !== S.t) return;
+  if (S.labels && S.labels.includes(S.selected)) return;
+  const t = S.t;
+  prepareTimer = setTimeout(() => {
+    if (t === S.t && S.tool === "click") api("POST", `/api/frames/${t}/prepare`).catch(() => {});
+  }, PREPARE_DELAY_MS);
+}
 function addClick(p, positive) {
   if (!clicks || clicks.t !== S.t || clicks.object !== S.selected) {
     clicks = { t: S.t, object: S.selected, points: [], labels: [] };
@@ -543,6 +559,7 @@ function setTool(tool) {
   polygon = []; draft();
   if (tool === "click") drawClicks();
   for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === tool);
+  prepareFrame();
 }
 function setBrush(size) {
   S.brush = Math.max(1, Math.min(100, Math.round(size)));
