@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "zoom_range": [1.0, 1.0],  # video: zoom from 1 to z in this range across a sample (scale change)
         "motion_blur_prob": 0.0,  # video: chance of a motion blur per frame
         "motion_blur_max": 9,  # video: longest motion blur, pixels
+        "thin_crop_prob": 0.0,  # video and static: chance of a crop placed on the objects' thin parts
         "num_workers": 4,
         "sources": [],
     },
@@ -167,6 +168,7 @@ _POSITIVE = {
 }
 # numbers with a range (low, high; None: unbounded), checked once they are numbers
 _RANGES: dict[tuple[str, ...], tuple[float, float | None]] = {
+    ("data", "thin_crop_prob"): (0.0, 1.0),
     ("loss", "boundary_weight"): (0.0, None),
 }
 _WORDS = {
