@@ -402,7 +402,8 @@ class VideoAugment:
         if tuple(self.zoom_range) != (1.0, 1.0):  # drawn only when on: the default stream is unchanged
             lo, hi = self.zoom_range
             p["zoom"] = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        if self.thin_crop_prob > 0 and rng.random() < self.thin_crop_prob and masks:  # same: drawn when on
+        # drawn only when on, as the zoom is; the box's size is the normal crop's (drawn above)
+        if self.thin_crop_prob > 0 and rng.random() < self.thin_crop_prob and masks:
             points = _thin_points(masks)
             if len(points):
                 p["box"] = _thin_box(rng, box, points, h, w)
