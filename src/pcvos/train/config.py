@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "zoom_range": [1.0, 1.0],  # video: zoom from 1 to z in this range across a sample (scale change)
         "motion_blur_prob": 0.0,  # video: chance of a motion blur per frame
         "motion_blur_max": 9,  # video: longest motion blur, pixels
+        "thin_crop_prob": 0.0,  # video and static: chance of a crop placed on the objects' thin parts
         "num_workers": 4,
         "sources": [],
     },
@@ -100,6 +101,8 @@ DEFAULTS: dict[str, Any] = {
         "image_weight": 1.0,
         "clip_weight": 1.0,
         "dice_smooth": 1.0,
+        "boundary_weight": 0.0,  # CE weight 1 + w near ground-truth edges (0: off)
+        "boundary_radius": 3,  # pixels on either side of an edge that get it
     },
     "val": {
         "root": None,  # a DAVIS-layout folder
@@ -161,6 +164,12 @@ _POSITIVE = {
     ("val", "top_k"),
     ("val", "size"),
     ("data", "resize_short"),
+    ("loss", "boundary_radius"),
+}
+# numbers with a range (low, high; None: unbounded), checked once they are numbers
+_RANGES: dict[tuple[str, ...], tuple[float, float | None]] = {
+    ("data", "thin_crop_prob"): (0.0, 1.0),
+    ("loss", "boundary_weight"): (0.0, None),
 }
 _WORDS = {
     "int": "a whole number",
@@ -317,6 +326,14 @@ def _check_values(cfg: dict, ref: dict, where: tuple = ()) -> None:
         cfg[k] = _coerce(kind, cfg[k], ".".join(here))
 
 
+def _check_ranges(cfg: dict) -> None:
+    for path, (lo, hi) in _RANGES.items():
+        value = _lookup(cfg, ".".join(path))
+        if not (lo <= value and (hi is None or value <= hi)):  # NaN fails too
+            want = f"between {lo:g} and {hi:g}" if hi is not None else f"at least {lo:g}"
+            raise ConfigError(f"{'.'.join(path)} must be {want}, got {value!r}")
+
+
 def _check_lists(cfg: dict) -> None:
     def numbers(key: str, value: Any, length: int | None, whole: bool) -> None:
         kinds = "whole numbers" if whole else "numbers"
@@ -413,6 +430,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _interpolate(cfg, cfg)
     _check_values(cfg, DEFAULTS)  # after interpolation: a ${...} reference resolves to its value's type
     _check_lists(cfg)
+    _check_ranges(cfg)
     if cfg["output_dir"] is None:
         cfg["output_dir"] = str(Path("runs") / str(cfg["name"]))
     if cfg["data"]["mode"] not in ("per_clip", "frame_wise", "static"):

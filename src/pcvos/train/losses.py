@@ -3,7 +3,9 @@
 - :class:`BootstrappedCE` (STCN): cross-entropy over the K + 1 aggregated classes of one frame,
   averaged over all pixels of the batch before ``start_warm``; from then on only the hardest
   fraction p of the pixels (the largest per-pixel losses) is averaged, p decaying linearly from 1
-  at ``start_warm`` to ``top_p`` (0.15) at ``end_warm`` and staying there.
+  at ``start_warm`` to ``top_p`` (0.15) at ``end_warm`` and staying there. Optionally (off by
+  default) each pixel's loss is first multiplied by a weight: ``1 + boundary_weight`` in the
+  :func:`boundary_band` of the ground truth, 1 elsewhere, so edges and thin parts count more.
 - :func:`clip_dice_loss` (PCVOS): for each object, 1 − Dice between its soft probabilities and
   its ground truth, with the sums taken over all frames and pixels of the clip at once, summed
   over the object's of a sample and averaged over the batch:
@@ -21,7 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BootstrappedCE", "clip_dice_loss", "iou_per_object", "LossConfig", "compute_losses"]
+__all__ = [
+    "BootstrappedCE",
+    "boundary_band",
+    "clip_dice_loss",
+    "iou_per_object",
+    "LossConfig",
+    "compute_losses",
+]
 
 
 class BootstrappedCE:
@@ -42,14 +51,50 @@ class BootstrappedCE:
         frac = (self.end_warm - it) / (self.end_warm - self.start_warm)
         return self.top_p + (1 - self.top_p) * frac
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor, it: int) -> tuple[torch.Tensor, float]:
-        """``logits`` (B, C, H, W), ``target`` (B, H, W) class indices -> (loss, p)."""
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, it: int, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """``logits`` (B, C, H, W), ``target`` (B, H, W) class indices -> (loss, p).
+
+        ``weight`` (B, H, W) multiplies each pixel's loss *before* the hardest fraction p is chosen:
+        a weighted pixel is then both more likely to be kept and counts more once kept. Weighting
+        after the choice would leave the choice alone, and once p is down to 0.15 a thin part or an
+        edge that is only moderately wrong would stay outside the kept pixels, weight or not. The
+        mean stays over all (or k) pixels rather than over the weights' sum, so weights only add:
+        with every pixel kept (p = 1), the unweighted pixels keep exactly the gradient they had,
+        however much of the image the weighted ones cover.
+        """
         p = self.p_at(it)
+        if weight is None:  # the unweighted path, unchanged
+            if p >= 1.0:
+                return F.cross_entropy(logits, target), 1.0
+            raw = F.cross_entropy(logits, target, reduction="none").flatten()
+            k = max(1, int(raw.numel() * p))
+            return raw.topk(k, sorted=False).values.mean(), p
+        raw = (F.cross_entropy(logits, target, reduction="none") * weight).flatten()
         if p >= 1.0:
-            return F.cross_entropy(logits, target), 1.0
-        raw = F.cross_entropy(logits, target, reduction="none").flatten()
+            return raw.mean(), 1.0
         k = max(1, int(raw.numel() * p))
         return raw.topk(k, sorted=False).values.mean(), p
+
+
+def boundary_band(labels: torch.Tensor, radius: int) -> torch.Tensor:
+    """Bool, the shape of ``labels`` (..., H, W) class indices: pixels whose (2r+1)² square
+    neighbourhood holds more than one class, i.e. the ``radius`` pixels on either side of every
+    edge between two classes (object and background, or two objects; any number of objects).
+
+    The grey-level dilation (max) and erosion (min) of the label map differ exactly there; that
+    is the same as dilating and eroding each class of the one-hot map, without its K + 1 channels.
+    Max-pooling pads with -inf, so the image border is no edge.
+    """
+    if radius < 1:
+        raise ValueError(f"boundary radius must be at least 1 pixel, got {radius}")
+    h, w = labels.shape[-2:]
+    x = labels.reshape(-1, 1, h, w).float()  # class indices are small whole numbers: exact in float32
+    size = 2 * radius + 1
+    dilated = F.max_pool2d(x, size, stride=1, padding=radius)
+    eroded = -F.max_pool2d(-x, size, stride=1, padding=radius)
+    return (dilated != eroded).reshape(labels.shape)
 
 
 def clip_dice_loss(
@@ -94,6 +139,18 @@ class LossConfig:
     image_weight: float = 1.0
     clip_weight: float = 1.0  # 0 turns the clip-level supervision off (ablation)
     dice_smooth: float = 1.0
+    # per-pixel CE weight 1 + boundary_weight within boundary_radius pixels of a ground-truth edge
+    # (boundary_band); 0 leaves the loss as it was. Aimed at thin parts and edges (low boundary F).
+    boundary_weight: float = 0.0
+    # 3 px on either side: the band stays at the edge (DAVIS' boundary F tolerance, 0.008 of the
+    # diagonal, is about 8 px at 480p); thin parts up to 6 px wide lie wholly inside it
+    boundary_radius: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.boundary_weight >= 0:  # also NaN
+            raise ValueError(f"loss.boundary_weight must be at least 0, got {self.boundary_weight}")
+        if self.boundary_radius < 1:
+            raise ValueError(f"loss.boundary_radius must be at least 1 pixel, got {self.boundary_radius}")
 
 
 def compute_losses(
@@ -113,10 +170,15 @@ def compute_losses(
     masks = batch["masks"][:, 1:].float()
     valid = batch["valid"]
     nf = logits.shape[1]
+    weight = None
+    if cfg.boundary_weight > 0:
+        # every frame at once; labels hold no void (the datasets map it to background) and unused
+        # object slots have no pixels, so the band needs no mask of its own
+        weight = 1.0 + cfg.boundary_weight * boundary_band(labels, cfg.boundary_radius).to(logits.dtype)
     image = logits.new_zeros(())
     p = 1.0
     for f in range(nf):
-        frame_loss, p = ce(logits[:, f], labels[:, f], it)
+        frame_loss, p = ce(logits[:, f], labels[:, f], it, None if weight is None else weight[:, f])
         image = image + frame_loss
     clip = logits.new_zeros(())
     if cfg.clip_weight != 0:

@@ -184,6 +184,7 @@ def _video_augment(d: dict, src: dict) -> VideoAugment:
         zoom_range=tuple(d["zoom_range"]),
         motion_blur_prob=float(d["motion_blur_prob"]),
         motion_blur_max=int(d["motion_blur_max"]),
+        thin_crop_prob=float(d["thin_crop_prob"]),
     )
 
 
@@ -227,6 +228,7 @@ def build_dataset(cfg: dict) -> MixedDataset:
                 resize_short=s.get(
                     "resize_short", d["resize_short"] or (max(crop) if kind != "synthetic_static" else None)
                 ),
+                thin_crop_prob=float(d["thin_crop_prob"]),
             )
             ds = StaticDataset(
                 images,
