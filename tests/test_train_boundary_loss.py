@@ -2,6 +2,7 @@
 lies, what the weight does to the loss, its hard-pixel choice and its gradients, and the config."""
 
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -187,10 +188,15 @@ def test_gradients_are_scaled_in_the_band_and_unchanged_outside():
         ("loss.boundary_weight=heavy", "loss.boundary_weight must be a number, got 'heavy'"),
         ("loss.boundary_radius=0", "loss.boundary_radius must be at least 1, got 0"),
         ("loss.boundary_radius=2.5", "loss.boundary_radius must be a whole number, got 2.5"),
+        ("data.thin_crop_prob=1.5", "data.thin_crop_prob must be between 0 and 1, got 1.5"),
+        ("data.thin_crop_prob=-0.2", "data.thin_crop_prob must be between 0 and 1, got -0.2"),
+        ("data.thin_crop_prob=often", "data.thin_crop_prob must be a number, got 'often'"),
     ],
 )
-def test_config_checks_the_loss_options(tmp_path, capsys, override, message):
-    with pytest.raises(ConfigError, match="loss.boundary_"):
+def test_config_checks_the_thin_structure_options(tmp_path, capsys, override, message):
+    """The boundary loss's and the thin crop's options (tests/test_train_thin_crop.py): refused with a
+    message naming the option, exit 2 from the CLI, nothing written."""
+    with pytest.raises(ConfigError, match=re.escape(override.split("=")[0])):
         load_config(ROOT / "configs" / "tiny.yaml", [override])
     out = tmp_path / "run"
     assert pcvos_main(["train", "--config", "tiny", "-o", str(out), override]) == 2

@@ -8,10 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pcvos.cli import main as pcvos_main
 from pcvos.data.augment import ColorJitter, StaticAugment, VideoAugment, thin_pixels
 from pcvos.data.train_datasets import read_label_mask
-from pcvos.train.config import ConfigError, load_config
+from pcvos.train.config import load_config
 from pcvos.train.trainer import build_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,22 +143,7 @@ def test_python_api_refuses_a_probability_outside_0_1(cls):
             cls(thin_crop_prob=bad)
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("data.thin_crop_prob=1.5", "data.thin_crop_prob must be between 0 and 1, got 1.5"),
-        ("data.thin_crop_prob=-0.2", "data.thin_crop_prob must be between 0 and 1, got -0.2"),
-        ("data.thin_crop_prob=often", "data.thin_crop_prob must be a number, got 'often'"),
-    ],
-)
-def test_config_checks_thin_crop_prob(tmp_path, capsys, override, message):
-    with pytest.raises(ConfigError, match="data.thin_crop_prob"):
-        load_config(ROOT / "configs" / "tiny.yaml", [override])
-    out = tmp_path / "run"
-    assert pcvos_main(["train", "--config", "tiny", "-o", str(out), override]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-    assert not out.exists()
+# the option's config checks are in tests/test_train_boundary_loss.py (one test for both options)
 
 
 def test_config_reaches_video_and_static_augmentation():
