@@ -85,3 +85,19 @@ def broken_mp4():
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def random_loss_inputs():
+    """``make(b, f, k, h, w)`` -> (out, batch): random network outputs and labels in the layout
+    :func:`pcvos.train.losses.compute_losses` reads (f predicted frames, k object slots, clips of 2)."""
+
+    def make(b: int, f: int, k: int, h: int, w: int) -> tuple[dict, dict]:
+        logits = torch.randn(b, f, k + 1, h, w)
+        labels = torch.randint(0, k + 1, (b, f + 1, h, w))
+        masks = torch.stack([(labels == i + 1).float() for i in range(k)], 2)
+        batch = {"labels": labels, "masks": masks, "valid": torch.ones(b, k, dtype=torch.bool)}
+        out = {"logits": logits, "probs": logits.softmax(2), "clips": [[0, 1], [2, 3]]}
+        return out, batch
+
+    return make

@@ -96,14 +96,11 @@ def _square_case(wrong: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return logits, labels, err
 
 
-def test_weight_zero_is_the_old_loss_exactly():
+def test_weight_zero_is_the_old_loss_exactly(random_loss_inputs):
     torch.manual_seed(0)
     b, f, k, h, w = 2, 4, 2, 16, 16
-    logits = torch.randn(b, f, k + 1, h, w)
-    labels = torch.randint(0, k + 1, (b, f + 1, h, w))
-    masks = torch.stack([(labels == i + 1).float() for i in range(k)], 2)
-    batch = {"labels": labels, "masks": masks, "valid": torch.ones(b, k, dtype=torch.bool)}
-    out = {"logits": logits, "probs": logits.softmax(2), "clips": [[0, 1], [2, 3]]}
+    out, batch = random_loss_inputs(b, f, k, h, w)
+    logits, labels = out["logits"], batch["labels"]
     for it in (0, 30000, 10**6):  # before, during and after the hard-pixel warm-up
         old = compute_losses(out, batch, it, LossConfig())
         off = compute_losses(out, batch, it, LossConfig(boundary_weight=0.0, boundary_radius=7))

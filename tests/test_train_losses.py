@@ -73,14 +73,11 @@ def test_read_full_is_softmax_over_memory():
         assert torch.allclose(out[0, :, j], (mv[0] * w).sum(1), atol=1e-5)
 
 
-def test_compute_losses_total_is_sum():
+def test_compute_losses_total_is_sum(random_loss_inputs):
     torch.manual_seed(0)
     b, f, k, h, w = 2, 4, 2, 6, 6
-    logits = torch.randn(b, f, k + 1, h, w)
-    labels = torch.randint(0, k + 1, (b, f + 1, h, w))
-    masks = torch.stack([(labels == i + 1).float() for i in range(k)], 2)
-    batch = {"labels": labels, "masks": masks, "valid": torch.ones(b, k, dtype=torch.bool)}
-    out = {"logits": logits, "probs": logits.softmax(2), "clips": [[0, 1], [2, 3]]}
+    out, batch = random_loss_inputs(b, f, k, h, w)
+    logits, labels = out["logits"], batch["labels"]
     res = compute_losses(out, batch, 0, LossConfig())
     assert res["total"].item() == pytest.approx(res["image"].item() + res["clip"].item(), rel=1e-6)
     exp_img = sum(torch.nn.functional.cross_entropy(logits[:, i], labels[:, i + 1]) for i in range(f))
