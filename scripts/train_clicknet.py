@@ -13,8 +13,10 @@ largest error of its own answer (its answer becoming the previous mask), and one
 on the final input. Loss: binary cross-entropy + (1 - soft IoU).
 
 Time-bounded: the learning rate follows a cosine from the start to ``--deadline`` (UTC, HH:MM),
-and training stops there. Checkpoints every ``--save-every`` seconds (resumable: rerun the same
-command) and a weights-only snapshot every ``--snapshot-every`` iterations.
+and training stops there; or, with ``--iters N``, a cosine over N iterations (the same schedule
+whatever the machine's speed, so a run can span sessions). Checkpoints every ``--save-every``
+seconds (resumable: rerun the same command) and a weights-only snapshot every ``--snapshot-every``
+iterations.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src nohup python scripts/train_clicknet.py --out runs/clicknet \\
         --deadline 13:05 > runs/clicknet.log 2>&1 &
@@ -307,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--deadline", help="UTC HH:MM at which training stops (required to train)")
     ap.add_argument("--max-iters", type=int, default=10**9)
+    ap.add_argument(
+        "--iters",
+        type=int,
+        help="instead of --deadline: the cosine spans this many iterations and training stops there, so a "
+        "run longer than one session resumes on the same schedule",
+    )
     ap.add_argument("--save-every", type=float, default=240.0, help="seconds between resumable checkpoints")
     ap.add_argument("--snapshot-every", type=int, default=400, help="iterations between weight snapshots")
     ap.add_argument("--seed", type=int, default=0)
@@ -321,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         export(*args.export, {"snapshot": args.export_note} if args.export_note else {})
         return 0
-    if not args.deadline:
-        ap.error("--deadline is required to train")
+    if (args.deadline is None) == (args.iters is None):
+        ap.error("give exactly one of --deadline and --iters to train")
+    if args.iters is not None and args.iters < 1:
+        ap.error(f"--iters must be at least 1, got {args.iters}")
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     net = ClickNet()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     ckpt = args.out / "last.pt"
-    end = deadline_ts(args.deadline)
+    end = deadline_ts(args.deadline) if args.deadline else math.inf
+    stop_at = min(args.max_iters, args.iters or args.max_iters)
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         net.load_state_dict(state["model"])
@@ -369,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     last_save = time.time()
     hist: list[float] = []
     t_log = time.time()
-    while time.time() < end and it < args.max_iters:
-        frac = min(1.0, (time.time() - start) / max(1.0, end - start))
+    while time.time() < end and it < stop_at:
+        if args.iters:
+            frac = it / args.iters
+        else:
+            frac = min(1.0, (time.time() - start) / max(1.0, end - start))
         lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (it + 1) / 100)
         for g in opt.param_groups:
             g["lr"] = lr
