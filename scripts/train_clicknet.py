@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--deadline", help="UTC HH:MM at which training stops (required to train)")
+    ap.add_argument("--deadline", help="UTC HH:MM at which training stops (this or --iters)")
     ap.add_argument("--max-iters", type=int, default=10**9)
     ap.add_argument(
         "--iters",
@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "--init",
         type=Path,
         help="start from this weights snapshot (a weights_*.pt) instead of ImageNet: a second stage with "
-        "its own warm-up and cosine to --deadline (ignored when --out already holds last.pt to resume)",
+        "its own warm-up and cosine to --deadline / --iters "
+        "(ignored when --out already holds last.pt to resume)",
     )
     args = ap.parse_args(argv)
     if args.export:
