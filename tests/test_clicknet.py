@@ -14,7 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pcvos.inference.clicknet import ClickNetModel, ClickNetParams, guidance_maps, square_region
+from pcvos.inference.clicknet import (
+    ClickNetModel,
+    ClickNetParams,
+    guidance_maps,
+    merge_local,
+    square_region,
+)
 from pcvos.model.clicknet import ClickNet
 
 DATA = Path(__file__).resolve().parent / "data" / "prompts"
@@ -85,6 +91,50 @@ def test_bad_click_params_raise_value_error():
         ClickNetParams(threshold=1.0)
     with pytest.raises(ValueError, match="margin"):
         ClickNetParams(margin=-1)
+    with pytest.raises(ValueError, match="merge"):
+        ClickNetParams(merge="blend")
+
+
+def test_local_merge_flips_only_the_changed_part_under_the_click():
+    previous = np.zeros((20, 30), bool)
+    previous[2:8, 2:8] = True  # the object so far
+    previous[15:18, 25:28] = True  # a thin part the answer loses, away from the click
+    answer = previous.copy()
+    answer[2:8, 8:12] = True  # the part the click asked for, touching the object
+    answer[15:18, 25:28] = False
+    answer[12:14, 2:4] = True  # a blob the click did not ask for
+    out = merge_local(previous, answer, (10.0, 5.0))
+    expected = previous.copy()
+    expected[2:8, 8:12] = True
+    assert np.array_equal(out, expected)
+    # a negative click inside the object: the removed part alone goes
+    cut = previous.copy()
+    cut[2:4, 2:8] = False
+    cut[15:18, 25:28] = False
+    expected = previous.copy()
+    expected[2:4, 2:8] = False
+    assert np.array_equal(merge_local(previous, cut, (4.0, 3.0)), expected)
+    # the answer left the clicked pixel as it was: nothing local to keep, the answer stands
+    assert np.array_equal(merge_local(previous, answer, (0.0, 0.0)), answer)
+
+
+def test_predict_with_local_merge_keeps_the_previous_mask_away_from_the_click(tmp_path, rhino):
+    image, gt = rhino
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(ClickNet().state_dict(), weights)
+    model = ClickNetModel(weights, threads=1)
+    ys, xs = np.nonzero(gt)
+    pts = np.array([[float(xs[0]), float(ys[0])]])
+    pos = np.array([False])
+    replaced = model.predict(image, pts, pos, previous=gt)
+    local = model.predict(image, pts, pos, previous=gt, params=ClickNetParams(merge="local"))
+    diff = replaced != gt
+    if diff[int(pts[0, 1]), int(pts[0, 0])]:
+        changed = local != gt
+        assert changed.any() and not (changed & ~diff).any()  # a subset of the network's own change
+    else:
+        assert np.array_equal(local, replaced)
 
 
 def test_a_call_runs_at_its_own_thread_count_and_restores_torchs(tmp_path, rhino, monkeypatch):

@@ -27,6 +27,7 @@ __all__ = [
     "ClickNetParams",
     "ClickNetModel",
     "guidance_maps",
+    "merge_local",
     "square_region",
 ]
 
@@ -92,6 +93,10 @@ class ClickNetParams:
     keep_clicked: bool = False
     #: probability threshold
     threshold: float = 0.5
+    #: how a correction meets the previous mask: "replace" (the network's answer inside its crop) or
+    #: "local" (only the changed part that holds the newest click flips, so detail the low-resolution
+    #: answer would blur elsewhere is kept; FocalClick's progressive merge)
+    merge: str = "replace"
 
     def __post_init__(self) -> None:
         if self.side < 32 or self.side % 16:
@@ -100,6 +105,8 @@ class ClickNetParams:
             raise ValueError("margin and guided_radius must be at least 0, min_side at least 2")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if self.merge not in ("replace", "local"):
+            raise ValueError(f"merge must be 'replace' or 'local', got {self.merge!r}")
 
 
 class ClickNetModel:
@@ -196,4 +203,20 @@ class ClickNetModel:
                 True
             )
             out &= bi
+        elif prev is not None and p.merge == "local" and len(pts):
+            out = merge_local(prev, out, pts[-1])
         return out
+
+
+def merge_local(previous: np.ndarray, answer: np.ndarray, click: Sequence[float]) -> np.ndarray:
+    """``previous`` with only the connected part of its difference to ``answer`` that holds ``click``
+    (x, y) flipped; ``answer`` itself when the answer did not change the clicked pixel."""
+    h, w = previous.shape
+    cx = min(max(int(click[0]), 0), w - 1)
+    cy = min(max(int(click[1]), 0), h - 1)
+    previous = previous.astype(bool)
+    diff = previous != answer
+    if not diff[cy, cx]:
+        return answer
+    _, comp = cv2.connectedComponents(diff.astype(np.uint8), connectivity=8)
+    return previous ^ (comp == comp[cy, cx])
