@@ -93,6 +93,8 @@ def test_bad_click_params_raise_value_error():
         ClickNetParams(margin=-1)
     with pytest.raises(ValueError, match="merge"):
         ClickNetParams(merge="blend")
+    with pytest.raises(ValueError, match="focus"):
+        ClickNetParams(focus=1.5)
 
 
 def test_local_merge_flips_only_the_changed_part_under_the_click():
@@ -158,3 +160,35 @@ def test_the_shared_click_network_runs_at_one_thread():
     from pcvos.inference import prompts
 
     assert prompts.click_model().threads == prompts.CLICK_THREADS == 1
+
+
+def test_the_focus_pass_changes_only_a_square_around_the_newest_click(rhino):
+    from pcvos.inference import prompts
+
+    image, gt = rhino
+    model = ClickNetModel(prompts._WEIGHTS_DIR / "clicknet.pt", threads=1)  # the shipped weights
+    ys, xs = np.nonzero(gt)
+    previous = np.zeros_like(gt)
+    previous[ys.min() : (ys.min() + ys.max()) // 2, xs.min() : xs.max() + 1] = True  # top half of its box
+    missed = gt & ~previous
+    my, mx = np.nonzero(missed)
+    pts = np.array(
+        [[float(xs.mean()), float(ys.min() + 2)], [float(mx[len(mx) // 2]), float(my[len(my) // 2])]]
+    )
+    pos = np.array([True, True])
+    plain = model.predict(image, pts, pos, previous=previous)
+    focused = model.predict(image, pts, pos, previous=previous, params=ClickNetParams(focus=0.25))
+    changed_y, changed_x = np.nonzero(plain != focused)
+    assert len(changed_x)
+    ry, rx = np.nonzero(previous)
+    x0, y0, x1, y1 = square_region(
+        min(rx.min(), pts[:, 0].min()),
+        min(ry.min(), pts[:, 1].min()),
+        max(rx.max() + 1, pts[:, 0].max() + 1),
+        max(ry.max() + 1, pts[:, 1].max() + 1),
+        *gt.shape,
+        0.4,
+        64,
+    )
+    half = max(64, 0.25 * max(x1 - x0, y1 - y0)) / 2 + 1
+    assert np.abs(changed_x - pts[1, 0]).max() <= half and np.abs(changed_y - pts[1, 1]).max() <= half

@@ -97,6 +97,9 @@ class ClickNetParams:
     #: "local" (only the changed part that holds the newest click flips, so detail the low-resolution
     #: answer would blur elsewhere is kept; FocalClick's progressive merge)
     merge: str = "replace"
+    #: after the answer, a second one on a square around the newest click of this fraction of the
+    #: crop's side (at least min_side), pasted over it (0: off)
+    focus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.side < 32 or self.side % 16:
@@ -105,6 +108,8 @@ class ClickNetParams:
             raise ValueError("margin and guided_radius must be at least 0, min_side at least 2")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if not 0.0 <= self.focus <= 1.0:
+            raise ValueError(f"focus must be between 0 and 1, got {self.focus}")
         if self.merge not in ("replace", "local"):
             raise ValueError(f"merge must be 'replace' or 'local', got {self.merge!r}")
 
@@ -144,30 +149,16 @@ class ClickNetModel:
                 torch.set_num_threads(before)
         return out
 
-    def predict(
+    def _answer(
         self,
         image: np.ndarray,
-        points: np.ndarray,
-        positive: np.ndarray,
-        previous: np.ndarray | None = None,
-        box: tuple[float, float, float, float] | None = None,
-        params: ClickNetParams | None = None,
+        region: tuple[int, int, int, int],
+        prev: np.ndarray | None,
+        pts: np.ndarray,
+        pos: np.ndarray,
+        p: ClickNetParams,
     ) -> np.ndarray:
-        """Bool (H, W) mask from already-checked prompts (see :func:`pcvos.mask_from_prompts`)."""
-        p = params or ClickNetParams()
-        h, w = image.shape[:2]
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        pos = np.asarray(positive, dtype=bool).reshape(-1)
-        prev = previous if previous is not None and previous.any() else None
-        if box is not None:
-            region = square_region(*box, h, w, p.margin, p.min_side)
-        elif prev is not None:
-            ys, xs = np.nonzero(prev)
-            xs = np.concatenate([xs, pts[:, 0]])
-            ys = np.concatenate([ys, pts[:, 1]])
-            region = square_region(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, h, w, p.margin, p.min_side)
-        else:
-            region = (0, 0, w, h)
+        """Bool mask of ``region`` (x0, y0, x1, y1): the network's answer on it, resized to ``p.side``."""
         x0, y0, x1, y1 = region
         crop = image[y0:y1, x0:x1]
         ch, cw = crop.shape[:2]
@@ -195,8 +186,42 @@ class ClickNetModel:
                 if q and x0 <= x < x1 and y0 <= y < y1
             ]
             fg = components_with(fg, seeds)
+        return fg
+
+    def predict(
+        self,
+        image: np.ndarray,
+        points: np.ndarray,
+        positive: np.ndarray,
+        previous: np.ndarray | None = None,
+        box: tuple[float, float, float, float] | None = None,
+        params: ClickNetParams | None = None,
+    ) -> np.ndarray:
+        """Bool (H, W) mask from already-checked prompts (see :func:`pcvos.mask_from_prompts`)."""
+        p = params or ClickNetParams()
+        h, w = image.shape[:2]
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        pos = np.asarray(positive, dtype=bool).reshape(-1)
+        prev = previous if previous is not None and previous.any() else None
+        if box is not None:
+            region = square_region(*box, h, w, p.margin, p.min_side)
+        elif prev is not None:
+            ys, xs = np.nonzero(prev)
+            xs = np.concatenate([xs, pts[:, 0]])
+            ys = np.concatenate([ys, pts[:, 1]])
+            region = square_region(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, h, w, p.margin, p.min_side)
+        else:
+            region = (0, 0, w, h)
+        x0, y0, x1, y1 = region
+        fg = self._answer(image, region, prev, pts, pos, p)
         out = np.zeros((h, w), dtype=bool)
         out[y0:y1, x0:x1] = fg
+        if box is None and prev is not None and p.focus > 0 and len(pts):
+            # a second look around the newest click at a finer scale (FocalClick's focus crop)
+            cx, cy = pts[-1]
+            side = p.focus * max(x1 - x0, y1 - y0)
+            fx0, fy0, fx1, fy1 = square_region(cx, cy, cx, cy, h, w, 0.0, max(p.min_side, int(side)))
+            out[fy0:fy1, fx0:fx1] = self._answer(image, (fx0, fy0, fx1, fy1), out, pts, pos, p)
         if box is not None:
             bi = np.zeros((h, w), dtype=bool)
             bi[int(np.floor(box[1])) : int(np.ceil(box[3])), int(np.floor(box[0])) : int(np.ceil(box[2]))] = (
